@@ -1,0 +1,228 @@
+"""The composition root: builds the shop for a set of local modules and a transport.
+
+`shop run` builds it with every module local on the in-process transport and the embedded
+databases; `shop serve` (split mode) with some modules and the Redis transport. Only this file
+and the CLI import modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from litestar import Litestar
+from litestar.config.app import AppConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+
+from shop import migrate as migrations
+from shop.bus.breaker import BreakerRegistry, CircuitState
+from shop.bus.bus import Bus
+from shop.bus.module import Module
+from shop.bus.transports.base import Transport
+from shop.bus.transports.inprocess import InProcessTransport
+from shop.db import Database
+from shop.gateway.middleware import GatewayMiddleware
+from shop.gateway.ops import OpsController, now_rfc3339
+from shop.gateway.problems import EXCEPTION_HANDLERS
+from shop.gateway.ratelimit import MemoryRateLimitStore, RateLimiter, RateLimitStore
+from shop.observability import logging as shop_logging
+from shop.observability import metrics
+from shop.security.guards import provide_principal
+from shop.security.keys import load_keys
+from shop.security.throttle import Throttle
+from shop.security.tokens import Principal, TokenIssuer, TokenVerifier
+from shop.settings import MODULE_NAMES, Settings
+
+log = structlog.get_logger("shop.app")
+
+
+def load_module(name: str) -> Module:
+    """A module's descriptor, by name."""
+    if name not in MODULE_NAMES:
+        raise ValueError(f"unknown module {name!r}; the modules are {', '.join(MODULE_NAMES)}")
+    descriptor = importlib.import_module(f"shop.modules.{name}").module
+    if not isinstance(descriptor, Module):
+        raise TypeError(f"shop.modules.{name}.module is not a Module")
+    return descriptor
+
+
+@dataclass
+class Shop:
+    """The running parts of one process."""
+
+    settings: Settings
+    modules: list[Module]
+    local: tuple[str, ...]
+    databases: dict[str, Database]
+    bus: Bus
+    breakers: BreakerRegistry
+    verifier: TokenVerifier
+    limiter: RateLimiter
+    migrate_on_start: bool = False
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        if self.migrate_on_start:
+            await migrations.upgrade(self.settings, self.local)
+        await self.bus.start()
+        for name in self.local:
+            module = self.bus.modules[name]
+            injector = self.bus.injector_for(name)
+            for hook in module.startup_hooks:
+                await hook(**injector.plan(hook).arguments(_startup_scope()))
+            for task in module.background_tasks:
+                arguments = injector.plan(task).arguments(_startup_scope())
+                self._tasks.append(asyncio.create_task(task(**arguments), name=f"{name}:{task.__name__}"))
+        log.info("shop.started", modules=list(self.local), transport=self.bus.transport.name)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.bus.stop()
+        for database in self.databases.values():
+            await database.dispose()
+        log.info("shop.stopped")
+
+    async def login_throttle(self, email: str) -> float | None:
+        """Login attempts per email (SHOP_LOGIN_RATE_LIMIT)."""
+        return await self.limiter.check("login", email, self.settings.login_rate_limit)
+
+    async def describe_services(self) -> dict[str, Any]:
+        url = f"http://{self.settings.host}:{self.settings.port}"
+        seen = now_rfc3339()
+        return {
+            "modules": {
+                name: [{"instance_id": "local", "url": url, "healthy": True, "last_seen": seen}]
+                for name in self.local
+            },
+            "breakers": self.breakers.states(),
+        }
+
+
+def _startup_scope() -> Any:
+    from shop.bus.inject import Scope
+
+    return Scope()
+
+
+_STATE_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+
+
+def _on_breaker_change(name: str, old: CircuitState, new: CircuitState) -> None:
+    metrics.BREAKER_STATE.labels(name).set(_STATE_VALUE[new])
+    log.warning("breaker.state_changed", breaker=name, old=old.value, new=new.value)
+
+
+def build_shop(
+    settings: Settings,
+    *,
+    local: Sequence[str] = MODULE_NAMES,
+    transport: Transport | None = None,
+    rate_limit_store: RateLimitStore | None = None,
+    migrate_on_start: bool = False,
+) -> Shop:
+    modules = [load_module(name) for name in MODULE_NAMES]
+    local = tuple(local)
+    databases = {name: Database(name, settings.database_url_for(name)) for name in local}
+    keys = load_keys(settings, generate="users" in local)
+    verifier = TokenVerifier(keys.public_pem)
+    breakers = BreakerRegistry(on_state_change=_on_breaker_change)
+    singletons: dict[type[Any], Any] = {
+        Settings: settings,
+        BreakerRegistry: breakers,
+        TokenVerifier: verifier,
+    }
+    if keys.private_pem is not None and "users" in local:
+        singletons[TokenIssuer] = TokenIssuer(keys.private_pem)
+    bus = Bus(
+        modules,
+        transport or InProcessTransport(),
+        local=local,
+        databases=databases,
+        singletons=singletons,
+        breakers=breakers,
+    )
+    bus.bind()
+    return Shop(
+        settings=settings,
+        modules=modules,
+        local=local,
+        databases=databases,
+        bus=bus,
+        breakers=breakers,
+        verifier=verifier,
+        limiter=RateLimiter(rate_limit_store or MemoryRateLimitStore()),
+        migrate_on_start=migrate_on_start,
+    )
+
+
+def build_app(shop: Shop) -> Litestar:
+    """The Litestar app of a shop: gateway middleware, ops endpoints, the local controllers."""
+    controllers: list[Any] = [OpsController]
+    for name in shop.local:
+        controllers.extend(shop.bus.modules[name].controllers)
+    ready_checks = {f"db:{name}": db.ping for name, db in shop.databases.items()}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        await shop.start()
+        try:
+            yield
+        finally:
+            await shop.stop()
+
+    app = Litestar(
+        route_handlers=controllers,
+        lifespan=[lifespan],
+        state=State({"shop": shop, "ready_checks": ready_checks, "describe_services": shop.describe_services}),
+        dependencies={
+            "bus": Provide(lambda: shop.bus, use_cache=True, sync_to_thread=False),
+            "principal": Provide(provide_principal),
+            "settings": Provide(lambda: shop.settings, use_cache=True, sync_to_thread=False),
+            "login_throttle": Provide(lambda: shop.login_throttle, use_cache=True, sync_to_thread=False),
+        },
+        signature_namespace={"Bus": Bus, "Principal": Principal, "Settings": Settings, "Throttle": Throttle},
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(
+            title="Shop",
+            version="1.0.0",
+            path="/schema",
+            render_plugins=[JsonRenderPlugin()],
+        ),
+        on_app_init=[_no_debug],
+        logging_config=None,
+    )
+    # Around the whole router (not per route), so unmatched paths get request ids, logs and
+    # rate limits too; errors inside are still turned into problem details by Litestar.
+    app.asgi_handler = GatewayMiddleware(
+        app.asgi_handler,
+        verifier=shop.verifier,
+        limiter=shop.limiter,
+        rate_limit=shop.settings.rate_limit,
+        service="shop" if len(shop.local) > 1 else shop.local[0],
+    )
+    return app
+
+
+def _no_debug(config: AppConfig) -> AppConfig:
+    config.debug = False
+    return config
+
+
+def create_app(settings: Settings | None = None, *, local: Sequence[str] = MODULE_NAMES) -> Litestar:
+    """`shop run`'s app: every module in one process, migrating the embedded default on start."""
+    settings = settings or Settings.from_env()
+    shop_logging.configure(settings.log_level)
+    return build_app(build_shop(settings, local=local, migrate_on_start=True))

@@ -1,0 +1,1 @@
+"""The messaging kernel: knows no module and no business word."""

@@ -1,0 +1,359 @@
+"""The Bus: `ask`, `send`, `publish`; the handler registry; the middleware chain; retries.
+
+One Bus per process. It knows every module's descriptor (so it can route to modules that run
+elsewhere) and runs the handlers of the local ones, each in its own unit of work on its
+module's database, with the inbox making every effect happen once.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+
+from shop.bus import context, inbox
+from shop.bus.breaker import BreakerRegistry, CircuitBreaker, CircuitOpenError
+from shop.bus.errors import AskTimeout, HandlerFailed, NoHandler, NoUnitOfWork
+from shop.bus.inject import Injector, Plan, Scope
+from shop.bus.messages import Command, Envelope, Event, Message, decode_body, encode, new_envelope
+from shop.bus.middleware import observe
+from shop.bus.module import HandlerSpec, Module
+from shop.bus.outbox import Relay, Route
+from shop.bus.outbox import write as write_outbox
+from shop.bus.retry import RetryPolicy
+from shop.bus.transports.base import Outcome, Result, Transport
+from shop.bus.transports.inprocess import LocalRequests
+from shop.db import Database, current_unit_of_work, unit_of_work
+from shop.observability import metrics
+
+log = structlog.get_logger("shop.bus")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What middleware sees of one handler invocation."""
+
+    module: str
+    consumer: str
+    envelope: Envelope
+    message: Message
+
+
+Next = Callable[[Call], Awaitable[Any]]
+Middleware = Callable[[Call, Next], Awaitable[Any]]
+
+
+class Router:
+    """Who owns each command/query and who subscribes to each event, across all modules."""
+
+    def __init__(self, modules: Iterable[Module]) -> None:
+        self.owners: dict[str, HandlerSpec] = {}
+        self.subscribers: dict[str, list[HandlerSpec]] = {}
+        self.by_consumer: dict[str, HandlerSpec] = {}
+        for module in modules:
+            for spec in module.handlers:
+                name = spec.message_type.type_name()
+                if spec.role == "owner":
+                    if name in self.owners:
+                        raise ValueError(f"{name} has two owners: {self.owners[name].module}, {spec.module}")
+                    self.owners[name] = spec
+                else:
+                    self.subscribers.setdefault(name, []).append(spec)
+                if spec.consumer in self.by_consumer:
+                    raise ValueError(f"two handlers named {spec.consumer}")
+                self.by_consumer[spec.consumer] = spec
+
+    def owner(self, type_name: str) -> HandlerSpec:
+        spec = self.owners.get(type_name)
+        if spec is None:
+            raise NoHandler(f"no module handles {type_name}")
+        return spec
+
+    def routes(self, envelope: Envelope) -> Sequence[Route]:
+        """Where an asynchronous message goes: the consumer it names, its owner, or every
+        subscriber."""
+        if envelope.consumer is not None:
+            spec = self.by_consumer.get(envelope.consumer)
+            return ((spec.module, spec.consumer),) if spec is not None else ()
+        type_name = envelope.type
+        if type_name in self.owners:
+            spec = self.owners[type_name]
+            return ((spec.module, spec.consumer),)
+        return tuple((s.module, s.consumer) for s in self.subscribers.get(type_name, ()))
+
+
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    spec: HandlerSpec
+    plan: Plan
+    database: Database | None
+    invoke: Next
+
+
+class Bus:
+    """send / ask / publish, and the Host that transports call back into."""
+
+    def __init__(
+        self,
+        modules: Sequence[Module],
+        transport: Transport,
+        *,
+        local: Iterable[str],
+        databases: Mapping[str, Database],
+        singletons: Mapping[type[Any], Any] | None = None,
+        breakers: BreakerRegistry | None = None,
+        retry: RetryPolicy | None = None,
+        middleware: Sequence[Middleware] | None = None,
+        default_timeout: float = 5.0,
+    ) -> None:
+        self.modules = {m.name: m for m in modules}
+        self.router = Router(modules)
+        self.transport = transport
+        self.local = tuple(local)
+        self.databases = dict(databases)
+        self.breakers = breakers or BreakerRegistry()
+        self.retry = retry or RetryPolicy()
+        self.middleware: tuple[Middleware, ...] = (observe,) if middleware is None else tuple(middleware)
+        self.default_timeout = default_timeout
+        self.relay = Relay(self.databases, self.router.routes, self._deliver)
+        self._singletons: dict[type[Any], Any] = {Bus: self, **(singletons or {})}
+        self._bound: dict[str, _Bound] = {}
+        self._injectors: dict[str, Injector] = {}
+        self._breaker_cache: dict[str, CircuitBreaker] = {}
+        self._started = False
+        self._local_set = frozenset(self.local)
+        self._local_requests = LocalRequests(self)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Plan every local handler's injection once; a missing provider fails here."""
+        for name in self.local:
+            module = self.modules[name]
+            injector = self.injector_for(name)
+            for spec in module.handlers:
+                plan = injector.plan(spec.func, skip=1)
+                self._bound[spec.consumer] = _Bound(
+                    spec, plan, self.databases.get(name), self._chain(spec, plan)
+                )
+
+    def injector_for(self, module: str) -> Injector:
+        """The module's injector; its singletons are built once and kept."""
+        injector = self._injectors.get(module)
+        if injector is None:
+            descriptor = self.modules[module]
+            injector = Injector(self._singletons, descriptor.providers, descriptor.singletons)
+            self._injectors[module] = injector
+        return injector
+
+    def provide(self, kind: type[Any], value: Any) -> None:
+        """Add a singleton (before start)."""
+        self._singletons[kind] = value
+
+    async def start(self) -> None:
+        if not self._bound:
+            self.bind()
+        await self.transport.start(self, self.local)
+        await self.relay.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            await self.relay.stop()
+            await self.transport.stop()
+            self._started = False
+
+    # -- the API ---------------------------------------------------------------------------
+
+    async def ask(self, message: Message, *, timeout: float | None = None) -> Any:
+        """Request/reply to the message's owner through its module's circuit breaker."""
+        spec = self.router.owner(type(message).type_name())
+        breaker = self._breaker_cache.get(spec.module)
+        if breaker is None:
+            breaker = self._breaker_cache[spec.module] = self.breakers.get(f"module:{spec.module}")
+        if not breaker.try_acquire():
+            raise CircuitOpenError(breaker.name)
+        envelope = self._envelope(message, consumer=spec.consumer)
+        started = time.monotonic()
+        try:
+            if spec.module in self._local_set:
+                reply = await self._local_requests.request(
+                    spec.module, envelope, timeout=timeout or self.default_timeout, message=message
+                )
+            else:
+                reply = await self.transport.request(
+                    spec.module, envelope, timeout=timeout or self.default_timeout
+                )
+        except (HandlerFailed, AskTimeout) as exc:
+            breaker.on_error(time.monotonic() - started, exc)
+            raise
+        breaker.on_success(time.monotonic() - started)
+        return reply
+
+    async def send(self, command: Command, *, message_id: uuid.UUID | None = None) -> uuid.UUID:
+        """Hand a command to its owner asynchronously, through the current outbox."""
+        self.router.owner(type(command).type_name())
+        return await self._via_outbox(command, message_id)
+
+    async def publish(self, event: Event, *, message_id: uuid.UUID | None = None) -> uuid.UUID:
+        """Fan an event out to every subscriber, through the current outbox."""
+        return await self._via_outbox(event, message_id)
+
+    async def _via_outbox(self, message: Message, message_id: uuid.UUID | None) -> uuid.UUID:
+        uow = current_unit_of_work()
+        if uow is None:
+            raise NoUnitOfWork(f"{type(message).__name__} must be sent inside a unit of work")
+        envelope = self._envelope(message, message_id=message_id, sender=uow.database.module)
+        await write_outbox(uow, envelope, self.relay)
+        return envelope.message_id
+
+    def _envelope(
+        self,
+        message: Message,
+        *,
+        message_id: uuid.UUID | None = None,
+        consumer: str | None = None,
+        sender: str | None = None,
+    ) -> Envelope:
+        ctx = context.current()
+        envelope = new_envelope(
+            message,
+            message_id=message_id,
+            correlation_id=ctx.correlation_id,
+            causation_id=ctx.causation_id,
+            traceparent=context.child_traceparent(ctx.traceparent),
+            sender=sender,
+        )
+        if consumer is not None:
+            envelope = msgspec.structs.replace(envelope, consumer=consumer)
+        return envelope
+
+    async def _deliver(self, queue: str, envelope: Envelope) -> Awaitable[None]:
+        return await self.transport.deliver(queue, envelope)
+
+    # -- Host: what transports call --------------------------------------------------------
+
+    async def answer(self, queue: str, envelope: Envelope, message: Message | None = None) -> Any:
+        bound = self._lookup(envelope)
+        if message is None:
+            message = decode_body(envelope.type, envelope.body)
+        try:
+            return await bound.invoke(Call(queue, bound.spec.consumer, envelope, message))
+        except Exception as exc:
+            raise HandlerFailed(f"{bound.spec.consumer}: {exc!r}", error_type=type(exc).__name__) from exc
+
+    async def process(self, queue: str, envelope: Envelope) -> Result:
+        try:
+            bound = self._lookup(envelope)
+            message = decode_body(envelope.type, envelope.body)
+            await bound.invoke(Call(queue, bound.spec.consumer, envelope, message))
+            return Result(Outcome.DONE)
+        except Exception as exc:
+            consumer = envelope.consumer or "?"
+            metrics.BUS_FAILED.labels(consumer, envelope.type).inc()
+            if self.retry.should_retry(envelope.attempt):
+                delay = self.retry.delay(envelope.attempt)
+                metrics.BUS_RETRIED.labels(consumer, envelope.type).inc()
+                log.warning(
+                    "bus.retry", consumer=consumer, type=envelope.type, attempt=envelope.attempt,
+                    delay=round(delay, 4), error=repr(exc),
+                )
+                return Result(Outcome.RETRY, delay)
+            database = self.databases.get(queue)
+            if database is None:
+                raise
+            entry = await inbox.bury(database, queue, envelope, "".join(traceback.format_exception(exc)))
+            metrics.BUS_DEAD.labels(consumer, envelope.type).inc()
+            log.error(
+                "bus.dead_lettered", consumer=consumer, type=envelope.type, attempts=envelope.attempt,
+                dead_letter_id=str(entry), error=repr(exc),
+            )
+            return Result(Outcome.DEAD)
+
+    def _lookup(self, envelope: Envelope) -> _Bound:
+        consumer = envelope.consumer or self.router.owner(envelope.type).consumer
+        bound = self._bound.get(consumer)
+        if bound is None:
+            raise NoHandler(f"{consumer} is not a local handler")
+        return bound
+
+    # -- handler invocation ----------------------------------------------------------------
+
+    def _chain(self, spec: HandlerSpec, plan: Plan) -> Next:
+        idempotent = issubclass(spec.message_type, (Command, Event))
+        database = self.databases.get(spec.module)
+
+        async def run(call: Call) -> Any:
+            if not idempotent and not plan.needs_uow:
+                return await spec.func(call.message, **plan.arguments(Scope(envelope=call.envelope)))
+            if database is None:
+                raise RuntimeError(f"{spec.module} has no database")
+            async with unit_of_work(database, write=idempotent) as uow:
+                if idempotent:
+                    done, stored = await inbox.seen(uow.session, call.consumer, call.envelope.message_id)
+                    if done:
+                        metrics.BUS_DUPLICATES.labels(call.consumer).inc()
+                        return _decode_reply(stored)
+                result = await spec.func(call.message, **plan.arguments(Scope(uow=uow, envelope=call.envelope)))
+                if idempotent:
+                    await inbox.record(uow.session, call.consumer, call.envelope.message_id, _encode_reply(result))
+                return result
+
+        invoke: Next = run
+        for mw in reversed((_context_middleware, *self.middleware)):
+            invoke = _wrap(mw, invoke)
+        return invoke
+
+
+def _wrap(mw: Middleware, nxt: Next) -> Next:
+    async def call(c: Call) -> Any:
+        return await mw(c, nxt)
+
+    return call
+
+
+async def _context_middleware(call: Call, nxt: Next) -> Any:
+    """Handlers run in the context of the message: its trace, correlation and cause."""
+    env = call.envelope
+    token = context.enter(
+        context.MessageContext(
+            correlation_id=env.correlation_id,
+            causation_id=env.message_id,
+            traceparent=env.traceparent,
+            request_id=context.current().request_id,
+        )
+    )
+    try:
+        return await nxt(call)
+    finally:
+        context.leave(token)
+
+
+class _ReplyBox(msgspec.Struct, frozen=True):
+    type: str | None
+    body: bytes | None
+
+
+def _encode_reply(result: Any) -> bytes | None:
+    if result is None:
+        return None
+    if isinstance(result, Message):
+        return encode(_ReplyBox(type(result).type_name(), encode(result)))
+    return encode(_ReplyBox(None, encode(result)))
+
+
+def _decode_reply(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    box = msgspec.msgpack.decode(data, type=_ReplyBox)
+    if box.body is None:
+        return None
+    if box.type is not None:
+        return decode_body(box.type, box.body)
+    return msgspec.msgpack.decode(box.body)

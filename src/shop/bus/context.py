@@ -1,0 +1,60 @@
+"""The context a message is sent in: correlation, causation and W3C trace context.
+
+HTTP middleware opens one per request; the dispatcher opens one per handled message; every
+envelope created inside inherits the trace id and correlation id and names its cause.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageContext:
+    correlation_id: uuid.UUID | None = None
+    causation_id: uuid.UUID | None = None
+    traceparent: str | None = None
+    request_id: str | None = None
+
+
+_context: ContextVar[MessageContext] = ContextVar("shop_message_context", default=MessageContext())
+
+
+def current() -> MessageContext:
+    return _context.get()
+
+
+def enter(ctx: MessageContext) -> Token[MessageContext]:
+    return _context.set(ctx)
+
+
+def leave(token: Token[MessageContext]) -> None:
+    _context.reset(token)
+
+
+def parse_traceparent(value: str | None) -> tuple[str, str] | None:
+    """(trace_id, span_id) of a valid W3C traceparent, else None."""
+    if not value:
+        return None
+    match = _TRACEPARENT.match(value.strip().lower())
+    if not match or match.group(1) == "0" * 32 or match.group(2) == "0" * 16:
+        return None
+    return match.group(1), match.group(2)
+
+
+def child_traceparent(parent: str | None) -> str:
+    """A traceparent for a new hop: the parent's trace id (or a new one) and a fresh span id."""
+    parsed = parse_traceparent(parent)
+    trace_id = parsed[0] if parsed else secrets.token_hex(16)
+    return f"00-{trace_id}-{secrets.token_hex(8)}-01"
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    parsed = parse_traceparent(traceparent)
+    return parsed[0] if parsed else None

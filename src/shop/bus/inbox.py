@@ -1,0 +1,125 @@
+"""The idempotent consumer (inbox) and the dead-letter store, both in the consumer's schema."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shop.bus import outbox
+from shop.bus.messages import Envelope, decode_envelope, encode
+from shop.bus.outbox import Relay
+from shop.bus.tables import dead_letters, inbox
+from shop.db import Database, unit_of_work
+
+
+async def seen(session: AsyncSession, consumer: str, message_id: uuid.UUID) -> tuple[bool, bytes | None]:
+    """Whether `consumer` already handled `message_id`, and the reply it gave then."""
+    row = (
+        await session.execute(
+            sa.select(inbox.c.reply).where(inbox.c.consumer == consumer, inbox.c.message_id == message_id)
+        )
+    ).first()
+    return (row is not None, row[0] if row is not None else None)
+
+
+async def record(session: AsyncSession, consumer: str, message_id: uuid.UUID, reply: bytes | None) -> None:
+    """Record the handling in the handler's own transaction (a duplicate fails the commit)."""
+    await session.execute(
+        inbox.insert().values(consumer=consumer, message_id=message_id, reply=reply, handled_at=time.time())
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: uuid.UUID
+    module: str
+    message_id: uuid.UUID
+    message_type: str
+    consumer: str
+    queue: str
+    error: str
+    attempts: int
+    failed_at: datetime
+    envelope: Envelope
+
+
+async def bury(database: Database, queue: str, envelope: Envelope, error: str) -> uuid.UUID:
+    """Store a message that failed for the last time."""
+    entry_id = uuid.uuid4()
+    async with unit_of_work(database) as uow:
+        await uow.session.execute(
+            dead_letters.insert().values(
+                id=entry_id,
+                message_id=envelope.message_id,
+                message_type=envelope.type,
+                consumer=envelope.consumer or "",
+                queue=queue,
+                envelope=encode(envelope),
+                error=error[:4000],
+                attempts=envelope.attempt,
+                failed_at=datetime.now(UTC),
+            )
+        )
+    return entry_id
+
+
+def _entry(module: str, row: sa.Row[tuple[object, ...]]) -> DeadLetter:
+    m = row._mapping
+    failed_at = m["failed_at"]
+    if failed_at.tzinfo is None:
+        failed_at = failed_at.replace(tzinfo=UTC)
+    return DeadLetter(
+        id=m["id"],
+        module=module,
+        message_id=m["message_id"],
+        message_type=m["message_type"],
+        consumer=m["consumer"],
+        queue=m["queue"],
+        error=m["error"],
+        attempts=m["attempts"],
+        failed_at=failed_at,
+        envelope=decode_envelope(m["envelope"]),
+    )
+
+
+async def list_dead(database: Database) -> list[DeadLetter]:
+    async with unit_of_work(database, write=False) as uow:
+        rows = await uow.session.execute(sa.select(dead_letters).order_by(dead_letters.c.failed_at))
+        return [_entry(database.module, row) for row in rows]
+
+
+async def get_dead(database: Database, entry_id: uuid.UUID) -> DeadLetter | None:
+    async with unit_of_work(database, write=False) as uow:
+        row = (await uow.session.execute(sa.select(dead_letters).where(dead_letters.c.id == entry_id))).first()
+        return _entry(database.module, row) if row is not None else None
+
+
+async def redrive(database: Database, entry_id: uuid.UUID, relay: Relay | None = None) -> bool:
+    """Put a dead letter back on its way to its consumer (attempts start again); False if gone.
+
+    The envelope goes into the module's outbox in the same transaction that removes the entry,
+    so a redrive is never lost nor doubled."""
+    async with unit_of_work(database) as uow:
+        row = (
+            await uow.session.execute(
+                sa.select(dead_letters.c.envelope).where(dead_letters.c.id == entry_id).with_for_update()
+            )
+        ).first()
+        if row is None:
+            return False
+        envelope = msgspec.structs.replace(decode_envelope(row[0]), attempt=1, sent_at=time.time())
+        await uow.session.execute(dead_letters.delete().where(dead_letters.c.id == entry_id))
+        await outbox.write(uow, envelope, relay)
+    return True
+
+
+async def remove_dead(database: Database, entry_id: uuid.UUID) -> bool:
+    async with unit_of_work(database) as uow:
+        result = await uow.session.execute(dead_letters.delete().where(dead_letters.c.id == entry_id))
+        return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,161 @@
+"""Message bases (frozen msgspec Structs), the Envelope that carries them, and the codec.
+
+Commands are imperative (`ReserveStock`), events past tense (`PaymentCaptured`), queries ask
+(`GetAddress`). Every concrete message class registers itself by name, so an Envelope names its
+body's type and any process running the same code can decode it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+
+M = TypeVar("M", bound="Message")
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of everything that travels on the bus."""
+
+    kind: ClassVar[str] = "message"
+    registry: ClassVar[dict[str, type[Message]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__name__
+        known = Message.registry.get(name)
+        if known is not None and known.__module__ != cls.__module__:
+            raise TypeError(f"message type name {name!r} is already used by {known.__module__}")
+        Message.registry[name] = cls
+
+    @classmethod
+    def type_name(cls) -> str:
+        return cls.__name__
+
+
+class Command(Message, frozen=True, kw_only=True):
+    """Asks its one owner to do something."""
+
+    kind: ClassVar[str] = "command"
+
+
+class Event(Message, frozen=True, kw_only=True):
+    """Says something happened; zero or more subscribers."""
+
+    kind: ClassVar[str] = "event"
+
+
+class Query(Message, frozen=True, kw_only=True):
+    """Asks its one owner for an answer, changing nothing."""
+
+    kind: ClassVar[str] = "query"
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """What the transports carry: a message's body and its routing and tracing metadata."""
+
+    message_id: uuid.UUID
+    type: str
+    body: bytes
+    correlation_id: uuid.UUID
+    causation_id: uuid.UUID | None = None
+    traceparent: str | None = None
+    sent_at: float
+    attempt: int = 1
+    reply_to: str | None = None
+    deadline: float | None = None
+    consumer: str | None = None
+    sender: str | None = None
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to an `ask`: a message, None, or an error description."""
+
+    type: str | None = None
+    body: bytes | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+
+_encoder = msgspec.msgpack.Encoder()
+_envelope_decoder = msgspec.msgpack.Decoder(Envelope)
+_reply_decoder = msgspec.msgpack.Decoder(Reply)
+_body_decoders: dict[type[Message], msgspec.msgpack.Decoder[Any]] = {}
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    return _envelope_decoder.decode(data)
+
+
+def decode_reply(data: bytes) -> Reply:
+    return _reply_decoder.decode(data)
+
+
+class UnknownMessageType(LookupError):
+    """An envelope names a message type this process does not know."""
+
+
+def message_class(type_name: str) -> type[Message]:
+    try:
+        return Message.registry[type_name]
+    except KeyError:
+        raise UnknownMessageType(type_name) from None
+
+
+def decode_body(type_name: str, body: bytes) -> Message:
+    cls = message_class(type_name)
+    decoder = _body_decoders.get(cls)
+    if decoder is None:
+        decoder = _body_decoders[cls] = msgspec.msgpack.Decoder(cls)
+    message: Message = decoder.decode(body)
+    return message
+
+
+def new_envelope(
+    message: Message,
+    *,
+    correlation_id: uuid.UUID | None = None,
+    causation_id: uuid.UUID | None = None,
+    traceparent: str | None = None,
+    message_id: uuid.UUID | None = None,
+    deadline: float | None = None,
+    sender: str | None = None,
+) -> Envelope:
+    mid = message_id or uuid.uuid4()
+    return Envelope(
+        message_id=mid,
+        type=type(message).type_name(),
+        body=_encoder.encode(message),
+        correlation_id=correlation_id or mid,
+        causation_id=causation_id,
+        traceparent=traceparent,
+        sent_at=time.time(),
+        deadline=deadline,
+        sender=sender,
+    )
+
+
+def to_json(envelope: Envelope) -> dict[str, Any]:
+    """The envelope with its body decoded, for logs and operator views."""
+    data: dict[str, Any] = msgspec.to_builtins(envelope)
+    try:
+        data["body"] = msgspec.to_builtins(decode_body(envelope.type, envelope.body))
+    except (UnknownMessageType, msgspec.DecodeError):
+        data["body"] = envelope.body.hex()
+    return data
+
+
+class Rejected(Message, frozen=True, kw_only=True):
+    """A handler's business refusal (out of stock, duplicate email …): a reply, not a failure.
+
+    Breakers never count it; HTTP layers map `code` to a status."""
+
+    code: str
+    detail: str = ""
+    field: str | None = None

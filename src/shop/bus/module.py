@@ -1,0 +1,93 @@
+"""The module descriptor: what a bounded context declares about itself.
+
+    module = Module("catalog", metadata=models.metadata, controllers=[ProductController])
+
+    @module.handles(ReserveStock)
+    async def reserve_stock(cmd: ReserveStock, stock: StockLedger) -> StockReserved: ...
+
+    @module.on(PaymentCaptured)
+    async def when_payment_captured_commit_stock(event: PaymentCaptured, session: AsyncSession): ...
+
+The composition root reads descriptors; the kernel never imports a module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import sqlalchemy as sa
+
+from shop.bus.messages import Command, Event, Message, Query
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+Hook = Callable[..., Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    """One handler: the message type it takes and whether it owns it or subscribes to it."""
+
+    module: str
+    message_type: type[Message]
+    func: Callable[..., Awaitable[Any]]
+    role: Literal["owner", "subscriber"]
+
+    @property
+    def consumer(self) -> str:
+        return f"{self.module}.{self.func.__name__}"
+
+
+@dataclass(slots=True)
+class Module:
+    """A bounded context: its name, tables, HTTP controllers, handlers and providers."""
+
+    name: str
+    metadata: sa.MetaData | None = None
+    controllers: Sequence[Any] = ()
+    handlers: list[HandlerSpec] = field(default_factory=list)
+    providers: dict[type[Any], Callable[..., Any]] = field(default_factory=dict)
+    singletons: dict[type[Any], Callable[..., Any]] = field(default_factory=dict)
+    startup_hooks: list[Hook] = field(default_factory=list)
+    background_tasks: list[Hook] = field(default_factory=list)
+
+    def handles(self, message_type: type[Command] | type[Query]) -> Callable[[F], F]:
+        """Register the one handler of a command or query this module owns."""
+        if not issubclass(message_type, (Command, Query)):
+            raise TypeError(f"{message_type.__name__} is not a command or query; use .on() for events")
+
+        def register(func: F) -> F:
+            if any(h.message_type is message_type for h in self.handlers):
+                raise ValueError(f"{self.name} already handles {message_type.__name__}")
+            self.handlers.append(HandlerSpec(self.name, message_type, func, "owner"))
+            return func
+
+        return register
+
+    def on(self, event_type: type[Event]) -> Callable[[F], F]:
+        """Subscribe a handler to an event (any module's)."""
+        if not issubclass(event_type, Event):
+            raise TypeError(f"{event_type.__name__} is not an event; use .handles() for commands")
+
+        def register(func: F) -> F:
+            self.handlers.append(HandlerSpec(self.name, event_type, func, "subscriber"))
+            return func
+
+        return register
+
+    def provide(self, kind: type[Any], factory: Callable[..., Any], *, singleton: bool = False) -> None:
+        """Make `kind` injectable into this module's handlers; the factory's own parameters
+        are injected by type too. A singleton is built once at start-up (its parameters must
+        be singletons too); otherwise once per handled message."""
+        (self.singletons if singleton else self.providers)[kind] = factory
+
+    def on_startup(self, hook: F) -> F:
+        """Run once when the module starts (after migrations), with injected parameters."""
+        self.startup_hooks.append(hook)
+        return hook
+
+    def background(self, task: F) -> F:
+        """A long-running coroutine started with the module and cancelled at shutdown."""
+        self.background_tasks.append(task)
+        return task

@@ -1,0 +1,185 @@
+"""The transactional outbox and its relay.
+
+`send` and `publish` write an outbox row in the caller's transaction. After that transaction
+commits, the relay hands the envelope to the transport, once per consumer, and deletes the row
+when every receipt has resolved. Rows left behind by a crash are swept at start-up and then
+periodically, so a message written is a message delivered, at least once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+import msgspec
+import sqlalchemy as sa
+import structlog
+
+from shop.bus.messages import Envelope, decode_envelope, encode
+from shop.bus.tables import outbox
+from shop.db import Database, UnitOfWork, unit_of_work
+from shop.observability import metrics
+
+log = structlog.get_logger("shop.bus.outbox")
+
+Route = tuple[str, str]  # (queue, consumer)
+Deliver = Callable[[str, Envelope], Awaitable[Awaitable[None]]]
+
+
+async def write(uow: UnitOfWork, envelope: Envelope, relay: Relay | None) -> None:
+    """Add an envelope to the outbox of the unit of work's module; relay it after commit.
+
+    An envelope that names its `consumer` goes to that consumer only (a redriven message).
+    Without a relay (a CLI process) the row waits for the running shop's sweep."""
+    await uow.session.execute(
+        outbox.insert().values(
+            id=envelope.message_id,
+            message_type=envelope.type,
+            envelope=encode(envelope),
+            traceparent=envelope.traceparent,
+            created_at=envelope.sent_at,
+        )
+    )
+    if relay is None:
+        return
+    pending: list[Envelope] | None = uow.items.get("outbox")
+    if pending is None:
+        pending = uow.items["outbox"] = []
+        database = uow.database
+
+        async def relay_after_commit() -> None:
+            relay.relay(database, pending)
+
+        uow.after_commit(relay_after_commit)
+    pending.append(envelope)
+
+
+class Relay:
+    """Relays committed outbox rows and forgets them once delivered."""
+
+    def __init__(
+        self,
+        databases: Mapping[str, Database],
+        routes: Callable[[Envelope], Sequence[Route]],
+        deliver: Deliver,
+        *,
+        sweep_interval: float = 5.0,
+        sweep_grace: float = 5.0,
+        batch_delay: float = 0.01,
+    ) -> None:
+        self.databases = dict(databases)
+        self.routes = routes
+        self.deliver = deliver
+        self.sweep_interval = sweep_interval
+        self.sweep_grace = sweep_grace
+        self.batch_delay = batch_delay
+        self._in_flight: set[uuid.UUID] = set()
+        self._done: dict[str, list[uuid.UUID]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._flush_wanted = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.sweep(grace=0.0)
+        self._flusher = asyncio.create_task(self._flush_loop(), name="outbox:flush")
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="outbox:sweep")
+
+    async def stop(self) -> None:
+        for task in (self._sweeper, *self._tasks):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sweeper is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
+
+    def relay(self, database: Database, envelopes: Sequence[Envelope]) -> None:
+        """Deliver freshly committed envelopes in the background."""
+        for envelope in envelopes:
+            if envelope.message_id in self._in_flight:
+                continue
+            self._in_flight.add(envelope.message_id)
+            task = asyncio.create_task(self._deliver_one(database.module, envelope))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _deliver_one(self, module: str, envelope: Envelope) -> None:
+        try:
+            receipts = [
+                await self.deliver(queue, msgspec.structs.replace(envelope, consumer=consumer))
+                for queue, consumer in self.routes(envelope)
+            ]
+            if receipts:
+                await asyncio.gather(*receipts)
+        except Exception as exc:
+            # Left in the outbox: the sweep tries again.
+            log.warning("outbox.relay_failed", message_id=str(envelope.message_id), error=repr(exc))
+            self._in_flight.discard(envelope.message_id)
+            return
+        metrics.OUTBOX_LAG.observe(max(0.0, time.time() - envelope.sent_at))
+        self._done.setdefault(module, []).append(envelope.message_id)
+        self._flush_wanted.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush_wanted.wait()
+            await asyncio.sleep(self.batch_delay)
+            self._flush_wanted.clear()
+            try:
+                await self.flush()
+            except Exception as exc:
+                log.warning("outbox.flush_failed", error=repr(exc))
+
+    async def flush(self) -> None:
+        """Delete delivered rows, one statement per module."""
+        done, self._done = self._done, {}
+        for module, ids in done.items():
+            try:
+                async with unit_of_work(self.databases[module]) as uow:
+                    await uow.session.execute(outbox.delete().where(outbox.c.id.in_(ids)))
+            except Exception:
+                self._done.setdefault(module, []).extend(ids)
+                raise
+            self._in_flight.difference_update(ids)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self.sweep(grace=self.sweep_grace)
+            except Exception as exc:
+                log.warning("outbox.sweep_failed", error=repr(exc))
+
+    async def sweep(self, *, grace: float) -> int:
+        """Relay rows older than `grace` seconds that are not in flight; return how many."""
+        count = 0
+        cutoff = time.time() - grace
+        for database in self.databases.values():
+            async with unit_of_work(database, write=False) as uow:
+                rows = await uow.session.execute(
+                    sa.select(outbox.c.envelope).where(outbox.c.created_at <= cutoff).order_by(outbox.c.created_at)
+                )
+                envelopes = [decode_envelope(row[0]) for row in rows]
+            fresh = [e for e in envelopes if e.message_id not in self._in_flight]
+            if fresh:
+                log.info("outbox.swept", module=database.module, count=len(fresh))
+                self.relay(database, fresh)
+                count += len(fresh)
+        return count
+
+    async def pending(self) -> int:
+        """Rows still in every local outbox (for tests and metrics)."""
+        total = 0
+        for database in self.databases.values():
+            async with unit_of_work(database, write=False) as uow:
+                total += (await uow.session.execute(sa.select(sa.func.count()).select_from(outbox))).scalar_one()
+        return total

@@ -1,0 +1,1185 @@
+"""Orchestration sagas: a durable, generic engine that runs steps and undoes them on failure.
+
+A :class:`Saga` is a named, ordered list of steps. Each step has an ``action`` and may have a
+``compensate`` (undoes a completed step), an ``abort`` (called when the step is abandoned
+while in progress: its deadline passed or the saga was cancelled) and a ``deadline``. The
+kernel knows no business word: the owning module supplies the callables and the hooks.
+
+The :class:`SagaEngine` persists every state change in its own short transaction on the owning
+module's database (tables ``saga_instances`` and ``saga_steps``) and runs the callables outside
+any transaction. What an action's outcome means:
+
+* returns ``None`` or a dict (merged into ``data``): the step is DONE, the next one runs;
+* returns :class:`Wait`: the saga is WAITING until the owning module calls
+  :meth:`SagaEngine.complete_step` or :meth:`SagaEngine.fail_step` (or the deadline passes);
+* raises :class:`StepFailed`: a definitive failure; completed steps are compensated in reverse
+  order and the saga ends with the given status and reason;
+* raises any other exception: the outcome is unknown. Nothing is compensated; the step is
+  retried with backoff and the same idempotency key until it succeeds, fails definitively, or
+  its deadline (or the saga's) passes; then the step is aborted and the completed steps are
+  compensated.
+
+Compensations and aborts are retried with backoff; after ``max_compensation_attempts`` the
+saga is parked in ``COMPENSATION_FAILED`` until an operator calls :meth:`SagaEngine.retry`.
+
+Concurrency: optimistic (``version`` column) across processes, and an :class:`asyncio.Lock`
+per saga within one process. Time comes from an injectable clock, so tests never sleep.
+
+The engine keeps a little bookkeeping of its own inside the persisted ``data`` under the key
+``"__saga__"``; it is never shown to actions, hooks or :class:`SagaState`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import copy
+import inspect
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeAlias, cast
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shop.bus.retry import RetryPolicy
+from shop.bus.tables import saga_instances, saga_steps
+from shop.db import Database, UnitOfWork, current_unit_of_work, unit_of_work
+from shop.observability import metrics
+
+__all__ = [
+    "ABORTED",
+    "CANCELLED",
+    "COMPENSATED",
+    "COMPENSATING",
+    "COMPENSATION_FAILED",
+    "COMPLETED",
+    "DONE",
+    "FAILED",
+    "RETRY",
+    "RUNNING",
+    "STARTED",
+    "TIMED_OUT",
+    "WAITING",
+    "NoUnitOfWorkForSaga",
+    "Saga",
+    "SagaContext",
+    "SagaEngine",
+    "SagaError",
+    "SagaState",
+    "Step",
+    "StepFailed",
+    "TimelineEntry",
+    "UnknownSaga",
+    "Wait",
+    "is_final",
+]
+
+log = structlog.get_logger("shop.bus.saga")
+
+# Saga statuses.
+RUNNING = "RUNNING"
+WAITING = "WAITING"
+COMPENSATING = "COMPENSATING"
+COMPLETED = "COMPLETED"
+FAILED = "FAILED"
+CANCELLED = "CANCELLED"
+COMPENSATION_FAILED = "COMPENSATION_FAILED"
+# Timeline-only statuses (per step).
+STARTED = "STARTED"
+DONE = "DONE"
+RETRY = "RETRY"
+TIMED_OUT = "TIMED_OUT"
+ABORTING = "ABORTING"
+ABORTED = "ABORTED"
+COMPENSATED = "COMPENSATED"
+RESUMED = "RESUMED"
+
+DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+
+_NOT_FINAL = frozenset({RUNNING, WAITING, COMPENSATING, COMPENSATION_FAILED})
+_MAX_NAME = 100
+_MAX_STATUS = 32
+_MAX_REASON = 100
+META_KEY = "__saga__"
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:shop:bus:saga")
+
+
+def is_final(status: str) -> bool:
+    """Whether a saga in ``status`` has ended (COMPENSATION_FAILED is parked, not final)."""
+    return status not in _NOT_FINAL
+
+
+def _check_final_status(status: str) -> None:
+    if not isinstance(status, str) or not status or len(status) > _MAX_STATUS:
+        raise ValueError(f"a saga status must be a non-empty string of at most {_MAX_STATUS} characters")
+    if status in _NOT_FINAL:
+        raise ValueError(f"{status!r} is not a final status; use e.g. {FAILED!r} or {CANCELLED!r}")
+
+
+def _check_reason(reason: str) -> None:
+    if not isinstance(reason, str) or not reason or len(reason) > _MAX_REASON:
+        raise ValueError(f"a failure reason must be a non-empty string of at most {_MAX_REASON} characters")
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not isinstance(name, str) or not name or len(name) > _MAX_NAME:
+        raise ValueError(f"a {kind} name must be a non-empty string of at most {_MAX_NAME} characters")
+
+
+def _utc(value: datetime) -> datetime:
+    """Timezone-aware UTC (SQLite hands back naive datetimes, which are UTC by construction)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else _utc(value)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SagaError(Exception):
+    """Base of the saga engine's own errors."""
+
+
+class NoUnitOfWorkForSaga(SagaError):
+    """`start` was awaited outside a unit of work on the saga's database."""
+
+
+class UnknownSaga(SagaError, KeyError):
+    """No saga definition of that name is registered with the engine."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown saga"
+
+
+class StepFailed(Exception):
+    """Raised by an action for a definitive failure: compensate, then end with ``status``."""
+
+    def __init__(self, reason: str, status: str = FAILED, detail: str | None = None) -> None:
+        _check_reason(reason)
+        _check_final_status(status)
+        super().__init__(reason if detail is None else f"{reason}: {detail}")
+        self.reason = reason
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Returned by an action: the step goes on outside the saga; `data` is merged now."""
+
+    data: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SagaContext:
+    """What an action, compensation, abort or hook gets to see of its saga.
+
+    ``data`` is the saga's JSON-able data; changes made to it in place are persisted when the
+    call's outcome is known (not when it raises an unknown-outcome error). ``phase`` is
+    ``"action"``, ``"compensate"`` or ``"abort"``.
+    """
+
+    saga_id: uuid.UUID
+    saga_type: str
+    step: str
+    data: dict[str, Any]
+    attempt: int = 1
+    phase: str = "action"
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across re-runs: ``"<saga_id>:<step>"`` for actions, with ``":<phase>"`` else.
+
+        Compensations and aborts get their own key so that a receiver's inbox never mistakes
+        an undo for a duplicate of the action it undoes.
+        """
+        key = f"{self.saga_id}:{self.step}"
+        return key if self.phase == "action" else f"{key}:{self.phase}"
+
+    def message_id(self, suffix: str = "") -> uuid.UUID:
+        """A message id that is the same on every re-run of this call (uuid5 of the key)."""
+        key = self.idempotency_key if not suffix else f"{self.idempotency_key}:{suffix}"
+        return uuid.uuid5(_NAMESPACE, key)
+
+
+Action: TypeAlias = Callable[[SagaContext], Awaitable[Any]]
+Deadline: TypeAlias = timedelta | Callable[[SagaContext], timedelta]
+StepHook: TypeAlias = Callable[[SagaContext, str, str, AsyncSession], Awaitable[None] | None]
+FinishHook: TypeAlias = Callable[[SagaContext, str, str | None, AsyncSession], Awaitable[None] | None]
+Clock: TypeAlias = Callable[[], datetime]
+
+
+def _resolve_deadline(deadline: Deadline, ctx: SagaContext) -> timedelta:
+    value = deadline if isinstance(deadline, timedelta) else deadline(ctx)
+    if not isinstance(value, timedelta):
+        raise TypeError(f"a deadline must be a timedelta, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a saga definition."""
+
+    name: str
+    action: Action
+    compensate: Action | None = None
+    abort: Action | None = None
+    deadline: Deadline | None = None
+    timeout_reason: str = DEADLINE_EXCEEDED
+    timeout_status: str = FAILED
+
+
+@dataclass(frozen=True, slots=True)
+class Saga:
+    """A saga definition; ``.step(...)`` returns a new definition with one more step."""
+
+    name: str
+    deadline: Deadline | None = None
+    on_step: StepHook | None = None
+    on_finish: FinishHook | None = None
+    timeout_reason: str = DEADLINE_EXCEEDED
+    timeout_status: str = FAILED
+    steps: tuple[Step, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_name("saga", self.name)
+        _check_reason(self.timeout_reason)
+        _check_final_status(self.timeout_status)
+
+    def step(
+        self,
+        name: str,
+        action: Action,
+        *,
+        compensate: Action | None = None,
+        abort: Action | None = None,
+        deadline: Deadline | None = None,
+        timeout_reason: str = DEADLINE_EXCEEDED,
+        timeout_status: str = FAILED,
+    ) -> Saga:
+        """A copy of this definition with a step appended."""
+        _check_name("step", name)
+        _check_reason(timeout_reason)
+        _check_final_status(timeout_status)
+        if any(existing.name == name for existing in self.steps):
+            raise ValueError(f"saga {self.name!r} already has a step named {name!r}")
+        new = Step(name, action, compensate, abort, deadline, timeout_reason, timeout_status)
+        return replace(self, steps=(*self.steps, new))
+
+    def index_of(self, name: str) -> int | None:
+        for index, step in enumerate(self.steps):
+            if step.name == name:
+                return index
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SagaState:
+    """A snapshot of one saga instance."""
+
+    id: uuid.UUID
+    type: str
+    status: str
+    step: str | None
+    data: dict[str, Any]
+    failure_reason: str | None
+    step_deadline: datetime | None
+    deadline: datetime | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    next_attempt_at: datetime | None = None
+
+    @property
+    def final(self) -> bool:
+        return is_final(self.status)
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    """One line of a saga's history. Saga-level entries carry the saga type as ``step``."""
+
+    step: str
+    status: str
+    at: datetime
+    detail: str | None
+
+
+@dataclass(slots=True)
+class _Row:
+    """A saga instance as loaded, mutated by a transition, then saved with a version check."""
+
+    id: uuid.UUID
+    type: str
+    status: str
+    step: str | None
+    step_index: int
+    data: dict[str, Any]
+    meta: dict[str, Any]
+    failure_reason: str | None
+    step_deadline: datetime | None
+    deadline: datetime | None
+    attempts: int
+    next_attempt_at: datetime | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_mapping(cls, row: Mapping[str, Any]) -> _Row:
+        data = dict(row["data"] or {})
+        meta = data.pop(META_KEY, None)
+        return cls(
+            id=row["id"],
+            type=row["type"],
+            status=row["status"],
+            step=row["step"],
+            step_index=row["step_index"],
+            data=data,
+            meta=dict(meta) if isinstance(meta, dict) else {},
+            failure_reason=row["failure_reason"],
+            step_deadline=_utc_or_none(row["step_deadline"]),
+            deadline=_utc_or_none(row["deadline"]),
+            attempts=row["attempts"],
+            next_attempt_at=_utc_or_none(row["next_attempt_at"]),
+            version=row["version"],
+            created_at=_utc(row["created_at"]),
+            updated_at=_utc(row["updated_at"]),
+        )
+
+    def stored_data(self) -> dict[str, Any]:
+        stored = dict(self.data)
+        if self.meta:
+            stored[META_KEY] = self.meta
+        return stored
+
+    def state(self) -> SagaState:
+        return SagaState(
+            id=self.id,
+            type=self.type,
+            status=self.status,
+            step=self.step,
+            data=copy.deepcopy(self.data),
+            failure_reason=self.failure_reason,
+            step_deadline=self.step_deadline,
+            deadline=self.deadline,
+            attempts=self.attempts,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            next_attempt_at=self.next_attempt_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    step: str
+    status: str
+    detail: str | None = None
+    hook: bool = True  # step-level: passed to on_step
+
+
+@dataclass(frozen=True, slots=True)
+class _Finish:
+    status: str
+    reason: str | None
+    final: bool = True
+
+
+@dataclass(slots=True)
+class _Change:
+    events: list[_Event] = field(default_factory=list)
+    finish: _Finish | None = None
+
+
+@dataclass(slots=True)
+class _LockEntry:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+def _merge(data: dict[str, Any], result: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``data`` updated with ``result``, checked to be JSON-able and free of the reserved key."""
+    if not isinstance(data, dict):
+        raise TypeError(f"saga data must stay a dict, got {type(data).__name__}")
+    merged = dict(data)
+    if result is not None:
+        if not isinstance(result, Mapping):
+            raise TypeError(f"a saga step must return None, a dict or Wait(), got {result!r}")
+        merged.update(result)
+    if META_KEY in merged:
+        raise ValueError(f"the data key {META_KEY!r} is reserved for the saga engine")
+    json.dumps(merged)  # raises TypeError/ValueError when not JSON-able
+    return merged
+
+
+def _detail(reason: str, detail: str | None) -> str:
+    return reason if detail is None else f"{reason}: {detail}"
+
+
+async def _call_hook(result: Awaitable[None] | None) -> None:
+    if inspect.isawaitable(result):
+        await result
+
+
+class SagaEngine:
+    """Runs the sagas of one module on that module's database; see the module docstring."""
+
+    def __init__(
+        self,
+        database: Database,
+        definitions: Iterable[Saga],
+        *,
+        clock: Clock = _utcnow,
+        retry: RetryPolicy | None = None,
+        max_compensation_attempts: int = 5,
+        stale_after: timedelta = timedelta(minutes=5),
+        batch_size: int = 100,
+    ) -> None:
+        if max_compensation_attempts < 1:
+            raise ValueError("max_compensation_attempts must be >= 1")
+        self.database = database
+        self._definitions: dict[str, Saga] = {}
+        for definition in definitions:
+            if definition.name in self._definitions:
+                raise ValueError(f"two saga definitions named {definition.name!r}")
+            if not definition.steps:
+                raise ValueError(f"saga {definition.name!r} has no steps")
+            self._definitions[definition.name] = definition
+        self._clock = clock
+        self._retry = retry if retry is not None else RetryPolicy(base_delay=1.0, max_delay=300.0, jitter=0.2)
+        self.max_compensation_attempts = max_compensation_attempts
+        self._stale_after = stale_after
+        self._batch_size = batch_size
+        self._locks: dict[uuid.UUID, _LockEntry] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # -- definitions and plumbing ---------------------------------------------------------
+
+    def definition(self, name: str) -> Saga:
+        """The registered definition called ``name``."""
+        try:
+            return self._definitions[name]
+        except KeyError:
+            raise UnknownSaga(f"no saga definition named {name!r} is registered") from None
+
+    @property
+    def background_tasks(self) -> frozenset[asyncio.Task[None]]:
+        """The advancing tasks scheduled after commits and not finished yet."""
+        return frozenset(self._tasks)
+
+    def _now(self) -> datetime:
+        return _utc(self._clock())
+
+    def _joined(self) -> UnitOfWork | None:
+        """The caller's unit of work when it is on this engine's database."""
+        uow = current_unit_of_work()
+        if uow is None:
+            return None
+        if uow.database.url != self.database.url or uow.database.module != self.database.module:
+            return None
+        return uow
+
+    @asynccontextmanager
+    async def _locked(self, saga_id: uuid.UUID) -> AsyncIterator[None]:
+        entry = self._locks.get(saga_id)
+        if entry is None:
+            entry = self._locks[saga_id] = _LockEntry()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                self._locks.pop(saga_id, None)
+
+    def _busy(self, saga_id: uuid.UUID) -> bool:
+        entry = self._locks.get(saga_id)
+        return entry is not None and entry.lock.locked()
+
+    def _schedule(self, saga_id: uuid.UUID) -> None:
+        if self._closed:
+            log.warning("saga.not_scheduled_engine_closed", saga_id=str(saga_id))
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._advance_logged(saga_id), name=f"saga-advance-{saga_id}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:  # a BaseException that escaped _advance_logged
+            log.error("saga.background_crashed", task=task.get_name(), exc_info=error)
+
+    async def _advance_logged(self, saga_id: uuid.UUID) -> None:
+        try:
+            await self.advance(saga_id)
+        except Exception:
+            log.exception("saga.advance_failed", saga_id=str(saga_id))
+
+    def _context(self, row: _Row, step: str, phase: str = "action") -> SagaContext:
+        return SagaContext(
+            saga_id=row.id,
+            saga_type=row.type,
+            step=step,
+            data=copy.deepcopy(row.data),
+            attempt=row.attempts + 1,
+            phase=phase,
+        )
+
+    # -- persistence --------------------------------------------------------------------
+
+    async def _load(self, saga_id: uuid.UUID, session: AsyncSession | None = None) -> _Row | None:
+        query = sa.select(saga_instances).where(saga_instances.c.id == saga_id)
+        if session is not None:
+            found = (await session.execute(query)).mappings().first()
+        else:
+            async with unit_of_work(self.database, write=False) as uow:
+                found = (await uow.session.execute(query)).mappings().first()
+        return None if found is None else _Row.from_mapping(found)
+
+    async def _write(self, uow: UnitOfWork, definition: Saga, row: _Row, change: _Change) -> bool:
+        """Save ``row`` if nobody changed it since it was loaded; timeline and hooks alike."""
+        session = uow.session
+        now = self._now()
+        expected = row.version
+        result = cast(
+            CursorResult[Any],
+            await session.execute(
+                saga_instances.update()
+                .where(saga_instances.c.id == row.id, saga_instances.c.version == expected)
+                .values(
+                    status=row.status,
+                    step=row.step,
+                    step_index=row.step_index,
+                    data=row.stored_data(),
+                    failure_reason=row.failure_reason,
+                    step_deadline=row.step_deadline,
+                    deadline=row.deadline,
+                    attempts=row.attempts,
+                    next_attempt_at=row.next_attempt_at,
+                    version=expected + 1,
+                    updated_at=now,
+                )
+            ),
+        )
+        if result.rowcount != 1:
+            log.info("saga.concurrent_change", saga_id=str(row.id), version=expected)
+            return False
+        row.version = expected + 1
+        row.updated_at = now
+        for event in change.events:
+            await session.execute(
+                saga_steps.insert().values(
+                    saga_id=row.id, step=event.step, status=event.status, detail=event.detail, at=now
+                )
+            )
+        if definition.on_step is not None:
+            for event in change.events:
+                if event.hook:
+                    ctx = self._context(row, event.step)
+                    await _call_hook(definition.on_step(ctx, event.step, event.status, session))
+        finish = change.finish
+        if finish is not None:
+            if definition.on_finish is not None:
+                ctx = self._context(row, row.step or "")
+                await _call_hook(definition.on_finish(ctx, finish.status, finish.reason, session))
+            if finish.final:
+                saga_type, status = row.type, finish.status
+
+                async def count() -> None:
+                    metrics.SAGAS.labels(saga_type, status).inc()
+
+                uow.after_commit(count)
+            log.info("saga.finished", saga_id=str(row.id), type=row.type, status=finish.status,
+                     reason=finish.reason)
+        return True
+
+    async def _save(self, definition: Saga, row: _Row, change: _Change) -> bool:
+        async with unit_of_work(self.database) as uow:
+            return await self._write(uow, definition, row, change)
+
+    # -- transitions (mutate the row, describe the change) ------------------------------
+
+    def _finish(self, row: _Row, change: _Change) -> None:
+        status = str(row.meta.get("outcome") or FAILED)
+        failed_step = row.meta.get("failed_step")
+        if isinstance(failed_step, str):
+            row.step = failed_step
+        row.status = status
+        row.meta = {}
+        row.attempts = 0
+        row.next_attempt_at = None
+        row.step_deadline = None
+        change.events.append(_Event(row.type, status, row.failure_reason, hook=False))
+        change.finish = _Finish(status, row.failure_reason)
+
+    def _next_compensation(self, definition: Saga, row: _Row) -> int | None:
+        for index in range(min(row.step_index, len(definition.steps)) - 1, -1, -1):
+            if definition.steps[index].compensate is not None:
+                return index
+        return None
+
+    def _settle(self, definition: Saga, row: _Row, change: _Change) -> None:
+        """After an undo (or entering compensation): finish at once when nothing is left."""
+        if not row.meta.get("abort") and self._next_compensation(definition, row) is None:
+            self._finish(row, change)
+
+    def _enter_compensation(
+        self, definition: Saga, row: _Row, change: _Change, status: str, reason: str, abort: str | None
+    ) -> None:
+        row.meta = {"outcome": status, "failed_step": row.step}
+        if abort is not None:
+            row.meta["abort"] = abort
+        row.status = COMPENSATING
+        row.failure_reason = reason
+        row.attempts = 0
+        row.next_attempt_at = None
+        row.step_deadline = None
+        if row.meta.get("abort") or self._next_compensation(definition, row) is not None:
+            change.events.append(_Event(row.type, COMPENSATING, f"{status}: {reason}", hook=False))
+        else:
+            self._finish(row, change)
+
+    def _abandon(self, definition: Saga, row: _Row, status: str, reason: str, event_status: str) -> _Change:
+        """Give up the current step (deadline or cancel): abort it if it had started."""
+        change = _Change()
+        step = definition.steps[row.step_index] if row.step_index < len(definition.steps) else None
+        started = row.status == WAITING or bool(row.meta.get("started"))
+        abort: str | None = None
+        if step is not None and started:
+            change.events.append(_Event(step.name, event_status, reason))
+            if step.abort is not None:
+                abort = step.name
+        self._enter_compensation(definition, row, change, status, reason, abort)
+        return change
+
+    def _step_done(self, definition: Saga, row: _Row, step: Step, data: dict[str, Any]) -> _Change:
+        change = _Change([_Event(step.name, DONE)])
+        row.data = data
+        row.meta = {}
+        row.attempts = 0
+        row.next_attempt_at = None
+        row.step_deadline = None
+        row.step_index += 1
+        if row.step_index >= len(definition.steps):
+            row.status = COMPLETED
+            row.step = step.name
+            change.events.append(_Event(row.type, COMPLETED, hook=False))
+            change.finish = _Finish(COMPLETED, None)
+        else:
+            row.status = RUNNING
+            row.step = definition.steps[row.step_index].name
+        return change
+
+    def _step_failed(
+        self,
+        definition: Saga,
+        row: _Row,
+        step: Step,
+        data: dict[str, Any],
+        reason: str,
+        status: str,
+        detail: str | None,
+    ) -> _Change:
+        change = _Change([_Event(step.name, FAILED, _detail(reason, detail))])
+        row.data = data
+        self._enter_compensation(definition, row, change, status, reason, abort=None)
+        return change
+
+    def _expired(self, definition: Saga, row: _Row, now: datetime) -> tuple[str, str] | None:
+        candidates: list[tuple[datetime, str, str]] = []
+        if row.step_deadline is not None and row.step_deadline <= now and row.step_index < len(
+            definition.steps
+        ):
+            step = definition.steps[row.step_index]
+            candidates.append((row.step_deadline, step.timeout_status, step.timeout_reason))
+        if row.deadline is not None and row.deadline <= now:
+            candidates.append((row.deadline, definition.timeout_status, definition.timeout_reason))
+        if not candidates:
+            return None
+        _, status, reason = min(candidates, key=lambda candidate: candidate[0])
+        return status, reason
+
+    # -- the advancing loop ---------------------------------------------------------------
+
+    async def advance(self, saga_id: uuid.UUID) -> SagaState | None:
+        """Run the saga as far as it can go now; return its state (None if unknown).
+
+        Stops at WAITING, a retry wait, a parked or a final status, or when another process
+        changed the saga meanwhile. Must not be awaited inside a unit of work on the saga's
+        database (it is scheduled after commit instead).
+        """
+        if self._joined() is not None:
+            raise SagaError("advance() must not run inside a unit of work on the saga's database")
+        while True:
+            async with self._locked(saga_id):
+                progressed = await self._step_once(saga_id)
+            if not progressed:
+                break
+        return await self.get(saga_id)
+
+    async def _step_once(self, saga_id: uuid.UUID) -> bool:
+        row = await self._load(saga_id)
+        if row is None or row.status not in (RUNNING, WAITING, COMPENSATING):
+            return False
+        definition = self._definitions.get(row.type)
+        if definition is None:
+            log.error("saga.unknown_definition", saga_id=str(saga_id), type=row.type)
+            return False
+        now = self._now()
+        if row.status in (RUNNING, WAITING):
+            expired = self._expired(definition, row, now)
+            if expired is not None:
+                status, reason = expired
+                log.warning("saga.deadline_passed", saga_id=str(saga_id), step=row.step, reason=reason)
+                return await self._save(
+                    definition, row, self._abandon(definition, row, status, reason, TIMED_OUT)
+                )
+            if row.status == WAITING:
+                return False
+            if row.next_attempt_at is not None and row.next_attempt_at > now:
+                return False
+            return await self._run_step(definition, row, now)
+        if row.next_attempt_at is not None and row.next_attempt_at > now:
+            return False
+        return await self._undo_next(definition, row)
+
+    async def _run_step(self, definition: Saga, row: _Row, now: datetime) -> bool:
+        if row.step_index >= len(definition.steps):  # cannot happen with this engine's writes
+            row.status, row.step = COMPLETED, definition.steps[-1].name
+            return await self._save(
+                definition, row, _Change([_Event(row.type, COMPLETED, hook=False)], _Finish(COMPLETED, None))
+            )
+        step = definition.steps[row.step_index]
+        if row.step != step.name:
+            log.error("saga.step_mismatch", saga_id=str(row.id), stored=row.step, expected=step.name)
+            return False
+        if not row.meta.get("started"):
+            row.meta["started"] = True
+            if step.deadline is not None:
+                row.step_deadline = now + _resolve_deadline(step.deadline, self._context(row, step.name))
+        row.next_attempt_at = None
+        claim = _Change([_Event(step.name, STARTED, f"attempt {row.attempts + 1}")])
+        if not await self._save(definition, row, claim):
+            return False
+        ctx = self._context(row, step.name)
+        log.debug("saga.step_started", saga_id=str(row.id), step=step.name, attempt=ctx.attempt)
+        try:
+            result = await step.action(ctx)
+            if isinstance(result, Wait):
+                data = _merge(ctx.data, result.data)
+            else:
+                data = _merge(ctx.data, result)
+        except StepFailed as failure:
+            try:
+                data = _merge(ctx.data, None)
+            except (TypeError, ValueError):
+                data = row.data
+            log.info("saga.step_failed", saga_id=str(row.id), step=step.name, reason=failure.reason)
+            change = self._step_failed(
+                definition, row, step, data, failure.reason, failure.status, failure.detail
+            )
+            return await self._save(definition, row, change)
+        except Exception as error:
+            return await self._save(definition, row, self._retry_later(row, step.name, error))
+        if isinstance(result, Wait):
+            row.data = data
+            row.status = WAITING
+            row.attempts = 0
+            row.next_attempt_at = None
+            if step.deadline is not None:
+                row.step_deadline = self._now() + _resolve_deadline(step.deadline, self._context(row, step.name))
+            return await self._save(definition, row, _Change([_Event(step.name, WAITING)]))
+        return await self._save(definition, row, self._step_done(definition, row, step, data))
+
+    def _retry_later(self, row: _Row, step: str, error: Exception) -> _Change:
+        row.attempts += 1
+        delay = self._retry.delay(row.attempts)
+        row.next_attempt_at = self._now() + timedelta(seconds=delay)
+        log.warning("saga.retry_scheduled", saga_id=str(row.id), step=step, attempts=row.attempts,
+                    delay=delay, error=repr(error))
+        return _Change([_Event(step, RETRY, repr(error))])
+
+    async def _undo_next(self, definition: Saga, row: _Row) -> bool:
+        """Run the pending abort, or the next compensation, or finish."""
+        change = _Change()
+        abort_name = row.meta.get("abort")
+        if abort_name:
+            index = definition.index_of(str(abort_name))
+            step = definition.steps[index] if index is not None else None
+            if step is None or step.abort is None:
+                row.meta.pop("abort", None)
+                self._settle(definition, row, change)
+                return await self._save(definition, row, change)
+            return await self._undo(definition, row, step, step.abort, "abort", index)
+        compensation = self._next_compensation(definition, row)
+        if compensation is None:
+            self._finish(row, change)
+            return await self._save(definition, row, change)
+        step = definition.steps[compensation]
+        assert step.compensate is not None
+        return await self._undo(definition, row, step, step.compensate, "compensate", compensation)
+
+    async def _undo(
+        self, definition: Saga, row: _Row, step: Step, fn: Action, phase: str, index: int | None
+    ) -> bool:
+        row.step = step.name
+        row.next_attempt_at = None
+        claim_status = COMPENSATING if phase == "compensate" else ABORTING
+        claim = _Change([_Event(step.name, claim_status, f"attempt {row.attempts + 1}")])
+        if not await self._save(definition, row, claim):
+            return False
+        ctx = self._context(row, step.name, phase)
+        try:
+            result = await fn(ctx)
+            data = _merge(ctx.data, None if isinstance(result, Wait) else result)
+        except Exception as error:
+            return await self._save(definition, row, self._undo_failed(row, step.name, error))
+        change = _Change()
+        row.data = data
+        row.attempts = 0
+        if phase == "abort":
+            row.meta.pop("abort", None)
+            change.events.append(_Event(step.name, ABORTED))
+        else:
+            assert index is not None
+            row.step_index = index
+            change.events.append(_Event(step.name, COMPENSATED))
+        self._settle(definition, row, change)
+        return await self._save(definition, row, change)
+
+    def _undo_failed(self, row: _Row, step: str, error: Exception) -> _Change:
+        row.attempts += 1
+        if row.attempts >= self.max_compensation_attempts:
+            row.status = COMPENSATION_FAILED
+            row.next_attempt_at = None
+            log.error("saga.compensation_failed", saga_id=str(row.id), step=step, attempts=row.attempts,
+                      error=repr(error))
+            return _Change(
+                [
+                    _Event(step, COMPENSATION_FAILED, repr(error)),
+                    _Event(row.type, COMPENSATION_FAILED, row.failure_reason, hook=False),
+                ],
+                _Finish(COMPENSATION_FAILED, row.failure_reason, final=False),
+            )
+        delay = self._retry.delay(row.attempts)
+        row.next_attempt_at = self._now() + timedelta(seconds=delay)
+        log.warning("saga.compensation_retry", saga_id=str(row.id), step=step, attempts=row.attempts,
+                    delay=delay, error=repr(error))
+        return _Change([_Event(step, RETRY, repr(error))])
+
+    # -- entry points ---------------------------------------------------------------------
+
+    async def start(
+        self, saga: Saga | str, saga_id: uuid.UUID, data: Mapping[str, Any] | None = None
+    ) -> None:
+        """Create a saga in the caller's open unit of work; it advances after that commits.
+
+        Starting an id that already exists with the same type does nothing (idempotent).
+        """
+        uow = self._joined()
+        if uow is None:
+            raise NoUnitOfWorkForSaga(
+                "SagaEngine.start() must be awaited inside an open unit of work on the "
+                f"{self.database.module!r} database (shop.db.unit_of_work)"
+            )
+        definition = self.definition(saga if isinstance(saga, str) else saga.name)
+        initial = _merge(dict(data or {}), None)
+        existing = await self._load(saga_id, uow.session)
+        if existing is not None:
+            if existing.type != definition.name:
+                raise SagaError(f"saga {saga_id} already exists as a {existing.type!r}")
+            log.info("saga.already_started", saga_id=str(saga_id), type=definition.name)
+            return
+        now = self._now()
+        first = definition.steps[0].name
+        deadline: datetime | None = None
+        if definition.deadline is not None:
+            ctx = SagaContext(saga_id, definition.name, first, copy.deepcopy(initial))
+            deadline = now + _resolve_deadline(definition.deadline, ctx)
+        await uow.session.execute(
+            saga_instances.insert().values(
+                id=saga_id,
+                type=definition.name,
+                status=RUNNING,
+                step=first,
+                step_index=0,
+                data=initial,
+                failure_reason=None,
+                step_deadline=None,
+                deadline=deadline,
+                attempts=0,
+                next_attempt_at=None,
+                version=0,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await uow.session.execute(
+            saga_steps.insert().values(saga_id=saga_id, step=definition.name, status=STARTED, at=now)
+        )
+
+        async def advance_after_commit() -> None:
+            self._schedule(saga_id)
+
+        uow.after_commit(advance_after_commit)
+        log.info("saga.started", saga_id=str(saga_id), type=definition.name)
+
+    async def _external(
+        self, saga_id: uuid.UUID, transition: Callable[[Saga, _Row], _Change | None]
+    ) -> bool:
+        """Apply a change asked for from outside (event handler, operator), then advance.
+
+        Inside the caller's unit of work on this database the change joins that transaction
+        and advancing is scheduled after it commits; otherwise it gets its own transaction and
+        the saga is advanced before returning.
+        """
+        uow = self._joined()
+        if uow is not None:
+            row = await self._load(saga_id, uow.session)
+            definition = self._definitions.get(row.type) if row is not None else None
+            if row is None or definition is None:
+                return False
+            change = transition(definition, row)
+            if change is None or not await self._write(uow, definition, row, change):
+                return False
+
+            async def advance_after_commit() -> None:
+                self._schedule(saga_id)
+
+            uow.after_commit(advance_after_commit)
+            return True
+        async with self._locked(saga_id):
+            row = await self._load(saga_id)
+            definition = self._definitions.get(row.type) if row is not None else None
+            if row is None or definition is None:
+                return False
+            change = transition(definition, row)
+            if change is None or not await self._save(definition, row, change):
+                return False
+        try:
+            await self.advance(saga_id)
+        except Exception:
+            log.exception("saga.advance_failed", saga_id=str(saga_id))
+        return True
+
+    @staticmethod
+    def _awaiting(definition: Saga, row: _Row, step: str) -> Step | None:
+        """The step if the saga is waiting on it (or its outcome is still unknown)."""
+        if row.step != step or row.step_index >= len(definition.steps):
+            return None
+        current = definition.steps[row.step_index]
+        if current.name != step:
+            return None
+        if row.status == WAITING or (row.status == RUNNING and row.meta.get("started")):
+            return current
+        return None
+
+    async def complete_step(
+        self, saga_id: uuid.UUID, step: str, data: Mapping[str, Any] | None = None
+    ) -> bool:
+        """The step the saga waits on succeeded; False (and nothing done) if it does not wait.
+
+        Also accepted while the step's action has started but its outcome is not recorded yet
+        (the event overtook the action's `Wait()`, or resolves an unknown outcome).
+        """
+        extra = dict(data) if data is not None else None
+
+        def transition(definition: Saga, row: _Row) -> _Change | None:
+            current = self._awaiting(definition, row, step)
+            if current is None:
+                return None
+            return self._step_done(definition, row, current, _merge(row.data, extra))
+
+        return await self._external(saga_id, transition)
+
+    async def fail_step(
+        self,
+        saga_id: uuid.UUID,
+        step: str,
+        reason: str,
+        status: str = FAILED,
+        detail: str | None = None,
+    ) -> bool:
+        """The step the saga waits on failed definitively: compensate and end with ``status``."""
+        _check_reason(reason)
+        _check_final_status(status)
+
+        def transition(definition: Saga, row: _Row) -> _Change | None:
+            current = self._awaiting(definition, row, step)
+            if current is None:
+                return None
+            return self._step_failed(definition, row, current, row.data, reason, status, detail)
+
+        return await self._external(saga_id, transition)
+
+    async def cancel(self, saga_id: uuid.UUID, reason: str, status: str = CANCELLED) -> bool:
+        """Abandon a RUNNING or WAITING saga: abort the current step, compensate, end.
+
+        False when the saga is unknown, already final, or already being compensated.
+        """
+        _check_reason(reason)
+        _check_final_status(status)
+
+        def transition(definition: Saga, row: _Row) -> _Change | None:
+            if row.status not in (RUNNING, WAITING):
+                return None
+            return self._abandon(definition, row, status, reason, CANCELLED)
+
+        return await self._external(saga_id, transition)
+
+    async def retry(self, saga_id: uuid.UUID) -> bool:
+        """Operator: resume a COMPENSATION_FAILED saga, or skip a pending retry wait now."""
+
+        def transition(definition: Saga, row: _Row) -> _Change | None:
+            if row.status == COMPENSATION_FAILED:
+                row.status = COMPENSATING
+            elif row.status not in (RUNNING, COMPENSATING) or row.next_attempt_at is None:
+                return None
+            row.attempts = 0
+            row.next_attempt_at = None
+            return _Change([_Event(row.type, RESUMED, "operator retry", hook=False)])
+
+        return await self._external(saga_id, transition)
+
+    # -- timers ---------------------------------------------------------------------------
+
+    async def _due(self, query: sa.Select[tuple[uuid.UUID]]) -> builtins.list[uuid.UUID]:
+        async with unit_of_work(self.database, write=False) as uow:
+            return builtins.list((await uow.session.execute(query)).scalars())
+
+    async def _advance_each(self, ids: Iterable[uuid.UUID]) -> int:
+        count = 0
+        for saga_id in ids:
+            if self._busy(saga_id):
+                continue  # being advanced in this process right now
+            try:
+                await self.advance(saga_id)
+            except Exception:
+                log.exception("saga.advance_failed", saga_id=str(saga_id))
+            count += 1
+        return count
+
+    async def tick(self) -> int:
+        """One pass of timers: advance sagas whose retry time or deadline has come.
+
+        Also picks up RUNNING/COMPENSATING sagas nobody touched for ``stale_after`` (their
+        advancing process died). Returns how many sagas were advanced.
+        """
+        now = self._now()
+        c = saga_instances.c
+        moving = c.status.in_((RUNNING, COMPENSATING))
+        query = (
+            sa.select(c.id)
+            .where(
+                sa.or_(
+                    sa.and_(moving, c.next_attempt_at <= now),
+                    sa.and_(
+                        c.status.in_((RUNNING, WAITING)),
+                        sa.or_(c.step_deadline <= now, c.deadline <= now),
+                    ),
+                    sa.and_(moving, c.next_attempt_at.is_(None), c.updated_at <= now - self._stale_after),
+                )
+            )
+            .order_by(c.updated_at)
+            .limit(self._batch_size)
+        )
+        return await self._advance_each(await self._due(query))
+
+    async def resume_all(self) -> int:
+        """At start-up: advance every RUNNING/COMPENSATING saga, and WAITING ones past a deadline."""
+        now = self._now()
+        c = saga_instances.c
+        query = (
+            sa.select(c.id)
+            .where(
+                sa.or_(
+                    c.status.in_((RUNNING, COMPENSATING)),
+                    sa.and_(c.status == WAITING, sa.or_(c.step_deadline <= now, c.deadline <= now)),
+                )
+            )
+            .order_by(c.created_at)
+        )
+        return await self._advance_each(await self._due(query))
+
+    async def run(self, interval: float = 1.0) -> None:
+        """Call :meth:`tick` every ``interval`` seconds until cancelled."""
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("saga.tick_failed")
+            await asyncio.sleep(interval)
+
+    async def drain(self) -> None:
+        """Wait for the background advancing scheduled so far (and any it schedules)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Cancel and await the background advancing tasks; schedule no more."""
+        self._closed = True
+        tasks = builtins.list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- queries --------------------------------------------------------------------------
+
+    async def get(self, saga_id: uuid.UUID) -> SagaState | None:
+        """The saga's current state, or None."""
+        row = await self._load(saga_id)
+        return None if row is None else row.state()
+
+    async def timeline(self, saga_id: uuid.UUID) -> builtins.list[TimelineEntry]:
+        """The saga's history, oldest first."""
+        query = (
+            sa.select(saga_steps.c.step, saga_steps.c.status, saga_steps.c.at, saga_steps.c.detail)
+            .where(saga_steps.c.saga_id == saga_id)
+            .order_by(saga_steps.c.id)
+        )
+        async with unit_of_work(self.database, write=False) as uow:
+            rows = (await uow.session.execute(query)).all()
+        return [TimelineEntry(step, status, _utc(at), detail) for step, status, at, detail in rows]
+
+    async def list(
+        self, status: str | None = None, limit: int = 20, after: uuid.UUID | None = None
+    ) -> builtins.list[SagaState]:
+        """Sagas, newest first; ``after`` is the id of the last saga of the previous page."""
+        c = saga_instances.c
+        query = sa.select(saga_instances)
+        if status is not None:
+            query = query.where(c.status == status)
+        async with unit_of_work(self.database, write=False) as uow:
+            if after is not None:
+                anchor = (
+                    await uow.session.execute(sa.select(c.created_at, c.id).where(c.id == after))
+                ).first()
+                if anchor is None:
+                    return []
+                created_at, anchor_id = _utc(anchor[0]), anchor[1]
+                query = query.where(
+                    sa.or_(c.created_at < created_at, sa.and_(c.created_at == created_at, c.id < anchor_id))
+                )
+            query = query.order_by(c.created_at.desc(), c.id.desc()).limit(max(0, limit))
+            rows = (await uow.session.execute(query)).mappings().all()
+        return [_Row.from_mapping(row).state() for row in rows]

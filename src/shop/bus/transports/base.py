@@ -1,0 +1,59 @@
+"""The Transport protocol every adapter implements, and what it calls back into (the Host)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Collection
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from shop.bus.messages import Envelope, Message
+
+
+class Outcome(enum.Enum):
+    """What became of one delivery attempt."""
+
+    DONE = "done"  # handled (or a duplicate); acknowledge
+    RETRY = "retry"  # failed; deliver again after `delay`
+    DEAD = "dead"  # failed for the last time; already in the dead-letter store
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    outcome: Outcome
+    delay: float = 0.0
+
+
+class Host(Protocol):
+    """The kernel side of a transport: runs handlers for envelopes that arrive."""
+
+    async def process(self, queue: str, envelope: Envelope) -> Result:
+        """Handle one delivery of an asynchronous message (command or event)."""
+        ...
+
+    async def answer(self, queue: str, envelope: Envelope, message: Message | None = None) -> Any:
+        """Handle a request; return the handler's reply (raise on failure)."""
+        ...
+
+
+class Transport(Protocol):
+    """Moves envelopes to module queues; request/reply; delayed redelivery."""
+
+    name: str
+
+    async def start(self, host: Host, queues: Collection[str]) -> None:
+        """Begin consuming the given module queues (the local modules)."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    async def deliver(self, queue: str, envelope: Envelope, *, delay: float = 0.0) -> Awaitable[None]:
+        """Enqueue; the returned receipt resolves when the message is safe to forget (for a
+        durable broker: accepted; in process: handled or dead-lettered)."""
+        ...
+
+    async def request(
+        self, queue: str, envelope: Envelope, *, timeout: float, message: Message | None = None
+    ) -> Any:
+        """Ask the queue's owner; return its reply or raise HandlerFailed / AskTimeout."""
+        ...

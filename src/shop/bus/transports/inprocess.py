@@ -1,0 +1,124 @@
+"""The in-process transport: asyncio queues and workers, one pool per module.
+
+Each module queue has its own bounded pool of workers, so a slow or hanging module cannot
+starve another. Nothing here is durable: the outbox keeps a message until its receipt says it
+was handled, and a restart redelivers what was in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Collection
+from typing import Any
+
+import msgspec
+
+from shop.bus.errors import AskTimeout
+from shop.bus.messages import Envelope, Message
+from shop.bus.transports.base import Host, Outcome
+
+_Item = tuple[Envelope, "asyncio.Future[None]"]
+
+
+class LocalRequests:
+    """Request/reply to handlers in this process: a bounded number at once per module, each
+    under a timeout. Used by the in-process transport, and by every bus for its local modules."""
+
+    def __init__(self, host: Host, *, per_queue: int = 64) -> None:
+        self.host = host
+        self.per_queue = per_queue
+        self._slots: dict[str, asyncio.Semaphore] = {}
+
+    async def request(
+        self, queue: str, envelope: Envelope, *, timeout: float, message: Message | None = None
+    ) -> Any:
+        slots = self._slots.get(queue)
+        if slots is None:
+            slots = self._slots[queue] = asyncio.Semaphore(self.per_queue)
+        try:
+            async with asyncio.timeout(timeout):
+                async with slots:
+                    return await self.host.answer(queue, envelope, message)
+        except TimeoutError:
+            raise AskTimeout(f"no reply from {queue} to {envelope.type} within {timeout}s") from None
+
+
+class InProcessTransport:
+    name = "inprocess"
+
+    def __init__(self, *, workers_per_queue: int = 16, requests_per_queue: int = 64) -> None:
+        self.workers_per_queue = workers_per_queue
+        self.requests_per_queue = requests_per_queue
+        self._host: Host | None = None
+        self._queues: dict[str, asyncio.Queue[_Item]] = {}
+        self._requests: LocalRequests | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    async def start(self, host: Host, queues: Collection[str]) -> None:
+        self._host = host
+        self._requests = LocalRequests(host, per_queue=self.requests_per_queue)
+        for queue in queues:
+            self._queues[queue] = asyncio.Queue()
+            for n in range(self.workers_per_queue):
+                self._workers.append(asyncio.create_task(self._work(queue), name=f"bus:{queue}:{n}"))
+
+    async def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+        for queue in self._queues.values():
+            while not queue.empty():
+                _, receipt = queue.get_nowait()
+                if not receipt.done():
+                    receipt.cancel()
+        self._queues.clear()
+
+    async def deliver(self, queue: str, envelope: Envelope, *, delay: float = 0.0) -> Awaitable[None]:
+        receipt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._enqueue(queue, envelope, receipt, delay)
+        return receipt
+
+    def _enqueue(self, queue: str, envelope: Envelope, receipt: asyncio.Future[None], delay: float) -> None:
+        target = self._queues.get(queue)
+        if target is None:
+            receipt.set_exception(LookupError(f"no local consumer for queue {queue!r}"))
+            return
+        if delay <= 0:
+            target.put_nowait((envelope, receipt))
+            return
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            target.put_nowait((envelope, receipt))
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(handle)
+
+    async def _work(self, queue: str) -> None:
+        assert self._host is not None
+        source = self._queues[queue]
+        while True:
+            envelope, receipt = await source.get()
+            try:
+                result = await self._host.process(queue, envelope)
+            except Exception as exc:  # the host records its own failures; this is a kernel bug
+                if not receipt.done():
+                    receipt.set_exception(exc)
+                continue
+            if result.outcome is Outcome.RETRY:
+                again = msgspec.structs.replace(envelope, attempt=envelope.attempt + 1)
+                self._enqueue(queue, again, receipt, result.delay)
+            elif not receipt.done():
+                receipt.set_result(None)
+
+    async def request(
+        self, queue: str, envelope: Envelope, *, timeout: float, message: Message | None = None
+    ) -> Any:
+        if self._requests is None or queue not in self._queues:
+            raise LookupError(f"no local consumer for queue {queue!r}")
+        return await self._requests.request(queue, envelope, timeout=timeout, message=message)

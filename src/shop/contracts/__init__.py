@@ -1,0 +1,1 @@
+"""The published language: one file per module, messages only."""

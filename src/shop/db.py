@@ -1,0 +1,125 @@
+"""One engine per module, and the unit of work every request and handler runs in.
+
+On SQLite (the embedded default) each module has its own file; the `<module>` schema of its
+tables is translated away. On PostgreSQL each module lives in the schema named after it; the
+kernel's tables (outbox, inbox, dead letters, sagas) are declared without a schema and land in
+the module's schema by translation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class Database:
+    """A module's engine and session factory."""
+
+    def __init__(self, module: str, url: str, *, echo: bool = False) -> None:
+        self.module = module
+        self.url = url
+        self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
+        self.schema: str | None = None if self.is_sqlite else module
+        translate = {module: None} if self.is_sqlite else {None: module}
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.is_sqlite:
+            database = make_url(url).database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        else:
+            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs).execution_options(
+            schema_translate_map=translate
+        )
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            # pysqlite's own transaction handling defers BEGIN; take the write lock up front
+            # so that concurrent writers queue on the busy timeout instead of deadlocking.
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> None:
+        """Raise if the database does not answer."""
+        async with self.engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+    cursor = dbapi_connection.cursor()
+    for pragma in (
+        "PRAGMA journal_mode=WAL",
+        "PRAGMA foreign_keys=ON",
+        f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+        "PRAGMA synchronous=NORMAL",
+    ):
+        cursor.execute(pragma)
+    cursor.close()
+
+
+def _sqlite_begin_immediate(conn: Any) -> None:
+    mode = "BEGIN IMMEDIATE" if conn.get_execution_options().get("shop_write", True) else "BEGIN"
+    conn.exec_driver_sql(mode)
+
+
+AfterCommit = Callable[[], Awaitable[None]]
+
+
+class UnitOfWork:
+    """One transaction on one module's database, with hooks that run after it commits."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.session: AsyncSession = database.sessions()
+        self._after_commit: list[AfterCommit] = []
+        self.items: dict[str, Any] = {}
+
+    def after_commit(self, hook: AfterCommit) -> None:
+        self._after_commit.append(hook)
+
+    async def run_after_commit(self) -> None:
+        hooks, self._after_commit = self._after_commit, []
+        for hook in hooks:
+            await hook()
+
+
+_current: ContextVar[UnitOfWork | None] = ContextVar("shop_unit_of_work", default=None)
+
+
+def current_unit_of_work() -> UnitOfWork | None:
+    """The unit of work the running code is inside, if any."""
+    return _current.get()
+
+
+@asynccontextmanager
+async def unit_of_work(database: Database, *, write: bool = True) -> AsyncIterator[UnitOfWork]:
+    """Open a transaction; commit on success, roll back on error; then run after-commit hooks.
+
+    On SQLite a writing unit of work takes the write lock at BEGIN (IMMEDIATE), so concurrent
+    writers queue on the busy timeout; a read-only one (`write=False`) begins deferred and
+    never blocks writers in WAL mode.
+    """
+    uow = UnitOfWork(database)
+    token = _current.set(uow)
+    try:
+        async with uow.session.begin():
+            await uow.session.connection(execution_options={"shop_write": write})
+            yield uow
+    finally:
+        _current.reset(token)
+        await uow.session.close()
+    await uow.run_after_commit()

@@ -1,0 +1,1 @@
+"""The API gateway: request ids, problem details, JWT auth, rate limiting, routing."""

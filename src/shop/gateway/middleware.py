@@ -1,0 +1,158 @@
+"""The gateway middleware every HTTP entry point runs behind (pure ASGI, one pass).
+
+Per request: a request id (echoed if the client sent a sane one), the W3C trace context,
+the bearer token verified once, the rate limit (per token subject, else per peer address;
+forwarding headers are not trusted), an access log line and the HTTP metrics.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+import structlog
+
+from shop.bus import context
+from shop.gateway.ratelimit import RateLimiter
+from shop.observability import metrics
+from shop.security.guards import AUTH_ERROR_KEY, PRINCIPAL_KEY
+from shop.security.tokens import InvalidToken, TokenVerifier
+from shop.settings import RateLimit
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = structlog.get_logger("shop.http")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+UNLIMITED_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
+class GatewayMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        verifier: TokenVerifier,
+        limiter: RateLimiter | None,
+        rate_limit: RateLimit,
+        service: str = "shop",
+    ) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.limiter = limiter
+        self.rate_limit = rate_limit
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = _headers(scope)
+        request_id = headers.get("x-request-id", "")
+        if not _REQUEST_ID.match(request_id):
+            request_id = uuid.uuid4().hex
+        incoming = headers.get("traceparent")
+        traceparent = context.child_traceparent(incoming if context.parse_traceparent(incoming) else None)
+        token = context.enter(
+            context.MessageContext(correlation_id=uuid.uuid4(), traceparent=traceparent, request_id=request_id)
+        )
+        status_holder = [500]
+        rid = request_id.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid)]
+            await send(message)
+
+        try:
+            subject = self._authenticate(scope, headers)
+            path = scope["path"]
+            if self.limiter is not None and path not in UNLIMITED_PATHS:
+                key = subject or _peer(scope)
+                retry_after = await self.limiter.check("api", key, self.rate_limit)
+                if retry_after is not None:
+                    metrics.RATE_LIMITED.labels("api").inc()
+                    await _too_many(send_with_id, retry_after)
+                    return
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = _route_of(scope)
+            status = status_holder[0]
+            metrics.HTTP_LATENCY.labels(scope["method"], route).observe(elapsed)
+            metrics.HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
+            log.info(
+                "http.request",
+                module=self.service,
+                method=scope["method"],
+                path=scope["path"],
+                route=route,
+                status=status,
+                duration_ms=round(elapsed * 1000, 3),
+            )
+            context.leave(token)
+
+    def _authenticate(self, scope: Scope, headers: dict[str, str]) -> str | None:
+        authorization = headers.get("authorization")
+        if not authorization:
+            return None
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            scope[AUTH_ERROR_KEY] = "expected 'Authorization: Bearer <token>'"
+            return None
+        try:
+            principal = self.verifier.verify(credentials.strip())
+        except InvalidToken as exc:
+            scope[AUTH_ERROR_KEY] = str(exc)
+            return None
+        scope[PRINCIPAL_KEY] = principal
+        return f"sub:{principal.user_id}"
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"ip:{client[0]}" if client else "ip:unknown"
+
+
+def _route_of(scope: Scope) -> str:
+    """The matched route's template (bounded label cardinality), set by Litestar's router."""
+    return str(scope.get("path_template") or "unmatched")
+
+
+_PROBLEM_429 = msgspec.json.encode(
+    {
+        "type": "https://shop.example/problems/too-many-requests",
+        "title": "Too Many Requests",
+        "status": 429,
+        "detail": "rate limit exceeded; retry later",
+    }
+)
+
+
+async def _too_many(send: Send, retry_after: float) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 429,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"retry-after", str(int(retry_after)).encode()),
+                (b"content-length", str(len(_PROBLEM_429)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": _PROBLEM_429})

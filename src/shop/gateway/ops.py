@@ -1,0 +1,58 @@
+"""Operations endpoints (no auth): /health, /ready, /metrics; and the admin services view."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from litestar import Controller, Response, get
+from litestar.datastructures import State
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from shop.gateway.problems import problem
+from shop.security.guards import admin_only
+
+Check = Callable[[], Awaitable[None]]
+READY_TIMEOUT_S = 2.0
+
+
+class OpsController(Controller):
+    include_in_schema = True
+
+    @get("/health", tags=["operations"], summary="The process lives")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/ready", tags=["operations"], summary="Every local dependency answers")
+    async def ready(self, state: State) -> Response[Any]:
+        checks: Mapping[str, Check] = state["ready_checks"]
+        results = await asyncio.gather(*(_probe(check) for check in checks.values()))
+        report = dict(zip(checks, results, strict=True))
+        failed = {name: error for name, error in report.items() if error is not None}
+        if failed:
+            detail = "; ".join(f"{name}: {error}" for name, error in sorted(failed.items()))
+            return problem(503, f"not ready: {detail}", headers={"Retry-After": "5"})
+        return Response({"status": "ready", "checks": {name: "ok" for name in report}})
+
+    @get("/metrics", tags=["operations"], summary="Prometheus exposition", media_type=CONTENT_TYPE_LATEST)
+    async def metrics(self) -> Response[bytes]:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @get("/api/v1/services", guards=[admin_only], tags=["operations"], summary="Instances and breakers")
+    async def services(self, state: State) -> dict[str, Any]:
+        describe: Callable[[], Awaitable[dict[str, Any]]] = state["describe_services"]
+        return await describe()
+
+
+async def _probe(check: Check) -> str | None:
+    try:
+        await asyncio.wait_for(check(), READY_TIMEOUT_S)
+    except Exception as exc:  # any failure of a dependency means "not ready", with its reason
+        return f"{type(exc).__name__}: {exc}"[:200] or type(exc).__name__
+    return None
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")

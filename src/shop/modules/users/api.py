@@ -1,0 +1,159 @@
+"""HTTP controllers of the users module: thin, they turn requests into commands and queries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+import pycountry
+from email_validator import EmailNotValidError, validate_email
+from litestar import Controller, Response, get, post
+from litestar.exceptions import HTTPException, NotFoundException
+
+from shop.bus.bus import Bus
+from shop.contracts.users import (
+    AddAddress,
+    AddressPage,
+    AddressView,
+    GetUser,
+    IssueToken,
+    ListAddresses,
+    RegisterUser,
+    TokenIssued,
+    UserView,
+)
+from shop.security.guards import authenticated
+from shop.security.throttle import Throttle
+from shop.security.tokens import Principal
+from shop.web.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shop.web.rejections import field_error, unwrap
+
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+STATUSES = {"EMAIL_TAKEN": 409, "BAD_CREDENTIALS": 401}
+
+
+class SignUp(msgspec.Struct, kw_only=True):
+    email: Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
+    password: Annotated[str, msgspec.Meta(min_length=8, max_length=1024)]
+    name: Text
+
+
+class Credentials(msgspec.Struct, kw_only=True):
+    email: Annotated[str, msgspec.Meta(min_length=1, max_length=320)]
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+
+
+class NewAddress(msgspec.Struct, kw_only=True):
+    recipient: Text
+    line1: Text
+    city: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    postal_code: Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
+    country: Annotated[str, msgspec.Meta(min_length=2, max_length=2)]
+    line2: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class User(msgspec.Struct):
+    id: str
+    email: str
+    name: str
+    role: str
+
+
+class Address(msgspec.Struct):
+    id: str
+    recipient: str
+    line1: str
+    line2: str | None
+    city: str
+    postal_code: str
+    country: str
+    created_at: datetime
+
+
+def _user(view: UserView) -> User:
+    return User(str(view.id), view.email, view.name, view.role)
+
+
+def _address(view: AddressView) -> Address:
+    return Address(
+        str(view.id), view.recipient, view.line1, view.line2, view.city, view.postal_code, view.country,
+        view.created_at,
+    )
+
+
+def _checked_email(raw: str) -> str:
+    try:
+        return validate_email(raw, check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        raise field_error("email", str(exc)) from None
+
+
+class UsersController(Controller):
+    path = "/api/v1"
+    tags = ["users"]
+
+    @post("/users", summary="Sign up", status_code=201)
+    async def sign_up(self, data: SignUp, bus: Bus) -> User:
+        email = _checked_email(data.email)
+        reply = await bus.ask(RegisterUser(email=email, password=data.password, name=data.name.strip()))
+        return _user(unwrap(reply, STATUSES))
+
+    @post("/auth/token", summary="Log in", status_code=200)
+    async def token(self, data: Credentials, bus: Bus, login_throttle: Throttle) -> TokenIssued:
+        email = data.email.strip().lower()
+        retry_after = await login_throttle(email)
+        if retry_after is not None:
+            raise HTTPException(
+                status_code=429,
+                detail="too many login attempts for this account; retry later",
+                headers={"Retry-After": str(int(retry_after))},
+            )
+        reply = await bus.ask(IssueToken(email=email, password=data.password))
+        token: TokenIssued = unwrap(reply, STATUSES)
+        return token
+
+    @get("/users/me", guards=[authenticated], summary="The caller's profile")
+    async def me(self, principal: Principal, bus: Bus) -> User:
+        view = await bus.ask(GetUser(user_id=principal.user_id))
+        if view is None:
+            raise NotFoundException(detail="this account no longer exists")
+        return _user(view)
+
+    @post("/users/me/addresses", guards=[authenticated], summary="Add an address", status_code=201)
+    async def add_address(self, data: NewAddress, principal: Principal, bus: Bus) -> Address:
+        country = data.country.upper()
+        if pycountry.countries.get(alpha_2=country) is None:
+            raise field_error("country", "must be an ISO 3166-1 alpha-2 country code, e.g. DE")
+        view = await bus.ask(
+            AddAddress(
+                user_id=principal.user_id,
+                recipient=data.recipient.strip(),
+                line1=data.line1.strip(),
+                line2=data.line2.strip() if data.line2 else None,
+                city=data.city.strip(),
+                postal_code=data.postal_code.strip(),
+                country=country,
+            )
+        )
+        return _address(view)
+
+    @get("/users/me/addresses", guards=[authenticated], summary="The caller's addresses")
+    async def addresses(
+        self, principal: Principal, bus: Bus, limit: Limit = 20, cursor: Cursor = None
+    ) -> Page[Address]:
+        after = decode_cursor(cursor, 2)
+        page: AddressPage = await bus.ask(
+            ListAddresses(
+                user_id=principal.user_id,
+                limit=limit,
+                after=(str(after[0]), str(after[1])) if after else None,
+            )
+        )
+        items = [_address(a) for a in page.items]
+        last = page.items[-1] if page.items else None
+        next_cursor = encode_cursor(last.created_at.isoformat(), str(last.id)) if page.has_more and last else None
+        return Page(items=items, next_cursor=next_cursor)
+
+
+__all__: list[Any] = ["UsersController", "Response"]

@@ -1,0 +1,118 @@
+"""Handlers of the users module's commands and queries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+import structlog
+
+from shop.bus.bus import Bus
+from shop.bus.messages import Rejected
+from shop.contracts.users import (
+    AddAddress,
+    AddressPage,
+    AddressView,
+    CreateAdmin,
+    GetAddress,
+    GetUser,
+    IssueToken,
+    ListAddresses,
+    RegisterUser,
+    TokenIssued,
+    UserRegistered,
+    UserView,
+)
+from shop.modules.users import module
+from shop.modules.users.passwords import Passwords
+from shop.modules.users.service import EmailTaken, UserDirectory
+from shop.security.tokens import TokenIssuer
+from shop.settings import Settings
+
+log = structlog.get_logger("shop.users")
+
+
+async def _create(
+    email: str, password: str, name: str, role: str, directory: UserDirectory, passwords: Passwords, bus: Bus
+) -> UserView | Rejected:
+    try:
+        user = await directory.create(
+            email=email, name=name, password_hash=await passwords.hash(password), role=role
+        )
+    except EmailTaken:
+        return Rejected(code="EMAIL_TAKEN", detail="an account with this email already exists", field="email")
+    await bus.publish(UserRegistered(user_id=user.id, email=user.email, role=user.role))
+    return user
+
+
+@module.handles(RegisterUser)
+async def register_user(
+    cmd: RegisterUser, directory: UserDirectory, passwords: Passwords, bus: Bus
+) -> UserView | Rejected:
+    return await _create(cmd.email, cmd.password, cmd.name, "customer", directory, passwords, bus)
+
+
+@module.handles(CreateAdmin)
+async def create_admin(
+    cmd: CreateAdmin, directory: UserDirectory, passwords: Passwords, bus: Bus
+) -> UserView | Rejected:
+    return await _create(cmd.email, cmd.password, cmd.name, "admin", directory, passwords, bus)
+
+
+@module.handles(IssueToken)
+async def issue_token(
+    query: IssueToken, directory: UserDirectory, passwords: Passwords, issuer: TokenIssuer
+) -> TokenIssued | Rejected:
+    found = await directory.find_by_email(query.email)
+    user, password_hash = found if found is not None else (None, None)
+    if not await passwords.verify(password_hash, query.password) or user is None:
+        return Rejected(code="BAD_CREDENTIALS", detail="wrong email or password")
+    return TokenIssued(
+        access_token=issuer.issue(user.id, user.role, user.email),
+        token_type="bearer",
+        expires_in=issuer.ttl_seconds,
+    )
+
+
+@module.handles(GetUser)
+async def get_user(query: GetUser, directory: UserDirectory) -> UserView | None:
+    return await directory.get(query.user_id)
+
+
+@module.handles(AddAddress)
+async def add_address(cmd: AddAddress, directory: UserDirectory) -> AddressView:
+    return await directory.add_address(
+        cmd.user_id,
+        recipient=cmd.recipient,
+        line1=cmd.line1,
+        line2=cmd.line2,
+        city=cmd.city,
+        postal_code=cmd.postal_code,
+        country=cmd.country,
+    )
+
+
+@module.handles(ListAddresses)
+async def list_addresses(query: ListAddresses, directory: UserDirectory) -> AddressPage:
+    after = (datetime.fromisoformat(query.after[0]), UUID(query.after[1])) if query.after else None
+    return await directory.addresses(query.user_id, limit=query.limit, after=after)
+
+
+@module.handles(GetAddress)
+async def get_address(query: GetAddress, directory: UserDirectory) -> AddressView | None:
+    """An address only for its owner: anyone else learns nothing, not even that it exists."""
+    return await directory.address_of(query.address_id, query.user_id)
+
+
+@module.on_startup
+async def create_admin_from_settings(settings: Settings, bus: Bus) -> None:
+    """SHOP_ADMIN_EMAIL + SHOP_ADMIN_PASSWORD: make sure that admin exists."""
+    if not settings.admin_email or not settings.admin_password:
+        return
+    reply = await bus.ask(
+        CreateAdmin(email=settings.admin_email, password=settings.admin_password), timeout=30
+    )
+    if isinstance(reply, Rejected):
+        log.info("users.admin_exists", email=settings.admin_email)
+    else:
+        log.info("users.admin_created", email=reply.email)

@@ -1,0 +1,1 @@
+"""Logging (structlog JSON), metrics (Prometheus) and trace context shared by every process."""

@@ -1,0 +1,72 @@
+"""Structured JSON logs: one line per event with module, trace and correlation ids."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+from shop.bus import context
+
+
+def _add_message_context(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    ctx = context.current()
+    if ctx.traceparent and "trace_id" not in event:
+        parts = ctx.traceparent.split("-")
+        if len(parts) == 4:
+            event["trace_id"], event["span_id"] = parts[1], parts[2]
+    if ctx.correlation_id and "correlation_id" not in event:
+        event["correlation_id"] = str(ctx.correlation_id)
+    if ctx.request_id and "request_id" not in event:
+        event["request_id"] = ctx.request_id
+    return event
+
+
+_SECRET_KEYS = ("password", "token", "authorization", "secret", "private_key")
+
+
+def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key in list(event):
+        if any(s in key.lower() for s in _SECRET_KEYS):
+            event[key] = "[redacted]"
+    return event
+
+
+def configure(level: str = "INFO", *, stream: Any = None) -> None:
+    """JSON lines to stderr (or `stream`), at `level`; stdlib logging routed through too."""
+    numeric = logging.getLevelName(level.upper())
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_message_context,
+        _redact,
+        structlog.processors.format_exc_info,
+        structlog.processors.JSONRenderer(),
+    ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # Libraries' stdlib logging (alembic, sqlalchemy, granian …) in the same JSON shape.
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                _add_message_context,
+                _redact,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.JSONRenderer()],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.WARNING))
+    logging.getLogger("shop").setLevel(numeric)

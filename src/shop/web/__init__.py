@@ -1,0 +1,1 @@
+"""HTTP helpers shared by every module's controllers (pagination, rejections); no module words."""
