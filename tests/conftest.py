@@ -37,7 +37,7 @@ async def _pg_answers(url: str) -> bool:
     dsn = url.replace("postgresql+asyncpg://", "postgresql://")
     try:
         conn = await asyncio.wait_for(asyncpg.connect(dsn), 3)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
     await conn.close()
     return True
@@ -48,7 +48,9 @@ def _try_start_postgres() -> None:
     if versions and shutil.which("pg_ctlcluster"):
         subprocess.run(
             ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1].name, "main", "start"],
-            check=False, capture_output=True, timeout=60,
+            check=False,
+            capture_output=True,
+            timeout=60,
         )
 
 
@@ -77,9 +79,22 @@ def redis_url() -> str:
     if not _redis_answers(REDIS_URL):
         if shutil.which("redis-server"):
             subprocess.run(
-                ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379",
-                 "--save", "", "--appendonly", "no"],
-                check=False, capture_output=True, timeout=30,
+                [
+                    "redis-server",
+                    "--daemonize",
+                    "yes",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    "6379",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                check=False,
+                capture_output=True,
+                timeout=30,
             )
         if not _redis_answers(REDIS_URL):
             _unavailable(f"Redis does not answer at {REDIS_URL}")

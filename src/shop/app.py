@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from litestar import Litestar
@@ -80,7 +80,8 @@ class Shop:
                 await hook(**injector.plan(hook).arguments(_startup_scope()))
             for task in module.background_tasks:
                 arguments = injector.plan(task).arguments(_startup_scope())
-                self._tasks.append(asyncio.create_task(task(**arguments), name=f"{name}:{task.__name__}"))
+                coroutine = cast(Coroutine[Any, Any, None], task(**arguments))
+                self._tasks.append(asyncio.create_task(coroutine, name=f"{name}:{task.__name__}"))
         log.info("shop.started", modules=list(self.local), transport=self.bus.transport.name)
 
     async def stop(self) -> None:
@@ -186,7 +187,9 @@ def build_app(shop: Shop) -> Litestar:
     app = Litestar(
         route_handlers=controllers,
         lifespan=[lifespan],
-        state=State({"shop": shop, "ready_checks": ready_checks, "describe_services": shop.describe_services}),
+        state=State(
+            {"shop": shop, "ready_checks": ready_checks, "describe_services": shop.describe_services}
+        ),
         dependencies={
             "bus": Provide(lambda: shop.bus, use_cache=True, sync_to_thread=False),
             "principal": Provide(provide_principal),
@@ -206,7 +209,7 @@ def build_app(shop: Shop) -> Litestar:
     )
     # Around the whole router (not per route), so unmatched paths get request ids, logs and
     # rate limits too; errors inside are still turned into problem details by Litestar.
-    app.asgi_handler = GatewayMiddleware(
+    app.asgi_handler = cast(Any, GatewayMiddleware)(
         app.asgi_handler,
         verifier=shop.verifier,
         limiter=shop.limiter,

@@ -49,8 +49,15 @@ def serve(settings: Settings, factory: str, *, server: str = DEFAULT_SERVER) -> 
         import uvicorn
 
         uvicorn.run(
-            factory, factory=True, host=settings.host, port=settings.port, loop="uvloop",
-            http="httptools", log_level="warning", access_log=False, lifespan="on",
+            factory,
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
         )
         return
     from granian.constants import Interfaces, Loops
@@ -98,7 +105,8 @@ def cmd_admin_create(args: argparse.Namespace) -> int:
         await shop.bus.start()
         try:
             reply = await shop.bus.ask(
-                CreateAdmin(email=args.email.strip().lower(), password=args.password, name=args.name), timeout=30
+                CreateAdmin(email=args.email.strip().lower(), password=args.password, name=args.name),
+                timeout=30,
             )
         finally:
             await shop.stop()
@@ -124,11 +132,19 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             if args.dlq_command == "list":
                 for database in databases:
                     for entry in await inbox.list_dead(database):
-                        print(json.dumps({
-                            "id": str(entry.id), "module": entry.module, "message_type": entry.message_type,
-                            "consumer": entry.consumer, "attempts": entry.attempts,
-                            "failed_at": entry.failed_at.isoformat(), "error": entry.error.strip().splitlines()[-1],
-                        }))
+                        print(
+                            json.dumps(
+                                {
+                                    "id": str(entry.id),
+                                    "module": entry.module,
+                                    "message_type": entry.message_type,
+                                    "consumer": entry.consumer,
+                                    "attempts": entry.attempts,
+                                    "failed_at": entry.failed_at.isoformat(),
+                                    "error": entry.error.strip().splitlines()[-1],
+                                }
+                            )
+                        )
                 return 0
             entry_id = uuid.UUID(args.id)
             for database in databases:

@@ -280,10 +280,24 @@ def target_metadata(module: str, schema_name: str | None) -> sa.MetaData:
     of indexes and constraints (a copy would otherwise derive new names from the new schema).
     """
     target = sa.MetaData(schema=schema_name)
+
+    def referred_schema(
+        table: sa.Table, to_schema: str | None, fk: sa.ForeignKeyConstraint, referred: str | None
+    ) -> Any:
+        # A foreign key within the same schema (module or kernel) follows the table.
+        if referred != table.schema:
+            return referred
+        return sa.schema.BLANK_SCHEMA if schema_name is None else schema_name
+
     for source in (kernel_metadata, module_metadata(module)):
         for table in source.sorted_tables:
             # schema=None is documented as "the target MetaData's schema"; the stub omits None.
-            _keep_names(table, table.to_metadata(target, schema=None))  # type: ignore[arg-type]
+            copy = table.to_metadata(
+                target,
+                schema=None,  # type: ignore[arg-type]
+                referred_schema_fn=referred_schema,
+            )
+            _keep_names(table, copy)
     return target
 
 

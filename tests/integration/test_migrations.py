@@ -63,12 +63,18 @@ async def _drop_module_schemas(url: str) -> None:
 
 
 @pytest.fixture
-async def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Settings]:
+def pg_url(backend: str, request: pytest.FixtureRequest) -> str | None:
+    """The PostgreSQL URL when the backend is postgres (looked up outside the event loop)."""
+    return str(request.getfixturevalue("migrations_pg_url")) if backend == "postgres" else None
+
+
+@pytest.fixture
+async def settings(pg_url: str | None, tmp_path: Path) -> AsyncIterator[Settings]:
     """Settings whose every module database is empty: SQLite files in a tmp dir, or PostgreSQL."""
-    if backend == "sqlite":
+    if pg_url is None:
         yield Settings.from_env({"SHOP_DATA_DIR": str(tmp_path / "var")})
         return
-    url: str = request.getfixturevalue("migrations_pg_url")
+    url = pg_url
     await _drop_module_schemas(url)
     try:
         yield Settings.from_env({"SHOP_DATABASE_URL": url, "SHOP_DATA_DIR": str(tmp_path / "var")})

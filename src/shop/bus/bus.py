@@ -117,7 +117,7 @@ class Bus:
         self.transport = transport
         self.local = tuple(local)
         self.databases = dict(databases)
-        self.breakers = breakers or BreakerRegistry()
+        self.breakers = breakers if breakers is not None else BreakerRegistry()
         self.retry = retry or RetryPolicy()
         self.middleware: tuple[Middleware, ...] = (observe,) if middleware is None else tuple(middleware)
         self.default_timeout = default_timeout
@@ -261,8 +261,12 @@ class Bus:
                 delay = self.retry.delay(envelope.attempt)
                 metrics.BUS_RETRIED.labels(consumer, envelope.type).inc()
                 log.warning(
-                    "bus.retry", consumer=consumer, type=envelope.type, attempt=envelope.attempt,
-                    delay=round(delay, 4), error=repr(exc),
+                    "bus.retry",
+                    consumer=consumer,
+                    type=envelope.type,
+                    attempt=envelope.attempt,
+                    delay=round(delay, 4),
+                    error=repr(exc),
                 )
                 return Result(Outcome.RETRY, delay)
             database = self.databases.get(queue)
@@ -271,8 +275,12 @@ class Bus:
             entry = await inbox.bury(database, queue, envelope, "".join(traceback.format_exception(exc)))
             metrics.BUS_DEAD.labels(consumer, envelope.type).inc()
             log.error(
-                "bus.dead_lettered", consumer=consumer, type=envelope.type, attempts=envelope.attempt,
-                dead_letter_id=str(entry), error=repr(exc),
+                "bus.dead_lettered",
+                consumer=consumer,
+                type=envelope.type,
+                attempts=envelope.attempt,
+                dead_letter_id=str(entry),
+                error=repr(exc),
             )
             return Result(Outcome.DEAD)
 
@@ -300,9 +308,13 @@ class Bus:
                     if done:
                         metrics.BUS_DUPLICATES.labels(call.consumer).inc()
                         return _decode_reply(stored)
-                result = await spec.func(call.message, **plan.arguments(Scope(uow=uow, envelope=call.envelope)))
+                result = await spec.func(
+                    call.message, **plan.arguments(Scope(uow=uow, envelope=call.envelope))
+                )
                 if idempotent:
-                    await inbox.record(uow.session, call.consumer, call.envelope.message_id, _encode_reply(result))
+                    await inbox.record(
+                        uow.session, call.consumer, call.envelope.message_id, _encode_reply(result)
+                    )
                 return result
 
         invoke: Next = run

@@ -96,7 +96,9 @@ async def list_dead(database: Database) -> list[DeadLetter]:
 
 async def get_dead(database: Database, entry_id: uuid.UUID) -> DeadLetter | None:
     async with unit_of_work(database, write=False) as uow:
-        row = (await uow.session.execute(sa.select(dead_letters).where(dead_letters.c.id == entry_id))).first()
+        row = (
+            await uow.session.execute(sa.select(dead_letters).where(dead_letters.c.id == entry_id))
+        ).first()
         return _entry(database.module, row) if row is not None else None
 
 

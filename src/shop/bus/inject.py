@@ -125,16 +125,17 @@ class Injector:
         return build, sub.needs_uow
 
     def _provides(self, kind: Any) -> bool:
-        return kind in _SCOPED or kind in self.singletons or kind in self.factories or (
-            kind in self.singleton_factories
+        return (
+            kind in _SCOPED
+            or kind in self.singletons
+            or kind in self.factories
+            or (kind in self.singleton_factories)
         )
 
     def plan_factory(self, factory: Callable[..., Any], kind: Any, *, seen: tuple[Any, ...]) -> Plan:
         target = factory.__init__ if inspect.isclass(factory) else factory
         hints = typing.get_type_hints(target)
-        params = [
-            p for p in inspect.signature(factory).parameters.values() if p.name != "self"
-        ]
+        params = [p for p in inspect.signature(factory).parameters.values() if p.name != "self"]
         resolvers: list[tuple[str, Resolver]] = []
         needs_uow = False
         for param in params:

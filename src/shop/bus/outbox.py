@@ -76,7 +76,7 @@ class Relay:
         self.sweep_interval = sweep_interval
         self.sweep_grace = sweep_grace
         self.batch_delay = batch_delay
-        self._in_flight: set[uuid.UUID] = set()
+        self._in_flight: set[tuple[str, uuid.UUID]] = set()
         self._done: dict[str, list[uuid.UUID]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._flusher: asyncio.Task[None] | None = None
@@ -105,9 +105,10 @@ class Relay:
     def relay(self, database: Database, envelopes: Sequence[Envelope]) -> None:
         """Deliver freshly committed envelopes in the background."""
         for envelope in envelopes:
-            if envelope.message_id in self._in_flight:
+            key = (database.module, envelope.message_id)
+            if key in self._in_flight:
                 continue
-            self._in_flight.add(envelope.message_id)
+            self._in_flight.add(key)
             task = asyncio.create_task(self._deliver_one(database.module, envelope))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -123,7 +124,7 @@ class Relay:
         except Exception as exc:
             # Left in the outbox: the sweep tries again.
             log.warning("outbox.relay_failed", message_id=str(envelope.message_id), error=repr(exc))
-            self._in_flight.discard(envelope.message_id)
+            self._in_flight.discard((module, envelope.message_id))
             return
         metrics.OUTBOX_LAG.observe(max(0.0, time.time() - envelope.sent_at))
         self._done.setdefault(module, []).append(envelope.message_id)
@@ -149,7 +150,7 @@ class Relay:
             except Exception:
                 self._done.setdefault(module, []).extend(ids)
                 raise
-            self._in_flight.difference_update(ids)
+            self._in_flight.difference_update((module, i) for i in ids)
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -166,10 +167,12 @@ class Relay:
         for database in self.databases.values():
             async with unit_of_work(database, write=False) as uow:
                 rows = await uow.session.execute(
-                    sa.select(outbox.c.envelope).where(outbox.c.created_at <= cutoff).order_by(outbox.c.created_at)
+                    sa.select(outbox.c.envelope)
+                    .where(outbox.c.created_at <= cutoff)
+                    .order_by(outbox.c.created_at)
                 )
                 envelopes = [decode_envelope(row[0]) for row in rows]
-            fresh = [e for e in envelopes if e.message_id not in self._in_flight]
+            fresh = [e for e in envelopes if (database.module, e.message_id) not in self._in_flight]
             if fresh:
                 log.info("outbox.swept", module=database.module, count=len(fresh))
                 self.relay(database, fresh)
@@ -181,5 +184,7 @@ class Relay:
         total = 0
         for database in self.databases.values():
             async with unit_of_work(database, write=False) as uow:
-                total += (await uow.session.execute(sa.select(sa.func.count()).select_from(outbox))).scalar_one()
+                total += (
+                    await uow.session.execute(sa.select(sa.func.count()).select_from(outbox))
+                ).scalar_one()
         return total

@@ -338,7 +338,7 @@ class _Row:
     updated_at: datetime
 
     @classmethod
-    def from_mapping(cls, row: Mapping[str, Any]) -> _Row:
+    def from_mapping(cls, row: sa.RowMapping) -> _Row:
         data = dict(row["data"] or {})
         meta = data.pop(META_KEY, None)
         return cls(
@@ -608,8 +608,13 @@ class SagaEngine:
                     metrics.SAGAS.labels(saga_type, status).inc()
 
                 uow.after_commit(count)
-            log.info("saga.finished", saga_id=str(row.id), type=row.type, status=finish.status,
-                     reason=finish.reason)
+            log.info(
+                "saga.finished",
+                saga_id=str(row.id),
+                type=row.type,
+                status=finish.status,
+                reason=finish.reason,
+            )
         return True
 
     async def _save(self, definition: Saga, row: _Row, change: _Change) -> bool:
@@ -706,8 +711,10 @@ class SagaEngine:
 
     def _expired(self, definition: Saga, row: _Row, now: datetime) -> tuple[str, str] | None:
         candidates: list[tuple[datetime, str, str]] = []
-        if row.step_deadline is not None and row.step_deadline <= now and row.step_index < len(
-            definition.steps
+        if (
+            row.step_deadline is not None
+            and row.step_deadline <= now
+            and row.step_index < len(definition.steps)
         ):
             step = definition.steps[row.step_index]
             candidates.append((row.step_deadline, step.timeout_status, step.timeout_reason))
@@ -784,10 +791,7 @@ class SagaEngine:
         log.debug("saga.step_started", saga_id=str(row.id), step=step.name, attempt=ctx.attempt)
         try:
             result = await step.action(ctx)
-            if isinstance(result, Wait):
-                data = _merge(ctx.data, result.data)
-            else:
-                data = _merge(ctx.data, result)
+            data = _merge(ctx.data, result.data if isinstance(result, Wait) else result)
         except StepFailed as failure:
             try:
                 data = _merge(ctx.data, None)
@@ -806,7 +810,8 @@ class SagaEngine:
             row.attempts = 0
             row.next_attempt_at = None
             if step.deadline is not None:
-                row.step_deadline = self._now() + _resolve_deadline(step.deadline, self._context(row, step.name))
+                ctx = self._context(row, step.name)
+                row.step_deadline = self._now() + _resolve_deadline(step.deadline, ctx)
             return await self._save(definition, row, _Change([_Event(step.name, WAITING)]))
         return await self._save(definition, row, self._step_done(definition, row, step, data))
 
@@ -814,8 +819,14 @@ class SagaEngine:
         row.attempts += 1
         delay = self._retry.delay(row.attempts)
         row.next_attempt_at = self._now() + timedelta(seconds=delay)
-        log.warning("saga.retry_scheduled", saga_id=str(row.id), step=step, attempts=row.attempts,
-                    delay=delay, error=repr(error))
+        log.warning(
+            "saga.retry_scheduled",
+            saga_id=str(row.id),
+            step=step,
+            attempts=row.attempts,
+            delay=delay,
+            error=repr(error),
+        )
         return _Change([_Event(step, RETRY, repr(error))])
 
     async def _undo_next(self, definition: Saga, row: _Row) -> bool:
@@ -871,8 +882,13 @@ class SagaEngine:
         if row.attempts >= self.max_compensation_attempts:
             row.status = COMPENSATION_FAILED
             row.next_attempt_at = None
-            log.error("saga.compensation_failed", saga_id=str(row.id), step=step, attempts=row.attempts,
-                      error=repr(error))
+            log.error(
+                "saga.compensation_failed",
+                saga_id=str(row.id),
+                step=step,
+                attempts=row.attempts,
+                error=repr(error),
+            )
             return _Change(
                 [
                     _Event(step, COMPENSATION_FAILED, repr(error)),
@@ -882,8 +898,14 @@ class SagaEngine:
             )
         delay = self._retry.delay(row.attempts)
         row.next_attempt_at = self._now() + timedelta(seconds=delay)
-        log.warning("saga.compensation_retry", saga_id=str(row.id), step=step, attempts=row.attempts,
-                    delay=delay, error=repr(error))
+        log.warning(
+            "saga.compensation_retry",
+            saga_id=str(row.id),
+            step=step,
+            attempts=row.attempts,
+            delay=delay,
+            error=repr(error),
+        )
         return _Change([_Event(step, RETRY, repr(error))])
 
     # -- entry points ---------------------------------------------------------------------
@@ -943,9 +965,7 @@ class SagaEngine:
         uow.after_commit(advance_after_commit)
         log.info("saga.started", saga_id=str(saga_id), type=definition.name)
 
-    async def _external(
-        self, saga_id: uuid.UUID, transition: Callable[[Saga, _Row], _Change | None]
-    ) -> bool:
+    async def _external(self, saga_id: uuid.UUID, transition: Callable[[Saga, _Row], _Change | None]) -> bool:
         """Apply a change asked for from outside (event handler, operator), then advance.
 
         Inside the caller's unit of work on this database the change joins that transaction
@@ -1062,9 +1082,9 @@ class SagaEngine:
 
     # -- timers ---------------------------------------------------------------------------
 
-    async def _due(self, query: sa.Select[tuple[uuid.UUID]]) -> builtins.list[uuid.UUID]:
+    async def _due(self, query: sa.Select[uuid.UUID]) -> builtins.list[uuid.UUID]:
         async with unit_of_work(self.database, write=False) as uow:
-            return builtins.list((await uow.session.execute(query)).scalars())
+            return [found[0] for found in (await uow.session.execute(query)).all()]
 
     async def _advance_each(self, ids: Iterable[uuid.UUID]) -> int:
         count = 0

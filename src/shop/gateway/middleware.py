@@ -62,7 +62,9 @@ class GatewayMiddleware:
         incoming = headers.get("traceparent")
         traceparent = context.child_traceparent(incoming if context.parse_traceparent(incoming) else None)
         token = context.enter(
-            context.MessageContext(correlation_id=uuid.uuid4(), traceparent=traceparent, request_id=request_id)
+            context.MessageContext(
+                correlation_id=uuid.uuid4(), traceparent=traceparent, request_id=request_id
+            )
         )
         status_holder = [500]
         rid = request_id.encode()

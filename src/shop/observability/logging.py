@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -11,7 +12,9 @@ import structlog
 from shop.bus import context
 
 
-def _add_message_context(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _add_message_context(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     ctx = context.current()
     if ctx.traceparent and "trace_id" not in event:
         parts = ctx.traceparent.split("-")
@@ -27,7 +30,7 @@ def _add_message_context(_logger: Any, _name: str, event: dict[str, Any]) -> dic
 _SECRET_KEYS = ("password", "token", "authorization", "secret", "private_key")
 
 
-def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in list(event):
         if any(s in key.lower() for s in _SECRET_KEYS):
             event[key] = "[redacted]"
@@ -63,7 +66,10 @@ def configure(level: str = "INFO", *, stream: Any = None) -> None:
                 _add_message_context,
                 _redact,
             ],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.JSONRenderer()],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer(),
+            ],
         )
     )
     root = logging.getLogger()

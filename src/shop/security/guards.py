@@ -19,10 +19,10 @@ AUTH_ERROR_KEY = "shop.auth_error"
 
 def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     """The caller, or 401."""
-    principal = connection.scope.get(PRINCIPAL_KEY)  # type: ignore[misc]
+    principal = connection.scope.get(PRINCIPAL_KEY)
     if isinstance(principal, Principal):
         return principal
-    error = connection.scope.get(AUTH_ERROR_KEY)  # type: ignore[misc]
+    error = connection.scope.get(AUTH_ERROR_KEY)
     raise NotAuthorizedException(detail=f"invalid token: {error}" if error else "a bearer token is required")
 
 

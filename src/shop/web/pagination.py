@@ -35,5 +35,7 @@ def decode_cursor(cursor: str | None, arity: int) -> list[Any] | None:
     except (binascii.Error, ValueError, msgspec.DecodeError):
         values = None
     if not isinstance(values, list) or len(values) != arity:
-        raise ValidationException(detail="invalid cursor", extra=[{"key": "cursor", "message": "invalid cursor"}])
+        raise ValidationException(
+            detail="invalid cursor", extra=[{"key": "cursor", "message": "invalid cursor"}]
+        )
     return values

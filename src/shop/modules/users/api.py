@@ -77,7 +77,13 @@ def _user(view: UserView) -> User:
 
 def _address(view: AddressView) -> Address:
     return Address(
-        str(view.id), view.recipient, view.line1, view.line2, view.city, view.postal_code, view.country,
+        str(view.id),
+        view.recipient,
+        view.line1,
+        view.line2,
+        view.city,
+        view.postal_code,
+        view.country,
         view.created_at,
     )
 
@@ -152,8 +158,10 @@ class UsersController(Controller):
         )
         items = [_address(a) for a in page.items]
         last = page.items[-1] if page.items else None
-        next_cursor = encode_cursor(last.created_at.isoformat(), str(last.id)) if page.has_more and last else None
+        next_cursor = (
+            encode_cursor(last.created_at.isoformat(), str(last.id)) if page.has_more and last else None
+        )
         return Page(items=items, next_cursor=next_cursor)
 
 
-__all__: list[Any] = ["UsersController", "Response"]
+__all__: list[Any] = ["Response", "UsersController"]
