@@ -8,6 +8,7 @@ missing server is a failure.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import shutil
 import subprocess
@@ -54,12 +55,18 @@ def _try_start_postgres() -> None:
         )
 
 
+def _pg_answers_sync(url: str) -> bool:
+    # In a thread of its own: this may be called from inside a running event loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, _pg_answers(url)).result()
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """The URL of a live PostgreSQL (started if it was down)."""
-    if not asyncio.run(_pg_answers(PG_URL)):
+    if not _pg_answers_sync(PG_URL):
         _try_start_postgres()
-        if not asyncio.run(_pg_answers(PG_URL)):
+        if not _pg_answers_sync(PG_URL):
             _unavailable(f"PostgreSQL does not answer at {PG_URL}")
     return PG_URL
 

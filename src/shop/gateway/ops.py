@@ -38,7 +38,12 @@ class OpsController(Controller):
 
     @get("/metrics", tags=["operations"], summary="Prometheus exposition", media_type=CONTENT_TYPE_LATEST)
     async def metrics(self) -> Response[bytes]:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        # The header as given: Litestar would append a second `charset` to a text/* media type,
+        # and a Content-Type with a duplicate parameter is rejected by strict scrapers.
+        return Response(
+            generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST,
+            headers={"content-type": CONTENT_TYPE_LATEST},
+        )
 
     @get("/api/v1/services", guards=[admin_only], tags=["operations"], summary="Instances and breakers")
     async def services(self, state: State) -> dict[str, Any]:

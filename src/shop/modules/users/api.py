@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -95,6 +96,29 @@ def _checked_email(raw: str) -> str:
         raise field_error("email", str(exc)) from None
 
 
+def _filled(field: str, value: str) -> str:
+    """The value without surrounding blanks; 400 naming the field when nothing is left."""
+    stripped = value.strip()
+    if not stripped:
+        raise field_error(field, "must not be blank")
+    return stripped
+
+
+def _address_cursor(cursor: str | None) -> tuple[str, str] | None:
+    """The (created_at, id) a cursor of ours holds; 400 for one we did not make (never a 500)."""
+    values = decode_cursor(cursor, 2)
+    if values is None:
+        return None
+    try:
+        created_at = datetime.fromisoformat(values[0])
+        address_id = uuid.UUID(values[1])
+    except (TypeError, ValueError, AttributeError):
+        raise field_error("cursor", "invalid cursor") from None
+    if created_at.tzinfo is None:
+        raise field_error("cursor", "invalid cursor")
+    return created_at.isoformat(), str(address_id)
+
+
 class UsersController(Controller):
     path = "/api/v1"
     tags = ["users"]
@@ -102,7 +126,8 @@ class UsersController(Controller):
     @post("/users", summary="Sign up", status_code=201)
     async def sign_up(self, data: SignUp, bus: Bus) -> User:
         email = _checked_email(data.email)
-        reply = await bus.ask(RegisterUser(email=email, password=data.password, name=data.name.strip()))
+        name = _filled("name", data.name)
+        reply = await bus.ask(RegisterUser(email=email, password=data.password, name=name))
         return _user(unwrap(reply, STATUSES))
 
     @post("/auth/token", summary="Log in", status_code=200)
@@ -134,11 +159,11 @@ class UsersController(Controller):
         view = await bus.ask(
             AddAddress(
                 user_id=principal.user_id,
-                recipient=data.recipient.strip(),
-                line1=data.line1.strip(),
-                line2=data.line2.strip() if data.line2 else None,
-                city=data.city.strip(),
-                postal_code=data.postal_code.strip(),
+                recipient=_filled("recipient", data.recipient),
+                line1=_filled("line1", data.line1),
+                line2=(data.line2.strip() or None) if data.line2 else None,
+                city=_filled("city", data.city),
+                postal_code=_filled("postal_code", data.postal_code),
                 country=country,
             )
         )
@@ -148,14 +173,8 @@ class UsersController(Controller):
     async def addresses(
         self, principal: Principal, bus: Bus, limit: Limit = 20, cursor: Cursor = None
     ) -> Page[Address]:
-        after = decode_cursor(cursor, 2)
-        page: AddressPage = await bus.ask(
-            ListAddresses(
-                user_id=principal.user_id,
-                limit=limit,
-                after=(str(after[0]), str(after[1])) if after else None,
-            )
-        )
+        after = _address_cursor(cursor)
+        page: AddressPage = await bus.ask(ListAddresses(user_id=principal.user_id, limit=limit, after=after))
         items = [_address(a) for a in page.items]
         last = page.items[-1] if page.items else None
         next_cursor = (

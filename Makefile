@@ -1,0 +1,70 @@
+# Shop: everything from a fresh clone with only python3 on PATH.
+#   make run     migrate the embedded databases and run the whole shop in one process
+#   make test    lint, type-check, import contracts, then the test suite
+#   make lint    ruff + mypy + import contracts only
+#   make bench   benchmarks (bench/run.sh) if there are any
+#   make clean   caches and build output;  make distclean  also .venv and var/ (dev databases)
+# The virtualenv is built from the committed lock (uv.lock) and rebuilt when it or
+# pyproject.toml changes. uv uses its default cache (set UV_CACHE_DIR to move it).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+UV_VERSION := 0.13.8
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+RUN_ARGS ?=
+
+.PHONY: help install run test lint typecheck imports pytest format bench clean distclean
+
+help:
+	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
+
+$(STAMP): uv.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
+	$(BIN)/uv sync --frozen --all-extras --inexact
+	touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/shop migrate
+	$(BIN)/shop run $(RUN_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests migrations
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo importlinter.ini
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+imports: $(STAMP)
+	$(BIN)/lint-imports --no-logo importlinter.ini
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint pytest
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests migrations
+	$(BIN)/ruff check --fix src tests migrations
+
+bench: $(STAMP)
+	@if [ -x bench/run.sh ]; then bench/run.sh; \
+	elif [ -f bench/run.sh ]; then bash bench/run.sh; \
+	else echo "no benchmarks yet (bench/run.sh)"; fi
+
+clean:
+	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache dist build
+	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -print0 \
+		| xargs -0 rm -rf
+
+distclean: clean
+	rm -rf $(VENV) var
