@@ -148,7 +148,10 @@ class Bus:
         injector = self._injectors.get(module)
         if injector is None:
             descriptor = self.modules[module]
-            injector = Injector(self._singletons, descriptor.providers, descriptor.singletons)
+            singletons = dict(self._singletons)
+            if module in self.databases:
+                singletons[Database] = self.databases[module]  # the module's own database
+            injector = Injector(singletons, descriptor.providers, descriptor.singletons)
             self._injectors[module] = injector
         return injector
 

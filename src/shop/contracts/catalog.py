@@ -1,3 +1,157 @@
-"""The published language of the catalog module: the messages it owns."""
+"""The published language of the catalog module: products, categories and stock."""
 
 from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import msgspec
+
+from shop.bus.messages import Command, Event, Query
+
+
+class Line(msgspec.Struct, frozen=True, kw_only=True):
+    product_id: uuid.UUID
+    quantity: int
+
+
+class PricedLine(msgspec.Struct, frozen=True, kw_only=True):
+    """A reserved line with the product's name and price at reservation time (the order's snapshot)."""
+
+    product_id: uuid.UUID
+    name: str
+    unit_price: int
+    currency: str
+    quantity: int
+
+
+class ProductView(msgspec.Struct, frozen=True, kw_only=True):
+    id: uuid.UUID
+    sku: str
+    name: str
+    description: str
+    price: int
+    currency: str
+    category: str | None
+    stock_available: int
+    on_hand: int
+    reserved: int
+    created_at: datetime
+
+
+class ProductPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: tuple[ProductView, ...]
+    has_more: bool
+
+
+class CategoryView(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    product_count: int
+
+
+# -- admin commands and reads --------------------------------------------------------------
+
+
+class CreateProduct(Command, frozen=True, kw_only=True):
+    """Replies ProductView, or Rejected("SKU_TAKEN")."""
+
+    sku: str
+    name: str
+    description: str = ""
+    price: int
+    currency: str
+    category: str | None = None
+    stock: int = 0
+
+
+class UpdateProduct(Command, frozen=True, kw_only=True):
+    """Only the fields given change. Replies ProductView, or Rejected("NOT_FOUND")."""
+
+    product_id: uuid.UUID
+    name: str | None = None
+    description: str | None = None
+    price: int | None = None
+    category: str | None = None
+    clear_category: bool = False
+
+
+class AdjustStock(Command, frozen=True, kw_only=True):
+    """Restock (delta > 0) or write off (delta < 0). Replies ProductView, or
+    Rejected("NOT_FOUND" | "BELOW_RESERVED")."""
+
+    product_id: uuid.UUID
+    delta: int
+
+
+class GetProduct(Query, frozen=True, kw_only=True):
+    """Replies ProductView or None."""
+
+    product_id: uuid.UUID
+
+
+class ListProducts(Query, frozen=True, kw_only=True):
+    """Replies ProductPage, ordered by (created_at, id)."""
+
+    category: str | None = None
+    limit: int = 20
+    after: tuple[str, str] | None = None
+
+
+class ListCategories(Query, frozen=True, kw_only=True):
+    """Replies tuple[CategoryView, ...] ordered by name."""
+
+
+# -- the order saga's commands (idempotent by reservation_id) ------------------------------
+
+
+class ReserveStock(Command, frozen=True, kw_only=True):
+    """Reserve every line or none. Replies StockReserved or StockUnavailable."""
+
+    reservation_id: uuid.UUID
+    order_id: uuid.UUID
+    lines: tuple[Line, ...]
+
+
+class StockReserved(Event, frozen=True, kw_only=True):
+    reservation_id: uuid.UUID
+    order_id: uuid.UUID
+    lines: tuple[PricedLine, ...]
+
+
+class StockUnavailable(Event, frozen=True, kw_only=True):
+    """reason: OUT_OF_STOCK or UNKNOWN_PRODUCT."""
+
+    reservation_id: uuid.UUID
+    order_id: uuid.UUID
+    reason: str
+    product_ids: tuple[uuid.UUID, ...]
+
+
+class ReleaseStock(Command, frozen=True, kw_only=True):
+    """Give a reservation's stock back (compensation). Idempotent; unknown ids are a no-op."""
+
+    reservation_id: uuid.UUID
+
+
+class CommitStock(Command, frozen=True, kw_only=True):
+    """The order completed: the reserved stock leaves the shelf. Idempotent."""
+
+    reservation_id: uuid.UUID
+
+
+class RestockItems(Command, frozen=True, kw_only=True):
+    """A completed order was cancelled: its committed stock returns to the shelf. Idempotent."""
+
+    reservation_id: uuid.UUID
+
+
+class StockReleased(Event, frozen=True, kw_only=True):
+    reservation_id: uuid.UUID
+
+
+class StockCommitted(Event, frozen=True, kw_only=True):
+    reservation_id: uuid.UUID
+
+
+class StockRestocked(Event, frozen=True, kw_only=True):
+    reservation_id: uuid.UUID

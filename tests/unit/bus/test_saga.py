@@ -632,18 +632,27 @@ async def test_cancel_between_steps_does_not_abort_a_step_that_never_started(
 # -- crash and resume ---------------------------------------------------------------------
 
 
+async def crash_while_advancing(new_engine: EngineFactory, db: Database) -> uuid.UUID:
+    """Start a trip on an engine whose advancing dies of a `Crash`, then shut that engine down."""
+    first = new_engine()
+    saga_id = uuid.uuid4()
+    with capture_logs() as logs:
+        async with unit_of_work(db):
+            await first.start("trip", saga_id, {"traveller": "ada"})
+        await first.drain()  # the after-commit advancing: the Crash escapes advance() there
+    errors = [entry for entry in logs if entry["log_level"] == "error"]
+    assert [entry["event"] for entry in errors] == ["saga.background_crashed"]  # logged, not lost
+    await first.close()  # the process is gone; nothing of it survives but the database
+    return saga_id
+
+
+
 @BOTH
 async def test_crash_mid_step_then_a_new_engine_resumes_from_the_database(
     new_engine: EngineFactory, db: Database, trip: Trip
 ) -> None:
-    first = new_engine()
     trip.fail("book_hotel", Crash())
-    saga_id = uuid.uuid4()
-    async with unit_of_work(db):
-        await first.start("trip", saga_id, {"traveller": "ada"})
-    with pytest.raises(Crash):
-        await first.advance(saga_id)
-    await first.close()  # the process is gone; nothing of it survives but the database
+    saga_id = await crash_while_advancing(new_engine, db)
     assert trip.calls == ["book_flight", "book_hotel"]
 
     restarted_db = Database(db.module, db.url)
@@ -668,15 +677,10 @@ async def test_crash_mid_step_then_a_new_engine_resumes_from_the_database(
 async def test_crash_during_compensation_resumes_without_repeating_finished_compensations(
     new_engine: EngineFactory, db: Database, trip: Trip
 ) -> None:
-    first = new_engine()
     trip.fail("wait_for_payment", StepFailed("PAYMENT_DECLINED"))
     trip.fail("cancel_flight", Crash())
-    saga_id = uuid.uuid4()
-    async with unit_of_work(db):
-        await first.start("trip", saga_id, {})
-    with pytest.raises(Crash):
-        await first.advance(saga_id)
-    await first.close()
+    saga_id = await crash_while_advancing(new_engine, db)
+    assert (await state(new_engine(), saga_id)).status == "COMPENSATING"
 
     second = new_engine()
     await second.resume_all()
@@ -686,17 +690,27 @@ async def test_crash_during_compensation_resumes_without_repeating_finished_comp
     assert trip.calls.count("cancel_flight") == 2
 
 
+async def test_a_crash_escapes_advance_and_leaves_the_step_to_run_again(
+    new_engine: EngineFactory, db: Database, trip: Trip
+) -> None:
+    trip.fail("book_hotel", Crash(), Crash())
+    saga_id = await crash_while_advancing(new_engine, db)
+    engine = new_engine()
+
+    with pytest.raises(Crash):
+        await engine.advance(saga_id)
+
+    stuck = await state(engine, saga_id)
+    assert (stuck.status, stuck.step, stuck.attempts) == ("RUNNING", "book_hotel", 0)
+    assert (await engine.advance(saga_id) or stuck).status == "WAITING"
+    assert trip.keys["book_hotel"] == [f"{saga_id}:book_hotel"] * 3
+
+
 async def test_stale_running_saga_is_picked_up_by_tick(
     new_engine: EngineFactory, db: Database, trip: Trip, clock: FakeClock
 ) -> None:
-    first = new_engine()
     trip.fail("book_hotel", Crash())
-    saga_id = uuid.uuid4()
-    async with unit_of_work(db):
-        await first.start("trip", saga_id, {})
-    with pytest.raises(Crash):
-        await first.advance(saga_id)
-    await first.close()
+    saga_id = await crash_while_advancing(new_engine, db)
 
     other = new_engine(stale_after=timedelta(minutes=5))  # another live process
     assert await other.tick() == 0
