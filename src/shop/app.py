@@ -85,6 +85,13 @@ class Shop:
         log.info("shop.started", modules=list(self.local), transport=self.bus.transport.name)
 
     async def stop(self) -> None:
+        for name in self.local:
+            injector = self.bus.injector_for(name)
+            for hook in self.bus.modules[name].shutdown_hooks:
+                try:
+                    await hook(**injector.plan(hook).arguments(_startup_scope()))
+                except Exception as exc:
+                    log.warning("shop.shutdown_hook_failed", module=name, hook=hook.__name__, error=repr(exc))
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

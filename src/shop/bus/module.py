@@ -51,6 +51,7 @@ class Module:
     singletons: dict[type[Any], Callable[..., Any]] = field(default_factory=dict)
     startup_hooks: list[Hook] = field(default_factory=list)
     background_tasks: list[Hook] = field(default_factory=list)
+    shutdown_hooks: list[Hook] = field(default_factory=list)
 
     def handles(self, message_type: type[Command] | type[Query]) -> Callable[[F], F]:
         """Register the one handler of a command or query this module owns."""
@@ -85,6 +86,11 @@ class Module:
     def on_startup(self, hook: F) -> F:
         """Run once when the module starts (after migrations), with injected parameters."""
         self.startup_hooks.append(hook)
+        return hook
+
+    def on_shutdown(self, hook: F) -> F:
+        """Run once when the module stops (before the bus stops), with injected parameters."""
+        self.shutdown_hooks.append(hook)
         return hook
 
     def background(self, task: F) -> F:

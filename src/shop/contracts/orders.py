@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
-from shop.bus.messages import Event
+import msgspec
+
+from shop.bus.messages import Command, Event, Query
+from shop.contracts.catalog import Line
 from shop.contracts.delivery import AddressSnapshot
 
 
@@ -35,3 +39,104 @@ class OrderFailed(Event, frozen=True, kw_only=True):
     order_id: uuid.UUID
     customer_id: uuid.UUID
     reason: str
+
+
+# -- what the orders API asks its own module -----------------------------------------------
+
+
+class OrderLine(msgspec.Struct, frozen=True, kw_only=True):
+    product_id: uuid.UUID
+    quantity: int
+    name: str | None = None
+    unit_price: int | None = None
+
+
+class OrderView(msgspec.Struct, frozen=True, kw_only=True):
+    id: uuid.UUID
+    customer_id: uuid.UUID
+    status: str
+    items: tuple[OrderLine, ...]
+    total: int | None
+    currency: str | None
+    address_id: uuid.UUID
+    failure_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class PlaceOrder(Command, frozen=True, kw_only=True):
+    """Accept an order and start its saga. Replies OrderPlaced, or Rejected("IDEMPOTENCY_CONFLICT")."""
+
+    customer_id: uuid.UUID
+    items: tuple[Line, ...]
+    address_id: uuid.UUID
+    payment_token: str
+    idempotency_key: str | None = None
+
+
+class OrderPlaced(msgspec.Struct, frozen=True, kw_only=True):
+    order: OrderView
+    created: bool  # False: the same Idempotency-Key and body gave this earlier order
+
+
+class GetOrder(Query, frozen=True, kw_only=True):
+    """The order if `viewer` may see it (its owner, or an admin); else None."""
+
+    order_id: uuid.UUID
+    viewer_id: uuid.UUID
+    viewer_is_admin: bool = False
+
+
+class ListOrders(Query, frozen=True, kw_only=True):
+    """A customer's own orders, newest first. Replies OrderPage."""
+
+    customer_id: uuid.UUID
+    limit: int = 20
+    before: tuple[str, str] | None = None
+
+
+class OrderPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: tuple[OrderView, ...]
+    has_more: bool
+
+
+class CancelOrder(Command, frozen=True, kw_only=True):
+    """Cancel on behalf of the owner or an admin. Replies OrderView, or Rejected("NOT_FOUND" |
+    "ALREADY_FINAL" | "ALREADY_SHIPPED" | "DEPENDENCY_UNAVAILABLE")."""
+
+    order_id: uuid.UUID
+    viewer_id: uuid.UUID
+    viewer_is_admin: bool = False
+
+
+class GetTimeline(Query, frozen=True, kw_only=True):
+    """The order saga's steps if `viewer` may see the order; else None. Replies tuple[TimelineItem, ...]."""
+
+    order_id: uuid.UUID
+    viewer_id: uuid.UUID
+    viewer_is_admin: bool = False
+
+
+class TimelineItem(msgspec.Struct, frozen=True, kw_only=True):
+    step: str
+    status: str
+    at: datetime
+    detail: str | None = None
+
+
+class ListSagas(Query, frozen=True, kw_only=True):
+    """Operator view. Replies tuple[SagaSummary, ...], newest first."""
+
+    status: str | None = None
+    limit: int = 20
+    after: uuid.UUID | None = None
+
+
+class SagaSummary(msgspec.Struct, frozen=True, kw_only=True):
+    id: uuid.UUID
+    type: str
+    status: str
+    step: str | None
+    deadline: datetime | None
+    updated_at: datetime
+    failure_reason: str | None = None

@@ -19,7 +19,8 @@ def raise_rejection(rejection: Rejected, statuses: Mapping[str, int]) -> NoRetur
         raise ValidationException(
             detail=rejection.detail, extra=[{"key": rejection.field or "body", "message": rejection.detail}]
         )
-    raise HTTPException(status_code=status, detail=rejection.detail or rejection.code)
+    headers = {"Retry-After": "5"} if status == 503 else None
+    raise HTTPException(status_code=status, detail=rejection.detail or rejection.code, headers=headers)
 
 
 def unwrap(reply: T | Rejected, statuses: Mapping[str, int]) -> T:

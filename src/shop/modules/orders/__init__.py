@@ -1,4 +1,4 @@
-"""The orders bounded context."""
+"""The orders bounded context: orders and the order saga."""
 
 from __future__ import annotations
 
@@ -6,3 +6,13 @@ from shop.bus.module import Module
 from shop.modules.orders import models
 
 module = Module("orders", metadata=models.metadata)
+
+from shop.modules.orders import api, handlers  # noqa: E402  (they register on `module`)
+from shop.modules.orders.saga import OrderSagas  # noqa: E402
+from shop.modules.orders.service import OrderBook  # noqa: E402
+
+module.controllers = [api.OrdersController, api.SagaAdminController]
+module.provide(OrderBook, OrderBook)
+module.provide(OrderSagas, OrderSagas, singleton=True)
+
+__all__ = ["handlers", "module"]

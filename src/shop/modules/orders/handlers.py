@@ -1,0 +1,165 @@
+"""Handlers of the orders module: its API's commands and queries, and the payment verdicts."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from shop.bus.breaker import CircuitOpenError
+from shop.bus.bus import Bus
+from shop.bus.errors import BusError
+from shop.bus.messages import Rejected
+from shop.bus.saga import CANCELLED, SagaEngine
+from shop.contracts.delivery import CancelDelivery, DeliveryCancellation
+from shop.contracts.orders import (
+    CancelOrder,
+    GetOrder,
+    GetTimeline,
+    ListOrders,
+    ListSagas,
+    OrderPage,
+    OrderPlaced,
+    OrderView,
+    PlaceOrder,
+    SagaSummary,
+    TimelineItem,
+)
+from shop.contracts.payments import PaymentCaptured, PaymentDeclined
+from shop.modules.orders import module, service
+from shop.modules.orders.saga import OrderSagas, cancel_saga_id, initial_data
+from shop.modules.orders.service import IdempotencyConflict, OrderBook
+
+NOT_FOUND = Rejected(code="NOT_FOUND", detail="no such order")
+
+
+@module.handles(PlaceOrder)
+async def place_order(cmd: PlaceOrder, book: OrderBook, sagas: OrderSagas) -> OrderPlaced | Rejected:
+    """Persist the order PENDING and start its saga in the same transaction."""
+    try:
+        order, created = await book.create(
+            customer_id=cmd.customer_id,
+            items=cmd.items,
+            address_id=cmd.address_id,
+            payment_token=cmd.payment_token,
+            idempotency_key=cmd.idempotency_key,
+        )
+    except IdempotencyConflict:
+        return Rejected(
+            code="IDEMPOTENCY_CONFLICT",
+            detail="this Idempotency-Key was already used with a different request body",
+            field="Idempotency-Key",
+        )
+    if created:
+        data = initial_data(cmd.customer_id, list(cmd.items), cmd.address_id, cmd.payment_token)
+        await sagas.engine.start(sagas.place_order, order.id, data)
+    return OrderPlaced(order=order, created=created)
+
+
+@module.handles(GetOrder)
+async def get_order(query: GetOrder, book: OrderBook) -> OrderView | None:
+    return await book.visible(query.order_id, query.viewer_id, query.viewer_is_admin)
+
+
+@module.handles(ListOrders)
+async def list_orders(query: ListOrders, book: OrderBook) -> OrderPage:
+    before = (datetime.fromisoformat(query.before[0]), uuid.UUID(query.before[1])) if query.before else None
+    return await book.page(query.customer_id, limit=query.limit, before=before)
+
+
+@module.handles(CancelOrder)
+async def cancel_order(
+    cmd: CancelOrder, book: OrderBook, sagas: OrderSagas, bus: Bus
+) -> OrderView | Rejected:
+    """Before payment: cancel the running saga (void, release). After: refund, restock — unless
+    the delivery has shipped (409)."""
+    order = await book.visible(cmd.order_id, cmd.viewer_id, cmd.viewer_is_admin)
+    if order is None:
+        return NOT_FOUND
+    if order.status in service.FINAL:
+        return Rejected(code="ALREADY_FINAL", detail=f"the order is already {order.status}")
+    if order.status != service.COMPLETED:
+        if not await sagas.engine.cancel(order.id, "CANCELLED_BY_CUSTOMER", CANCELLED):
+            state = await sagas.engine.get(order.id)
+            if state is None or state.status not in ("COMPLETED",):
+                return Rejected(code="ALREADY_FINAL", detail="the order is already being cancelled")
+        return await book.get(order.id) or order
+    try:
+        verdict = await bus.ask(CancelDelivery(order_id=order.id), timeout=5.0)
+    except (BusError, CircuitOpenError, TimeoutError) as exc:
+        return Rejected(
+            code="DEPENDENCY_UNAVAILABLE", detail=f"delivery cannot be reached: {type(exc).__name__}"
+        )
+    if not isinstance(verdict, DeliveryCancellation) or not verdict.cancelled:
+        status = verdict.status if isinstance(verdict, DeliveryCancellation) else "unknown"
+        return Rejected(code="ALREADY_SHIPPED", detail=f"the delivery is already {status}")
+    await sagas.engine.start(
+        sagas.cancel_completed,
+        cancel_saga_id(order.id),
+        {"order_id": str(order.id), "customer_id": str(order.customer_id)},
+    )
+    return order
+
+
+@module.handles(GetTimeline)
+async def get_timeline(
+    query: GetTimeline, book: OrderBook, sagas: OrderSagas
+) -> tuple[TimelineItem, ...] | None:
+    order = await book.visible(query.order_id, query.viewer_id, query.viewer_is_admin)
+    if order is None:
+        return None
+    entries = [*await sagas.engine.timeline(order.id)]
+    if await sagas.engine.get(cancel_saga_id(order.id)) is not None:
+        entries.extend(await sagas.engine.timeline(cancel_saga_id(order.id)))
+    return tuple(TimelineItem(step=e.step, status=e.status, at=e.at, detail=e.detail) for e in entries)
+
+
+@module.handles(ListSagas)
+async def list_sagas(query: ListSagas, sagas: OrderSagas) -> tuple[SagaSummary, ...]:
+    states = await sagas.engine.list(status=query.status, limit=query.limit, after=query.after)
+    return tuple(
+        SagaSummary(
+            id=s.id,
+            type=s.type,
+            status=s.status,
+            step=s.step,
+            deadline=s.step_deadline or s.deadline,
+            updated_at=s.updated_at,
+            failure_reason=s.failure_reason,
+        )
+        for s in states
+    )
+
+
+@module.on(PaymentCaptured)
+async def when_payment_captured_complete_order(event: PaymentCaptured, sagas: OrderSagas) -> None:
+    await sagas.engine.complete_step(
+        event.order_id,
+        "take_payment",
+        {"payment_id": str(event.payment_id), "provider_ref": event.provider_ref},
+    )
+
+
+@module.on(PaymentDeclined)
+async def when_payment_declined_cancel_order(event: PaymentDeclined, sagas: OrderSagas) -> None:
+    await sagas.engine.fail_step(
+        event.order_id, "take_payment", "PAYMENT_DECLINED", status=CANCELLED, detail=event.reason
+    )
+
+
+@module.on_startup
+async def resume_unfinished_sagas(sagas: OrderSagas) -> None:
+    await sagas.engine.resume_all()
+
+
+@module.background
+async def run_saga_timers(sagas: OrderSagas) -> None:
+    """Deadlines and retries: one tick a second, or faster when the payment deadline is short."""
+    await sagas.engine.run(interval=min(1.0, max(0.05, sagas.settings.payment_deadline_s / 10)))
+
+
+@module.on_shutdown
+async def close_saga_engine(sagas: OrderSagas) -> None:
+    await sagas.engine.close()
+
+
+__all__ = ["SagaEngine"]

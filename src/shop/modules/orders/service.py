@@ -1,0 +1,182 @@
+"""The orders domain: orders, their statuses and the idempotency of placing them."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shop.contracts.catalog import Line, PricedLine
+from shop.contracts.orders import OrderLine, OrderPage, OrderView
+from shop.modules.orders.models import orders
+
+PENDING = "PENDING"
+AWAITING_PAYMENT = "AWAITING_PAYMENT"
+COMPLETED = "COMPLETED"
+FAILED = "FAILED"
+CANCELLED = "CANCELLED"
+FINAL = frozenset({FAILED, CANCELLED})
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different body."""
+
+
+def fingerprint(items: Sequence[Line], address_id: uuid.UUID, payment_token: str) -> str:
+    """A stable digest of what makes two order requests "the same body"."""
+    body = {
+        "items": [[str(line.product_id), line.quantity] for line in items],
+        "address_id": str(address_id),
+        "payment_token": payment_token,
+    }
+    return hashlib.sha256(msgspec.json.encode(body)).hexdigest()
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def view(m: Any) -> OrderView:
+    return OrderView(
+        id=m["id"],
+        customer_id=m["customer_id"],
+        status=m["status"],
+        items=tuple(msgspec.convert(m["items"], list[OrderLine])),
+        total=m["total"],
+        currency=m["currency"],
+        address_id=m["address_id"],
+        failure_reason=m["failure_reason"],
+        created_at=_utc(m["created_at"]),
+        updated_at=_utc(m["updated_at"]),
+    )
+
+
+class OrderBook:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, order_id: uuid.UUID) -> OrderView | None:
+        row = (await self.session.execute(sa.select(orders).where(orders.c.id == order_id))).first()
+        return view(row._mapping) if row is not None else None
+
+    async def visible(self, order_id: uuid.UUID, viewer_id: uuid.UUID, is_admin: bool) -> OrderView | None:
+        """The order if the viewer owns it or is an admin; None hides whether it exists."""
+        order = await self.get(order_id)
+        if order is None or (order.customer_id != viewer_id and not is_admin):
+            return None
+        return order
+
+    async def by_idempotency_key(self, customer_id: uuid.UUID, key: str) -> tuple[OrderView, str] | None:
+        row = (
+            await self.session.execute(
+                sa.select(orders).where(orders.c.customer_id == customer_id, orders.c.idempotency_key == key)
+            )
+        ).first()
+        return (view(row._mapping), row._mapping["request_fingerprint"]) if row is not None else None
+
+    async def create(
+        self,
+        *,
+        customer_id: uuid.UUID,
+        items: Sequence[Line],
+        address_id: uuid.UUID,
+        payment_token: str,
+        idempotency_key: str | None,
+    ) -> tuple[OrderView, bool]:
+        """A new PENDING order; or, for a known Idempotency-Key with the same body, that order."""
+        digest = fingerprint(items, address_id, payment_token)
+        if idempotency_key is not None:
+            found = await self.by_idempotency_key(customer_id, idempotency_key)
+            if found is not None:
+                return self._replay(found, digest), False
+        now = datetime.now(UTC)
+        order_id = uuid.uuid4()
+        values = {
+            "id": order_id,
+            "customer_id": customer_id,
+            "status": PENDING,
+            "items": [{"product_id": str(line.product_id), "quantity": line.quantity} for line in items],
+            "total": None,
+            "currency": None,
+            "address_id": address_id,
+            "payment_token": payment_token,
+            "failure_reason": None,
+            "idempotency_key": idempotency_key,
+            "request_fingerprint": digest,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            async with self.session.begin_nested():
+                await self.session.execute(orders.insert().values(**values))
+        except IntegrityError:
+            # A concurrent request with the same key won the race.
+            found = await self.by_idempotency_key(customer_id, idempotency_key or "")
+            if found is None:
+                raise
+            return self._replay(found, digest), False
+        return view(values), True
+
+    @staticmethod
+    def _replay(found: tuple[OrderView, str], digest: str) -> OrderView:
+        order, stored = found
+        if stored != digest:
+            raise IdempotencyConflict(str(order.id))
+        return order
+
+    async def page(
+        self, customer_id: uuid.UUID, *, limit: int, before: tuple[datetime, uuid.UUID] | None
+    ) -> OrderPage:
+        query = sa.select(orders).where(orders.c.customer_id == customer_id)
+        if before is not None:
+            query = query.where(sa.tuple_(orders.c.created_at, orders.c.id) < sa.tuple_(*before))
+        query = query.order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(limit + 1)
+        rows = [view(r._mapping) for r in await self.session.execute(query)]
+        return OrderPage(items=tuple(rows[:limit]), has_more=len(rows) > limit)
+
+    async def set_status(
+        self,
+        order_id: uuid.UUID,
+        status: str,
+        *,
+        failure_reason: str | None = None,
+        only_from: Sequence[str] | None = None,
+    ) -> bool:
+        """Move an order to `status` (from one of `only_from`, when given); False if it was not there."""
+        query = orders.update().where(orders.c.id == order_id)
+        if only_from is not None:
+            query = query.where(orders.c.status.in_(list(only_from)))
+        values: dict[str, Any] = {"status": status, "updated_at": datetime.now(UTC)}
+        if failure_reason is not None:
+            values["failure_reason"] = failure_reason
+        result = await self.session.execute(query.values(**values))
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def price(self, order_id: uuid.UUID, lines: Sequence[PricedLine]) -> None:
+        """Record the catalog's snapshot of names and prices (taken when the stock was reserved)."""
+        currency = lines[0].currency if lines else None
+        await self.session.execute(
+            orders.update()
+            .where(orders.c.id == order_id)
+            .values(
+                items=[
+                    {
+                        "product_id": str(line.product_id),
+                        "name": line.name,
+                        "unit_price": line.unit_price,
+                        "quantity": line.quantity,
+                    }
+                    for line in lines
+                ],
+                total=sum(line.unit_price * line.quantity for line in lines),
+                currency=currency,
+                updated_at=datetime.now(UTC),
+            )
+        )
