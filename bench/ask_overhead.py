@@ -8,8 +8,9 @@ does nothing. In one run, on uvloop, interleaved round by round so drift hits ev
   ask/none    `await bus.ask(q)`, `middleware=[]`
 
 Prints microseconds per call (best round and median round) and the overhead = ask - direct.
-Then times the pieces an ask is made of, each alone, and profiles the default-middleware `ask` with cProfile: top 15 by tottime to stderr, the full
-listing to bench/results/ask_profile.txt (git-ignored).
+Then times the pieces an ask is made of, each alone, and profiles the default-middleware `ask`
+with cProfile: top 15 by tottime to stderr, the full listing to bench/results/ask_profile.txt
+(git-ignored).
 
 Figures are printed, never asserted. Every loop is bounded by a count and a wall-clock budget.
 
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import importlib.metadata
 import io
 import pstats
 import statistics
@@ -87,7 +89,8 @@ async def measure(n: int, budget_s: float, rounds: int) -> dict[str, list[float]
     }
     try:
         # Sanity: both buses answer what the handler answers.
-        assert await default_bus.ask(q) == 1 and await bare_bus.ask(q) == 1
+        assert await default_bus.ask(q) == 1
+        assert await bare_bus.ask(q) == 1
         for op in ops.values():  # warm-up (caches, breaker, semaphores, prometheus children)
             await _round(op, 2_000)
         per_round = max(1, n // rounds)
@@ -169,7 +172,7 @@ async def components(count: int) -> list[tuple[str, float | None]]:
             for _ in range(count):
                 fn()
             out.append((name, (time.perf_counter() - started) / count * 1e6))
-        except Exception:  # noqa: BLE001 - a renamed internal: report n/a, keep going
+        except Exception:  # a renamed internal: report n/a, keep going
             out.append((name, None))
 
     async def aio(name: str, fn: Callable[[], Awaitable[Any]]) -> None:
@@ -179,11 +182,11 @@ async def components(count: int) -> list[tuple[str, float | None]]:
             for _ in range(count):
                 await fn()
             out.append((name, (time.perf_counter() - started) / count * 1e6))
-        except Exception:  # noqa: BLE001
+        except Exception:
             out.append((name, None))
 
     async def with_timeout() -> None:
-        async with asyncio.timeout(5.0):
+        async with asyncio.timeout(5.0):  # noqa: ASYNC100 - the cost of arming and disarming it
             pass
 
     async def with_semaphore() -> None:
@@ -209,12 +212,24 @@ async def components(count: int) -> list[tuple[str, float | None]]:
         metrics.BUS_HANDLED.labels(consumer, "BenchPing").inc()
 
     def observe_debug_log() -> None:
-        log.debug("bus.handled", module="bench", consumer=consumer, type="BenchPing", message_id="x", duration_ms=0.001)
+        log.debug(
+            "bus.handled",
+            module="bench",
+            consumer=consumer,
+            type="BenchPing",
+            message_id="x",
+            duration_ms=0.001,
+        )
 
     try:
         await aio("reference: Future request/reply on uvloop (PERFORMANCE.md ~3.6 us)", future_round_trip)
-        sync("Bus._envelope (uuid4, traceparent, msgpack encode, replace)", lambda: bus._envelope(q, consumer=consumer))
-        sync("context.child_traceparent(None) (2x secrets.token_hex)", lambda: context.child_traceparent(None))
+        sync(
+            "Bus._envelope (uuid4, traceparent, msgpack encode, replace)",
+            lambda: bus._envelope(q, consumer=consumer),
+        )
+        sync(
+            "context.child_traceparent(None) (2x secrets.token_hex)", lambda: context.child_traceparent(None)
+        )
         sync("context enter + leave", context_enter_leave)
         sync("circuit breaker try_acquire + on_success", breaker)
         await aio("async with asyncio.timeout(5)", with_timeout)
@@ -226,12 +241,15 @@ async def components(count: int) -> list[tuple[str, float | None]]:
     return out
 
 
-def report(results: dict[str, list[float]]) -> None:
+def report(results: dict[str, list[float]], per_round: int) -> None:
     us = {name: [t * 1e6 for t in times] for name, times in results.items()}
     best = {name: min(v) for name, v in us.items()}
     med = {name: statistics.median(v) for name, v in us.items()}
     rounds = len(us["direct"])
-    print(f"in-process bus ask (uvloop, InProcessTransport, no-op query handler, {rounds} interleaved rounds)")
+    print(
+        f"in-process bus ask (uvloop, InProcessTransport, no-op query handler): {rounds} interleaved rounds "
+        f"of {per_round:,} calls per variant"
+    )
     print(f"{'variant':<14}{'best us/call':>14}{'median us/call':>16}{'overhead (median)':>19}")
     for name in us:
         over = "" if name == "direct" else f"{med[name] - med['direct']:>16.2f} us"
@@ -248,7 +266,9 @@ def report(results: dict[str, list[float]]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=200_000, help="calls per variant (default 200000)")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
     parser.add_argument("--budget", type=float, default=10.0, help="seconds for the timed part (default 10)")
@@ -257,15 +277,17 @@ def main() -> int:
     args = parser.parse_args()
 
     shop_logging.configure("WARNING")
-    print(f"python {sys.version.split()[0]}, uvloop {uvloop.__version__}")
+    print(f"python {sys.version.split()[0]}, uvloop {importlib.metadata.version('uvloop')}")
     results = uvloop.run(measure(args.n, args.budget, args.rounds))
-    report(results)
+    report(results, max(1, args.n // args.rounds))
     print("\npieces of an ask, each timed alone (us per call):")
     for name, value in uvloop.run(components(20_000)):
         print(f"  {'n/a' if value is None else f'{value:6.2f}':>6}  {name}")
     if not args.no_profile:
         summary = uvloop.run(profile(args.profile_n, budget_s=10.0))
-        print("\ncProfile of ask/default, top 15 by tottime (cProfile inflates small calls):", file=sys.stderr)
+        print(
+            "\ncProfile of ask/default, top 15 by tottime (cProfile inflates small calls):", file=sys.stderr
+        )
         print(summary, file=sys.stderr)
         print(f"full profile: {RESULTS / 'ask_profile.txt'}", file=sys.stderr)
     return 0

@@ -1,13 +1,21 @@
 """HTTP throughput of `shop run` on granian vs uvicorn, and of a bare Litestar app, side by side.
 
-For each server, in one run, each in a fresh SHOP_DATA_DIR:
-  GET  /health                       wrk -t1 -c64 -d10s (after a short warm-up)
-  POST /api/v1/users/me/addresses    validated JSON body + bearer token (one user signed up and
-                                     logged in once first: argon2 runs only there), through the
-                                     bus to the users module and an insert+commit on SQLite
-then `shop run` on granian once more at SHOP_LOG_LEVEL=WARNING (GET only: what the
-per-request access log costs), then a bare Litestar app (bench/bare_app.py, one GET route returning msgspec) on granian, for
-the reference ratio. wrk runs on the same 2 cores as the server; loopback only.
+Servers, each `shop run` in a fresh SHOP_DATA_DIR:
+  shop run / granian          GET /health and POST /api/v1/users/me/addresses
+  shop run / uvicorn          the same
+  shop run / granian, WARNING GET only, SHOP_LOG_LEVEL=WARNING: what the access log line costs
+  bare Litestar / granian     bench/bare_app.py, one GET route returning msgspec: the reference
+
+The POST carries a validated JSON address and a bearer token (one user is signed up and logged in
+once first: argon2 runs only there) and goes through the bus to the users module and an
+insert+commit on SQLite.
+
+All servers are started first (idle ones cost nothing); then wrk -t1 -c64 loads one at a time:
+a warm-up, then each figure's 10 s of load in 5 interleaved slices of 2 s (order reversed every
+round), so background load on the machine spreads over every server alike; req/s and p99 are
+the median slice's, and every slice's req/s is printed too. wrk runs on the same
+2 cores as the servers; loopback only. At the end each server gets SIGTERM, a bounded wait,
+then SIGKILL.
 
 SHOP_RATE_LIMIT is set to 1000000/second for these runs (the default, 100/second per client,
 would turn most of the load into 429s). SHOP_LOG_LEVEL is left at its default (INFO, one JSON
@@ -15,7 +23,7 @@ access-log line per request, to a file) unless --log-level says otherwise.
 
 Figures are printed, never asserted. Every wait is bounded.
 
-    .venv/bin/python bench/http_servers.py [--duration 10] [--connections 64] [--skip-post]
+    .venv/bin/python bench/http_servers.py [--duration 10] [--rounds 5] [--connections 64] [--skip-post]
 """
 
 from __future__ import annotations
@@ -28,14 +36,15 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -58,18 +67,49 @@ class WrkResult:
     requests: int
     errors: int  # socket errors + non-2xx/3xx responses
 
-    def cell(self) -> tuple[str, str]:
-        p99 = "?" if self.p99_ms is None else f"{self.p99_ms:.2f} ms"
+
+@dataclass
+class Figure:
+    """One (server, endpoint) measured in several interleaved slices."""
+
+    slices: list[WrkResult] = field(default_factory=list)
+
+    @property
+    def rps(self) -> float:
+        """The median slice: a burst of someone else's work on the machine moves it least."""
+        return statistics.median(r.rps for r in self.slices)
+
+    @property
+    def p99_ms(self) -> float | None:
+        values = [r.p99_ms for r in self.slices if r.p99_ms is not None]
+        return statistics.median(values) if values else None
+
+    @property
+    def errors(self) -> int:
+        return sum(r.errors for r in self.slices)
+
+    def cells(self) -> tuple[str, str]:
+        if not self.slices:
+            return "n/a", ""
+        p99 = "?" if self.p99_ms is None else f"{self.p99_ms:.1f} ms"
         flag = f" ({self.errors} err)" if self.errors else ""
         return f"{self.rps:,.0f}{flag}", p99
 
+    def spread(self) -> str:
+        return " / ".join(f"{r.rps:,.0f}" for r in self.slices)
+
 
 @dataclass
-class Row:
-    name: str
-    get: WrkResult | None = None
-    post: WrkResult | None = None
-    note: str = ""
+class Target:
+    label: str
+    cmd: list[str]
+    env: dict[str, str]
+    port: int
+    log: Path
+    post: bool
+    get: Figure = field(default_factory=Figure)
+    post_figure: Figure = field(default_factory=Figure)
+    script: Path | None = None
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -87,10 +127,9 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before /health answered")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1.0) as response:
-                if response.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1.0) as response:
+            if response.status == 200:
+                return
         time.sleep(0.1)
     raise RuntimeError(f"/health did not answer within {timeout_s:.0f}s")
 
@@ -110,20 +149,19 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)  # stray workers of our own group, if any
 
 
-@contextlib.contextmanager
-def server(cmd: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[None]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_healthy(port, proc)
-            yield
-        except Exception:
-            out.flush()
-            tail = log.read_text(errors="replace").splitlines()[-20:]
-            print(f"--- last lines of {log.name} ---\n" + "\n".join(tail), file=sys.stderr)
-            raise
-        finally:
-            stop(proc)
+def start(target: Target) -> subprocess.Popen[bytes]:
+    out = target.log.open("wb")
+    try:
+        return subprocess.Popen(
+            target.cmd, env=target.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    finally:
+        out.close()  # the child has its own copy
+
+
+def log_tail(target: Target, lines: int = 20) -> str:
+    tail = target.log.read_text(errors="replace").splitlines()[-lines:]
+    return f"--- last lines of {target.label}'s log ---\n" + "\n".join(tail)
 
 
 # -- wrk -----------------------------------------------------------------------------------
@@ -161,15 +199,15 @@ def parse_wrk(out: str) -> WrkResult:
 
 
 def wrk(url: str, *, duration: float, connections: int, script: Path | None = None) -> WrkResult:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s"]
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "5s"]
     if script is not None:
         cmd += ["-s", str(script)]
-    done = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=duration + 30, check=True)
+    done = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=duration + 30, check=True)
     return parse_wrk(done.stdout)
 
 
-def post_script(directory: Path, token: str) -> Path:
-    script = directory / "post_address.lua"
+def post_script(directory: Path, port: int, token: str) -> Path:
+    script = directory / f"post_address_{port}.lua"
     script.write_text(
         'wrk.method = "POST"\n'
         f"wrk.body = {json.dumps(json.dumps(ADDRESS))}\n"
@@ -182,7 +220,9 @@ def post_script(directory: Path, token: str) -> Path:
 # -- HTTP helpers --------------------------------------------------------------------------
 
 
-def call(port: int, method: str, path: str, body: dict[str, object], token: str | None = None) -> dict[str, object]:
+def call(
+    port: int, method: str, path: str, body: Mapping[str, object], token: str | None = None
+) -> dict[str, object]:
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -209,61 +249,110 @@ def sign_up_and_log_in(port: int) -> str:
 # -- the run -------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> list[Row]:
+def targets(args: argparse.Namespace, work: Path) -> list[Target]:
     python = sys.executable
-    work = Path(tempfile.mkdtemp(prefix="shop-bench-http-"))
-    keep_logs = HERE / "results"
-    keep_logs.mkdir(exist_ok=True)
-    rows: list[Row] = []
     variants = [("granian", args.log_level, True), ("uvicorn", args.log_level, True)]
     if not args.no_quiet_variant and (args.log_level or "INFO").upper() != "WARNING":
         variants.append(("granian", "WARNING", False))  # what the INFO access log costs
-    try:
-        for n, (name, log_level, with_post) in enumerate(variants):
-            port = free_port()
-            data_dir = work / f"{n}-{name}"
-            data_dir.mkdir()
-            env = {
-                **os.environ,
-                "SHOP_DATA_DIR": str(data_dir),
-                "SHOP_RATE_LIMIT": RATE_LIMIT,
-                "SHOP_HOST": HOST,
-            }
-            if log_level:
-                env["SHOP_LOG_LEVEL"] = log_level
-            cmd = [python, "-m", "shop.cli", "run", "--host", HOST, "--port", str(port), "--server", name]
-            label = f"shop run / {name}" + (f", log {log_level}" if log_level else "")
-            row = Row(label, note="" if with_post else "GET only")
-            log_file = work / f"shop-{n}-{name}.log"
-            print(f"[{label}] starting on :{port}  (load {_loadavg()})", file=sys.stderr, flush=True)
-            with server(cmd, env, port, log_file):
-                url = f"http://{HOST}:{port}/health"
-                wrk(url, duration=args.warmup, connections=args.connections)
-                row.get = wrk(url, duration=args.duration, connections=args.connections)
-                print(f"[{label}] GET /health: {row.get.rps:,.0f} req/s", file=sys.stderr, flush=True)
-                if with_post and not args.skip_post:
-                    script = post_script(work, sign_up_and_log_in(port))
-                    url = f"http://{HOST}:{port}/api/v1/users/me/addresses"
-                    wrk(url, duration=args.warmup, connections=args.connections, script=script)
-                    row.post = wrk(url, duration=args.duration, connections=args.connections, script=script)
-                    print(f"[{label}] POST addresses: {row.post.rps:,.0f} req/s", file=sys.stderr, flush=True)
-            # The head of the server's log, kept to check start-up went right.
-            _keep_head(log_file, keep_logs / f"{log_file.stem}.log.head", 30)
-            rows.append(row)
-
+    out: list[Target] = []
+    for n, (name, log_level, with_post) in enumerate(variants):
         port = free_port()
-        row = Row("bare Litestar / granian", note="GET only")
-        print(f"[bare] starting bench/bare_app.py on granian on :{port}  (load {_loadavg()})", file=sys.stderr, flush=True)
-        cmd = [python, str(HERE / "bare_app.py"), "--host", HOST, "--port", str(port), "--server", "granian"]
-        with server(cmd, dict(os.environ), port, work / "bare.log"):
-            url = f"http://{HOST}:{port}/health"
-            wrk(url, duration=args.warmup, connections=args.connections)
-            row.get = wrk(url, duration=args.duration, connections=args.connections)
-            print(f"[bare] GET /health: {row.get.rps:,.0f} req/s", file=sys.stderr, flush=True)
-        rows.append(row)
+        data_dir = work / f"data-{n}-{name}"
+        data_dir.mkdir()
+        env = {**os.environ, "SHOP_DATA_DIR": str(data_dir), "SHOP_RATE_LIMIT": RATE_LIMIT, "SHOP_HOST": HOST}
+        if log_level:
+            env["SHOP_LOG_LEVEL"] = log_level
+        out.append(
+            Target(
+                label=f"shop run / {name}" + (f", log {log_level}" if log_level else ""),
+                cmd=[python, "-m", "shop.cli", "run", "--host", HOST, "--port", str(port), "--server", name],
+                env=env,
+                port=port,
+                log=work / f"shop-{n}-{name}.log",
+                post=with_post and not args.skip_post,
+            )
+        )
+    port = free_port()
+    out.append(
+        Target(
+            label="bare Litestar / granian",
+            cmd=[
+                python,
+                str(HERE / "bare_app.py"),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--server",
+                "granian",
+            ],
+            env=dict(os.environ),
+            port=port,
+            log=work / "bare.log",
+            post=False,
+        )
+    )
+    return out
+
+
+def run(args: argparse.Namespace) -> list[Target]:
+    """Start every server (idle ones cost nothing), then load one at a time, round by round,
+    reversing the order every round, so background noise spreads over all of them alike."""
+    work = Path(tempfile.mkdtemp(prefix="shop-bench-http-"))
+    keep_logs = HERE / "results"
+    keep_logs.mkdir(exist_ok=True)
+    all_targets = targets(args, work)
+    procs: list[tuple[Target, subprocess.Popen[bytes]]] = []
+    slice_s = slice_seconds(args)
+    try:
+        for target in all_targets:
+            procs.append((target, start(target)))
+        for target, proc in procs:
+            try:
+                wait_healthy(target.port, proc)
+            except Exception:
+                print(log_tail(target), file=sys.stderr)
+                raise
+            print(f"[{target.label}] up on :{target.port}", file=sys.stderr, flush=True)
+        for target in all_targets:
+            if target.post:
+                target.script = post_script(work, target.port, sign_up_and_log_in(target.port))
+
+        def get_url(t: Target) -> str:
+            return f"http://{HOST}:{t.port}/health"
+
+        def post_url(t: Target) -> str:
+            return f"http://{HOST}:{t.port}/api/v1/users/me/addresses"
+
+        for t in all_targets:  # warm-up
+            wrk(get_url(t), duration=args.warmup, connections=args.connections)
+            if t.script:
+                wrk(post_url(t), duration=args.warmup, connections=args.connections, script=t.script)
+
+        for phase in ("GET", "POST"):
+            loaded = [t for t in all_targets if phase == "GET" or t.script]
+            for r in range(args.rounds):
+                for t in loaded if r % 2 == 0 else reversed(loaded):
+                    if phase == "GET":
+                        result = wrk(get_url(t), duration=slice_s, connections=args.connections)
+                        t.get.slices.append(result)
+                    else:
+                        result = wrk(
+                            post_url(t), duration=slice_s, connections=args.connections, script=t.script
+                        )
+                        t.post_figure.slices.append(result)
+                print(
+                    f"[{phase} round {r + 1}/{args.rounds} done, load average {_loadavg()}]",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
+        for target, proc in procs:
+            stop(proc)
+            with contextlib.suppress(OSError):
+                _keep_head(target.log, keep_logs / f"{target.log.stem}.log.head", 30)
         shutil.rmtree(work, ignore_errors=True)
-    return rows
+    return all_targets
 
 
 def _keep_head(source: Path, target: Path, lines: int) -> None:
@@ -279,51 +368,71 @@ def _loadavg() -> str:
         return "?"
 
 
-def report(rows: list[Row], args: argparse.Namespace) -> None:
+def slice_seconds(args: argparse.Namespace) -> int:
+    """wrk takes whole seconds."""
+    return max(1, round(float(args.duration) / int(args.rounds)))
+
+
+def report(rows: list[Target], args: argparse.Namespace) -> None:
+    each = slice_seconds(args)
     print(
-        f"\nHTTP, wrk -t1 -c{args.connections} -d{args.duration:g}s on the same 2 cores, loopback; "
-        f"SHOP_RATE_LIMIT={RATE_LIMIT}; SHOP_LOG_LEVEL={args.log_level or 'default (INFO)'}"
+        f"\nHTTP: wrk -t1 -c{args.connections}, {each * args.rounds}s per figure in {args.rounds} interleaved"
+        f" slices of {each}s; wrk on the same 2 cores, loopback.\n"
+        f"shop servers run with SHOP_RATE_LIMIT={RATE_LIMIT} (the default 100/second per client "
+        f"would answer 429s) and SHOP_LOG_LEVEL={args.log_level or 'default (INFO)'} unless labelled."
     )
-    header = f"{'server':<34}{'GET /health req/s':>20}{'p99':>11}{'POST address req/s':>21}{'p99':>11}"
+    header = f"{'server':<34}{'GET /health req/s':>19}{'p99':>10}{'POST address req/s':>20}{'p99':>11}"
     print(header)
     print("-" * len(header))
     for row in rows:
-        get_rps, get_p99 = row.get.cell() if row.get else ("n/a", "")
-        post_rps, post_p99 = row.post.cell() if row.post else ("n/a", "")
-        print(f"{row.name:<34}{get_rps:>20}{get_p99:>11}{post_rps:>21}{post_p99:>11}")
+        get_rps, get_p99 = row.get.cells()
+        post_rps, post_p99 = row.post_figure.cells()
+        print(f"{row.label:<34}{get_rps:>19}{get_p99:>10}{post_rps:>20}{post_p99:>11}")
+    print("(req/s and p99: the median slice's)")
+    print("per-slice req/s, GET | POST:")
+    for row in rows:
+        post = f" | {row.post_figure.spread()}" if row.post_figure.slices else ""
+        print(f"  {row.label:<34}{row.get.spread()}{post}")
     granian, uvicorn, bare = rows[0], rows[1], rows[-1]
     print()
-    if granian.get and bare.get:
+    if granian.get.slices and bare.get.slices:
         ratio = granian.get.rps / bare.get.rps
         verdict = "meets" if ratio >= 0.8 else "MISSES"
         print(
-            f"full stack (INFO logs) vs bare Litestar, both on granian, GET: {ratio:.2f}x (target >= 0.8x -> {verdict})\n"
-            "  NOTE: the target is for a catalog read; GET /health is the stand-in until the catalog "
-            "has a read endpoint\n  (it measures the gateway middleware + app, not a database read)."
+            f"full stack vs bare Litestar, both on granian, GET: {ratio:.2f}x (target >= 0.8x -> {verdict})\n"
+            "  NOTE: the target is for a catalog read; GET /health is our stand-in until the catalog has a\n"
+            "  read endpoint (it measures gateway middleware + app + access log, not a database read)."
         )
-    quiet = next((r for r in rows[2:-1] if r.get), None)
-    if quiet and quiet.get and granian.get and bare.get:
+    quiet = next((r for r in rows[2:-1] if r.get.slices), None)
+    if quiet and granian.get.slices and bare.get.slices:
+        log_cost, of_bare = 1 - granian.get.rps / quiet.get.rps, quiet.get.rps / bare.get.rps
         print(
-            f"  with SHOP_LOG_LEVEL=WARNING (no access-log line per request): {quiet.get.rps / bare.get.rps:.2f}x "
-            f"of bare; the INFO access log costs {1 - granian.get.rps / quiet.get.rps:.0%} of GET throughput"
+            f"  at SHOP_LOG_LEVEL=WARNING (no access-log line per request): {of_bare:.2f}x "
+            f"of bare; the INFO access log costs {log_cost:.0%} of GET req/s"
         )
-    if granian.get and uvicorn.get:
-        print(f"shop run GET  granian / uvicorn: {granian.get.rps / uvicorn.get.rps:.2f}x")
-    if granian.post and uvicorn.post:
-        print(f"shop run POST granian / uvicorn: {granian.post.rps / uvicorn.post.rps:.2f}x")
-    if any((r.get and r.get.errors) or (r.post and r.post.errors) for r in rows):
+    if granian.get.slices and uvicorn.get.slices:
+        print(f"shop run GET  /health    granian / uvicorn: {granian.get.rps / uvicorn.get.rps:.2f}x")
+    if granian.post_figure.slices and uvicorn.post_figure.slices:
+        ratio = granian.post_figure.rps / uvicorn.post_figure.rps
+        print(f"shop run POST addresses  granian / uvicorn: {ratio:.2f}x")
+    if any(r.get.errors or r.post_figure.errors for r in rows):
         print("WARNING: some requests failed (socket errors or non-2xx); see the (err) counts above")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured wrk run (10)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per figure (10)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved slices per figure (5)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of wrk warm-up before each (2)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
     parser.add_argument("--skip-post", action="store_true", help="GET only")
     parser.add_argument("--log-level", help="SHOP_LOG_LEVEL for the shop servers (default: theirs, INFO)")
     parser.add_argument(
-        "--no-quiet-variant", action="store_true", help="skip the extra granian GET run at SHOP_LOG_LEVEL=WARNING"
+        "--no-quiet-variant",
+        action="store_true",
+        help="skip the extra granian GET run at SHOP_LOG_LEVEL=WARNING",
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Run the Shop benchmarks and print their figures (they print, never assert).
+#   bench/run.sh            everything (~2 minutes)
+#   bench/run.sh ask        only the in-process bus ask overhead
+#   bench/run.sh http       only the HTTP servers comparison
+# Extra arguments after the name go to that script, e.g. `bench/run.sh http --duration 4`.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="$ROOT/.venv/bin/python"
+if [[ ! -x "$PY" ]]; then
+    echo "bench: $PY not found; run 'make install' first" >&2
+    exit 2
+fi
+
+what="${1:-all}"
+[[ $# -gt 0 ]] && shift
+
+ensure_wrk() {
+    command -v wrk >/dev/null 2>&1 && return 0
+    echo "bench: installing wrk (apt-get install -y wrk)" >&2
+    if ! apt-get install -y wrk >/dev/null 2>&1; then
+        apt-get update >/dev/null 2>&1 && apt-get install -y wrk >/dev/null 2>&1
+    fi
+    command -v wrk >/dev/null 2>&1 || { echo "bench: could not install wrk" >&2; return 1; }
+}
+
+header() {
+    echo "== $1"
+    echo "   $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) vCPU; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    echo "   load average $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews absolute figures; compare ratios)"
+}
+
+status=0
+if [[ "$what" == all || "$what" == ask ]]; then
+    header "in-process bus: ask overhead (bench/ask_overhead.py)"
+    "$PY" bench/ask_overhead.py "$@" || status=1
+    echo
+fi
+if [[ "$what" == all || "$what" == http ]]; then
+    header "HTTP: shop run on granian vs uvicorn vs bare Litestar (bench/http_servers.py)"
+    if ensure_wrk; then
+        "$PY" bench/http_servers.py "$@" || status=1
+    else
+        status=1
+    fi
+fi
+if [[ "$what" != all && "$what" != ask && "$what" != http ]]; then
+    echo "usage: bench/run.sh [all|ask|http] [args for that script]" >&2
+    exit 2
+fi
+exit $status
