@@ -29,6 +29,7 @@ from shop.bus.module import Module
 from shop.bus.transports.base import Transport
 from shop.bus.transports.inprocess import InProcessTransport
 from shop.db import Database
+from shop.gateway.deadletters import DeadLetterController
 from shop.gateway.middleware import GatewayMiddleware
 from shop.gateway.ops import OpsController, now_rfc3339
 from shop.gateway.problems import EXCEPTION_HANDLERS
@@ -178,7 +179,7 @@ def build_shop(
 
 def build_app(shop: Shop) -> Litestar:
     """The Litestar app of a shop: gateway middleware, ops endpoints, the local controllers."""
-    controllers: list[Any] = [OpsController]
+    controllers: list[Any] = [OpsController, DeadLetterController]
     for name in shop.local:
         controllers.extend(shop.bus.modules[name].controllers)
     ready_checks = {f"db:{name}": db.ping for name, db in shop.databases.items()}
@@ -195,7 +196,13 @@ def build_app(shop: Shop) -> Litestar:
         route_handlers=controllers,
         lifespan=[lifespan],
         state=State(
-            {"shop": shop, "ready_checks": ready_checks, "describe_services": shop.describe_services}
+            {
+                "shop": shop,
+                "ready_checks": ready_checks,
+                "describe_services": shop.describe_services,
+                "databases": shop.databases,
+                "relay": shop.bus.relay,
+            }
         ),
         dependencies={
             "bus": Provide(lambda: shop.bus, use_cache=True, sync_to_thread=False),

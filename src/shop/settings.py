@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -51,6 +52,7 @@ class Settings:
     rate_limit: RateLimit = RateLimit(100, 1.0)
     login_rate_limit: RateLimit = RateLimit(10, 60.0)
     payment_deadline_s: float = 900.0
+    payment_provider_timeout_s: float = 2.0
     jwt_private_key: str | None = None
     jwt_public_key: str | None = None
     log_level: str = "INFO"
@@ -82,6 +84,7 @@ class Settings:
         read("SHOP_RATE_LIMIT", "rate_limit", RateLimit.parse)
         read("SHOP_LOGIN_RATE_LIMIT", "login_rate_limit", RateLimit.parse)
         read("SHOP_PAYMENT_DEADLINE_S", "payment_deadline_s", _positive_float)
+        read("SHOP_PAYMENT_PROVIDER_TIMEOUT_S", "payment_provider_timeout_s", _positive_float)
         read("SHOP_JWT_PRIVATE_KEY", "jwt_private_key")
         read("SHOP_JWT_PUBLIC_KEY", "jwt_public_key")
         read("SHOP_LOG_LEVEL", "log_level", _choice(LOG_LEVELS, upper=True))
@@ -120,7 +123,7 @@ def _port(raw: str) -> int:
 
 def _positive_float(raw: str) -> float:
     value = float(raw)
-    if value <= 0:
+    if not math.isfinite(value) or value <= 0:  # "nan" and "inf" parse as floats
         raise ValueError(f"expected a positive number, got {raw!r}")
     return value
 

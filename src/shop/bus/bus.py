@@ -20,7 +20,7 @@ import structlog
 from shop.bus import context, inbox
 from shop.bus.breaker import BreakerRegistry, CircuitBreaker, CircuitOpenError
 from shop.bus.errors import AskTimeout, HandlerFailed, NoHandler, NoUnitOfWork
-from shop.bus.inject import Injector, Plan, Scope
+from shop.bus.inject import InjectionError, Injector, Plan, Scope
 from shop.bus.messages import Command, Envelope, Event, Message, decode_body, encode, new_envelope
 from shop.bus.middleware import observe
 from shop.bus.module import HandlerSpec, Module
@@ -139,6 +139,11 @@ class Bus:
             injector = self.injector_for(name)
             for spec in module.handlers:
                 plan = injector.plan(spec.func, skip=1)
+                if not spec.transactional and plan.needs_uow:
+                    raise InjectionError(
+                        f"{spec.consumer} is not transactional: it opens its own units of work"
+                        " and cannot take a session or unit of work"
+                    )
                 self._bound[spec.consumer] = _Bound(
                     spec, plan, self.databases.get(name), self._chain(spec, plan)
                 )
@@ -297,7 +302,8 @@ class Bus:
     # -- handler invocation ----------------------------------------------------------------
 
     def _chain(self, spec: HandlerSpec, plan: Plan) -> Next:
-        idempotent = issubclass(spec.message_type, (Command, Event))
+        # A non-transactional handler is idempotent by its own key and opens its own units of work.
+        idempotent = spec.transactional and issubclass(spec.message_type, (Command, Event))
         database = self.databases.get(spec.module)
 
         async def run(call: Call) -> Any:

@@ -33,6 +33,7 @@ class HandlerSpec:
     message_type: type[Message]
     func: Callable[..., Awaitable[Any]]
     role: Literal["owner", "subscriber"]
+    transactional: bool = True
 
     @property
     def consumer(self) -> str:
@@ -53,15 +54,22 @@ class Module:
     background_tasks: list[Hook] = field(default_factory=list)
     shutdown_hooks: list[Hook] = field(default_factory=list)
 
-    def handles(self, message_type: type[Command] | type[Query]) -> Callable[[F], F]:
-        """Register the one handler of a command or query this module owns."""
+    def handles(
+        self, message_type: type[Command] | type[Query], *, transactional: bool = True
+    ) -> Callable[[F], F]:
+        """Register the one handler of a command or query this module owns.
+
+        `transactional=False`: the bus runs the handler outside any unit of work and records
+        nothing in the inbox; the handler opens its own short units of work (it may ask for
+        `Database`, not for a session) and is idempotent by a key of its own. For handlers
+        that call a slow outside system, so that no database lock is held across the call."""
         if not issubclass(message_type, (Command, Query)):
             raise TypeError(f"{message_type.__name__} is not a command or query; use .on() for events")
 
         def register(func: F) -> F:
             if any(h.message_type is message_type for h in self.handlers):
                 raise ValueError(f"{self.name} already handles {message_type.__name__}")
-            self.handlers.append(HandlerSpec(self.name, message_type, func, "owner"))
+            self.handlers.append(HandlerSpec(self.name, message_type, func, "owner", transactional))
             return func
 
         return register

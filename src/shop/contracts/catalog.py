@@ -53,7 +53,7 @@ class CategoryView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CreateProduct(Command, frozen=True, kw_only=True):
-    """Replies ProductView, or Rejected("SKU_TAKEN")."""
+    """Replies ProductView, or Rejected("SKU_TAKEN" | "INVALID")."""
 
     sku: str
     name: str
@@ -65,7 +65,7 @@ class CreateProduct(Command, frozen=True, kw_only=True):
 
 
 class UpdateProduct(Command, frozen=True, kw_only=True):
-    """Only the fields given change. Replies ProductView, or Rejected("NOT_FOUND")."""
+    """Only the fields given change. Replies ProductView, or Rejected("NOT_FOUND" | "INVALID")."""
 
     product_id: uuid.UUID
     name: str | None = None
@@ -98,14 +98,21 @@ class ListProducts(Query, frozen=True, kw_only=True):
 
 
 class ListCategories(Query, frozen=True, kw_only=True):
-    """Replies tuple[CategoryView, ...] ordered by name."""
+    """Replies tuple[CategoryView, ...] ordered by name: at most `limit` (None: all), those
+    after the category named `after` (keyset pagination)."""
+
+    limit: int | None = None
+    after: str | None = None
 
 
 # -- the order saga's commands (idempotent by reservation_id) ------------------------------
 
 
 class ReserveStock(Command, frozen=True, kw_only=True):
-    """Reserve every line or none. Replies StockReserved or StockUnavailable."""
+    """Reserve every line or none. Replies StockReserved or StockUnavailable (or
+    Rejected("INVALID") for a quantity below 1). Sent again for the same reservation_id it
+    reserves nothing more and answers as the first time; once that reservation was released
+    (or a ReleaseStock for it came first), StockUnavailable(reason="RELEASED")."""
 
     reservation_id: uuid.UUID
     order_id: uuid.UUID
@@ -119,7 +126,8 @@ class StockReserved(Event, frozen=True, kw_only=True):
 
 
 class StockUnavailable(Event, frozen=True, kw_only=True):
-    """reason: OUT_OF_STOCK or UNKNOWN_PRODUCT."""
+    """reason: OUT_OF_STOCK or UNKNOWN_PRODUCT (product_ids: the lines at fault), or RELEASED
+    (the reservation was released before this command arrived again or at all)."""
 
     reservation_id: uuid.UUID
     order_id: uuid.UUID
@@ -128,19 +136,22 @@ class StockUnavailable(Event, frozen=True, kw_only=True):
 
 
 class ReleaseStock(Command, frozen=True, kw_only=True):
-    """Give a reservation's stock back (compensation). Idempotent; unknown ids are a no-op."""
+    """Give a reservation's stock back (compensation). Replies StockReleased. Idempotent; an
+    unknown id reserves nothing but is remembered, so a late ReserveStock for it reserves nothing."""
 
     reservation_id: uuid.UUID
 
 
 class CommitStock(Command, frozen=True, kw_only=True):
-    """The order completed: the reserved stock leaves the shelf. Idempotent."""
+    """The order completed: the reserved stock leaves the shelf. Idempotent. Replies
+    StockCommitted, or Rejected("NOT_RESERVED") for a reservation unknown, released or refused."""
 
     reservation_id: uuid.UUID
 
 
 class RestockItems(Command, frozen=True, kw_only=True):
-    """A completed order was cancelled: its committed stock returns to the shelf. Idempotent."""
+    """A completed order was cancelled: its committed stock returns to the shelf. Idempotent.
+    Replies StockRestocked, or Rejected("NOT_COMMITTED") for a reservation never committed."""
 
     reservation_id: uuid.UUID
 

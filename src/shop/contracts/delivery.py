@@ -26,6 +26,7 @@ class DeliveryView(msgspec.Struct, frozen=True, kw_only=True):
     status: str  # PREPARING, SHIPPED, IN_TRANSIT, DELIVERED, CANCELLED
     tracking_number: str | None
     address: AddressSnapshot
+    created_at: datetime  # the list's order and its cursor
     updated_at: datetime
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 import msgspec
 
@@ -15,8 +16,9 @@ class PaymentView(msgspec.Struct, frozen=True, kw_only=True):
     customer_id: uuid.UUID
     amount: int
     currency: str
-    status: str  # AUTHORIZED, CAPTURED, DECLINED, VOIDED, REFUNDED
+    status: str  # PENDING (outcome not known yet), AUTHORIZED, CAPTURED, DECLINED, VOIDED, REFUNDED
     provider_ref: str | None
+    created_at: datetime  # the list's order and its cursor
 
 
 class PaymentPage(msgspec.Struct, frozen=True, kw_only=True):

@@ -41,7 +41,8 @@ class OpsController(Controller):
         # The header as given: Litestar would append a second `charset` to a text/* media type,
         # and a Content-Type with a duplicate parameter is rejected by strict scrapers.
         return Response(
-            generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST,
+            generate_latest(REGISTRY),
+            media_type=CONTENT_TYPE_LATEST,
             headers={"content-type": CONTENT_TYPE_LATEST},
         )
 

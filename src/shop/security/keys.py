@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,15 +57,44 @@ def load_keys(settings: Settings, *, generate: bool = True) -> KeyPair:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        tmp = private_path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-        os.replace(tmp, private_path)
-        public_path.write_bytes(_public_of(pem))
+        _create_once(private_path, pem)
     private = private_path.read_bytes()
-    public = public_path.read_bytes() if public_path.exists() else _public_of(private)
+    # The private file is the one source of truth: processes starting together on one data dir
+    # all end up with the pair of whichever key was written first.
+    try:
+        public = _public_of(private)
+    except ValueError as exc:
+        raise SettingsError(f"SHOP_DATA_DIR: the dev key {private_path} is unusable: {exc}") from None
+    with contextlib.suppress(OSError):  # a convenience copy for verify-only processes
+        if not public_path.exists() or public_path.read_bytes() != public:
+            tmp = _tmp_name(public_path)
+            tmp.write_bytes(public)
+            os.replace(tmp, public_path)
     return KeyPair(private, public)
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+
+
+def _create_once(path: Path, data: bytes) -> None:
+    """Write `path` (mode 0600, complete or not at all) unless it exists: the first writer wins."""
+    tmp = _tmp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # atomic and exclusive: fails if another process got there first
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links
+            if not path.exists():
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _public_of(private_pem: bytes) -> bytes:

@@ -20,6 +20,8 @@ from litestar.testing import AsyncTestClient
 
 from shop.app import Shop, build_app, build_shop, create_app
 from shop.gateway.ratelimit import MemoryRateLimitStore
+from shop.security.keys import PRIVATE_FILE
+from shop.security.tokens import TokenIssuer
 from shop.settings import Settings
 
 PASSWORD = "correct horse battery"
@@ -86,6 +88,14 @@ class Api:
         """A new customer and the headers that authenticate as them."""
         user = await self.sign_up(email)
         return user, bearer(await self.login(user["email"]))
+
+    def signed_token_headers(self, role: str = "customer") -> dict[str, str]:
+        """Headers with a genuine token (the app's own key) for a user id nobody signed up with.
+
+        Cheap (no argon2): for requests that must be refused before any user is looked up.
+        """
+        issuer = TokenIssuer((self.data_dir / PRIVATE_FILE).read_bytes())
+        return bearer(issuer.issue(uuid.uuid4(), role))
 
     # the module-level helpers, reachable from test modules (conftest is not importable)
     bearer = staticmethod(bearer)

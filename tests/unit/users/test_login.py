@@ -121,7 +121,9 @@ async def test_the_login_rate_limit_counts_an_email_in_any_case_as_one(open_shop
     async with open_shop(login_rate_limit=RateLimit(2, 60), clock=lambda: 1000.0) as api:
         await api.sign_up("ada@example.com")
         for email in ("ada@example.com", "ADA@example.com"):
-            response = await api.client.post("/api/v1/auth/token", json={"email": email, "password": PASSWORD})
+            response = await api.client.post(
+                "/api/v1/auth/token", json={"email": email, "password": PASSWORD}
+            )
             assert response.status_code == 200
 
         limited = await api.client.post(
@@ -136,9 +138,11 @@ async def test_the_login_rate_limit_window_resets_after_its_period(open_shop: An
     now = [1000.0]
     async with open_shop(login_rate_limit=RateLimit(1, 60), clock=lambda: now[0]) as api:
         await api.sign_up("ada@example.com")
-        assert (await api.client.post(
-            "/api/v1/auth/token", json={"email": "ada@example.com", "password": PASSWORD}
-        )).status_code == 200
+        assert (
+            await api.client.post(
+                "/api/v1/auth/token", json={"email": "ada@example.com", "password": PASSWORD}
+            )
+        ).status_code == 200
         limited = await api.client.post(
             "/api/v1/auth/token", json={"email": "ada@example.com", "password": PASSWORD}
         )
@@ -147,5 +151,7 @@ async def test_the_login_rate_limit_window_resets_after_its_period(open_shop: An
 
         now[0] += 60
 
-        again = await api.client.post("/api/v1/auth/token", json={"email": "ada@example.com", "password": PASSWORD})
+        again = await api.client.post(
+            "/api/v1/auth/token", json={"email": "ada@example.com", "password": PASSWORD}
+        )
         assert again.status_code == 200

@@ -49,7 +49,8 @@ async def test_signup_with_a_taken_email_is_409_and_keeps_the_first_account(open
         first = await api.sign_up("taken@example.com", password="first-password", name="First")
 
         again = await api.client.post(
-            "/api/v1/users", json={"email": "taken@example.com", "password": "second-password", "name": "Second"}
+            "/api/v1/users",
+            json={"email": "taken@example.com", "password": "second-password", "name": "Second"},
         )
         body = api.problem(again, 409)
         assert "second-password" not in again.text
@@ -82,8 +83,12 @@ async def test_signup_with_an_email_differing_only_in_case_is_409(open_shop: Any
 @pytest.mark.parametrize(
     ("payload", "field"),
     [
-        pytest.param({"email": "a@example.com", "password": "short", "name": "A"}, "password", id="short-password"),
-        pytest.param({"email": "a@example.com", "password": "1234567", "name": "A"}, "password", id="7-chars"),
+        pytest.param(
+            {"email": "a@example.com", "password": "short", "name": "A"}, "password", id="short-password"
+        ),
+        pytest.param(
+            {"email": "a@example.com", "password": "1234567", "name": "A"}, "password", id="7-chars"
+        ),
         pytest.param({"password": PASSWORD, "name": "A"}, "email", id="missing-email"),
         pytest.param({"email": "a@example.com", "name": "A"}, "password", id="missing-password"),
         pytest.param({"email": "a@example.com", "password": PASSWORD}, "name", id="missing-name"),
@@ -95,7 +100,9 @@ async def test_signup_with_an_email_differing_only_in_case_is_409(open_shop: Any
         pytest.param({"email": "a@example.com", "password": PASSWORD, "name": ["A"]}, "name", id="name-list"),
         pytest.param({"email": "a@example.com", "password": PASSWORD, "name": None}, "name", id="name-null"),
         pytest.param({"email": "a@example.com", "password": PASSWORD, "name": ""}, "name", id="name-empty"),
-        pytest.param({"email": "a@example.com", "password": PASSWORD, "name": "   "}, "name", id="name-blank"),
+        pytest.param(
+            {"email": "a@example.com", "password": PASSWORD, "name": "   "}, "name", id="name-blank"
+        ),
     ],
 )
 async def test_an_invalid_sign_up_is_400_naming_the_field(

@@ -91,9 +91,7 @@ async def test_forged_expired_and_foreign_tokens_are_401(open_shop: Any) -> None
         other_private, _ = _pem_pair()
         signing_input = _unsigned({"alg": "HS256", "typ": "JWT"}, _claims(sub)).rsplit(".", 1)[0]
         hs256_with_public_key = (
-            signing_input
-            + "."
-            + _b64(hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest())
+            signing_input + "." + _b64(hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest())
         )
         bad_tokens = {
             "signed by another key": TokenIssuer(other_private.encode()).issue(uuid.UUID(sub), "customer"),
@@ -110,7 +108,9 @@ async def test_forged_expired_and_foreign_tokens_are_401(open_shop: Any) -> None
         }
         # tampering with a genuine token's payload breaks its signature
         head, _, signature = good["Authorization"].removeprefix("Bearer ").split(".")
-        bad_tokens["tampered payload"] = f"{head}.{_b64(json.dumps(_claims(sub, role='admin')).encode())}.{signature}"
+        bad_tokens["tampered payload"] = (
+            f"{head}.{_b64(json.dumps(_claims(sub, role='admin')).encode())}.{signature}"
+        )
 
         for reason, token in bad_tokens.items():
             response = await api.client.get("/api/v1/users/me", headers=api.bearer(token))
@@ -211,8 +211,10 @@ def test_a_mismatched_configured_key_pair_stops_the_start_naming_the_variables(t
 def test_a_configured_key_that_is_not_pem_stops_the_start(tmp_path: Any) -> None:
     _, public = _pem_pair()
     settings = Settings.from_env(
-        {"SHOP_JWT_PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----",
-         "SHOP_JWT_PUBLIC_KEY": public},
+        {
+            "SHOP_JWT_PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----",
+            "SHOP_JWT_PUBLIC_KEY": public,
+        },
         data_dir=tmp_path,
     )
 

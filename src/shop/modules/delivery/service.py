@@ -1,0 +1,215 @@
+"""The delivery domain: shipping instructions, deliveries and their transitions, over one session.
+
+PREPARING → SHIPPED → IN_TRANSIT → DELIVERED; PREPARING → CANCELLED. Nothing else.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shop.contracts.delivery import AddressSnapshot, DeliveryPage, DeliveryView
+from shop.modules.delivery.models import cancelled_orders, deliveries, shipping_instructions
+
+PREPARING = "PREPARING"
+SHIPPED = "SHIPPED"
+IN_TRANSIT = "IN_TRANSIT"
+DELIVERED = "DELIVERED"
+CANCELLED = "CANCELLED"
+STATUSES = (PREPARING, SHIPPED, IN_TRANSIT, DELIVERED, CANCELLED)
+TRANSITIONS: dict[str, frozenset[str]] = {
+    PREPARING: frozenset({SHIPPED, CANCELLED}),
+    SHIPPED: frozenset({IN_TRANSIT}),
+    IN_TRANSIT: frozenset({DELIVERED}),
+    DELIVERED: frozenset(),
+    CANCELLED: frozenset(),
+}
+_TRACKING_ALPHABET = string.ascii_uppercase + string.digits
+_ADDRESS_FIELDS = ("recipient", "line1", "line2", "city", "postal_code", "country")
+
+
+def can_move(source: str, target: str) -> bool:
+    return target in TRANSITIONS.get(source, frozenset())
+
+
+def tracking_number() -> str:
+    """ "SHP" and 12 random upper-case letters and digits."""
+    return "SHP" + "".join(secrets.choice(_TRACKING_ALPHABET) for _ in range(12))
+
+
+@dataclass(frozen=True, slots=True)
+class Instruction:
+    order_id: uuid.UUID
+    customer_id: uuid.UUID
+    address: AddressSnapshot
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _address(m: Any) -> AddressSnapshot:
+    return AddressSnapshot(**{name: m[name] for name in _ADDRESS_FIELDS})
+
+
+def _delivery(m: Any) -> DeliveryView:
+    return DeliveryView(
+        id=m["id"],
+        order_id=m["order_id"],
+        customer_id=m["customer_id"],
+        status=m["status"],
+        tracking_number=m["tracking_number"],
+        address=_address(m),
+        created_at=_utc(m["created_at"]),
+        updated_at=_utc(m["updated_at"]),
+    )
+
+
+class DeliveryDesk:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    # -- shipping instructions --------------------------------------------------------------
+
+    async def remember(self, order_id: uuid.UUID, customer_id: uuid.UUID, address: AddressSnapshot) -> None:
+        """Keep where the order ships to (the first instruction for an order wins)."""
+        if await self.instruction(order_id) is not None:
+            return
+        values = {name: getattr(address, name) for name in _ADDRESS_FIELDS}
+        try:
+            async with self.session.begin_nested():
+                await self.session.execute(
+                    shipping_instructions.insert().values(
+                        order_id=order_id, customer_id=customer_id, created_at=datetime.now(UTC), **values
+                    )
+                )
+        except IntegrityError:
+            pass
+
+    async def instruction(self, order_id: uuid.UUID) -> Instruction | None:
+        row = (
+            await self.session.execute(
+                sa.select(shipping_instructions).where(shipping_instructions.c.order_id == order_id)
+            )
+        ).first()
+        if row is None:
+            return None
+        return Instruction(row._mapping["order_id"], row._mapping["customer_id"], _address(row._mapping))
+
+    # -- deliveries ---------------------------------------------------------------------------
+
+    async def create(self, instruction: Instruction) -> DeliveryView:
+        now = datetime.now(UTC)
+        view = DeliveryView(
+            id=uuid.uuid4(),
+            order_id=instruction.order_id,
+            customer_id=instruction.customer_id,
+            status=PREPARING,
+            tracking_number=None,
+            address=instruction.address,
+            created_at=now,
+            updated_at=now,
+        )
+        await self.session.execute(
+            deliveries.insert().values(
+                id=view.id,
+                order_id=view.order_id,
+                customer_id=view.customer_id,
+                status=view.status,
+                created_at=now,
+                updated_at=now,
+                **{name: getattr(view.address, name) for name in _ADDRESS_FIELDS},
+            )
+        )
+        return view
+
+    async def get(self, delivery_id: uuid.UUID) -> DeliveryView | None:
+        query = sa.select(deliveries).where(deliveries.c.id == delivery_id).with_for_update()
+        row = (await self.session.execute(query)).first()
+        return _delivery(row._mapping) if row is not None else None
+
+    async def of_order(self, order_id: uuid.UUID) -> DeliveryView | None:
+        query = sa.select(deliveries).where(deliveries.c.order_id == order_id).with_for_update()
+        row = (await self.session.execute(query)).first()
+        return _delivery(row._mapping) if row is not None else None
+
+    async def move(self, delivery: DeliveryView, target: str) -> DeliveryView:
+        """Set the status (the caller checked the transition); a tracking number at SHIPPED."""
+        now = datetime.now(UTC)
+        values: dict[str, Any] = {"status": target, "updated_at": now}
+        if target == SHIPPED and delivery.tracking_number is None:
+            values["tracking_number"] = tracking_number()
+        await self.session.execute(deliveries.update().where(deliveries.c.id == delivery.id).values(**values))
+        return DeliveryView(
+            id=delivery.id,
+            order_id=delivery.order_id,
+            customer_id=delivery.customer_id,
+            status=target,
+            tracking_number=values.get("tracking_number", delivery.tracking_number),
+            address=delivery.address,
+            created_at=delivery.created_at,
+            updated_at=now,
+        )
+
+    # -- cancellations ------------------------------------------------------------------------
+
+    async def call_off(self, order_id: uuid.UUID, reason: str) -> None:
+        """Remember that the order's delivery is off, so that none is created later (idempotent)."""
+        if await self.is_called_off(order_id):
+            return
+        try:
+            async with self.session.begin_nested():
+                await self.session.execute(
+                    cancelled_orders.insert().values(
+                        order_id=order_id, reason=reason[:100], cancelled_at=datetime.now(UTC)
+                    )
+                )
+        except IntegrityError:
+            pass
+
+    async def is_called_off(self, order_id: uuid.UUID) -> bool:
+        row = await self.session.execute(
+            sa.select(cancelled_orders.c.order_id).where(cancelled_orders.c.order_id == order_id)
+        )
+        return row.first() is not None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def owner_of(self, order_id: uuid.UUID) -> uuid.UUID | None:
+        """Whose order this is, as far as delivery knows (from its instruction or delivery)."""
+        instruction = await self.instruction(order_id)
+        if instruction is not None:
+            return instruction.customer_id
+        row = (
+            await self.session.execute(
+                sa.select(deliveries.c.customer_id).where(deliveries.c.order_id == order_id)
+            )
+        ).first()
+        return row[0] if row is not None else None
+
+    async def page(
+        self,
+        *,
+        customer_id: uuid.UUID | None,
+        order_id: uuid.UUID | None,
+        limit: int,
+        after: tuple[datetime, uuid.UUID] | None,
+    ) -> DeliveryPage:
+        query = sa.select(deliveries)
+        if customer_id is not None:
+            query = query.where(deliveries.c.customer_id == customer_id)
+        if order_id is not None:
+            query = query.where(deliveries.c.order_id == order_id)
+        if after is not None:
+            query = query.where(sa.tuple_(deliveries.c.created_at, deliveries.c.id) > sa.tuple_(*after))
+        query = query.order_by(deliveries.c.created_at, deliveries.c.id).limit(limit + 1)
+        rows = [_delivery(r._mapping) for r in await self.session.execute(query)]
+        return DeliveryPage(items=tuple(rows[:limit]), has_more=len(rows) > limit)

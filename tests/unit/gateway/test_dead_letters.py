@@ -1,0 +1,135 @@
+"""Operators list, show and redrive dead letters over the API and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+from litestar.testing import AsyncTestClient
+
+from shop import cli
+from shop.app import create_app
+from shop.bus import inbox
+from shop.bus.messages import new_envelope
+from shop.contracts.users import RegisterUser
+from shop.db import Database
+from shop.settings import Settings
+
+ADMIN = {"email": "ops@example.com", "password": "opspassword"}
+
+
+def settings(tmp_path: Path) -> Settings:
+    return Settings.from_env(
+        {}, data_dir=tmp_path, admin_email=ADMIN["email"], admin_password=ADMIN["password"]
+    )
+
+
+async def admin_headers(client: AsyncTestClient) -> dict[str, str]:  # type: ignore[type-arg]
+    token = (await client.post("/api/v1/auth/token", json=ADMIN)).json()["access_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def dead_registration(email: str) -> object:
+    envelope = new_envelope(RegisterUser(email=email, password="longenough1", name="Dee"))
+    return msgspec.structs.replace(envelope, consumer="users.register_user", attempt=5)
+
+
+async def test_a_dead_letter_is_listed_shown_and_redriven_over_the_api(tmp_path: Path) -> None:
+    app = create_app(settings(tmp_path))
+    async with AsyncTestClient(app=app) as client:
+        shop = app.state["shop"]
+        entry_id = await inbox.bury(
+            shop.databases["users"],
+            "users",
+            dead_registration("dee@example.com"),
+            "Traceback\nRuntimeError: db down",
+        )
+        headers = await admin_headers(client)
+
+        listing = await client.get("/api/v1/admin/dead-letters", headers=headers)
+        assert listing.status_code == 200
+        [item] = listing.json()["items"]
+        assert item["id"] == str(entry_id)
+        assert item["message_type"] == "RegisterUser"
+        assert item["consumer"] == "users.register_user"
+        assert item["attempts"] == 5
+        assert item["error"] == "RuntimeError: db down"
+
+        shown = await client.get(f"/api/v1/admin/dead-letters/{entry_id}", headers=headers)
+        assert shown.status_code == 200
+        assert shown.json()["envelope"]["body"]["email"] == "dee@example.com"
+
+        redriven = await client.post(f"/api/v1/admin/dead-letters/{entry_id}/redrive", headers=headers)
+        assert redriven.status_code == 202
+        deadline = time.monotonic() + 5
+        while True:
+            login = await client.post(
+                "/api/v1/auth/token", json={"email": "dee@example.com", "password": "longenough1"}
+            )
+            if login.status_code == 200 or time.monotonic() > deadline:
+                break
+        assert login.status_code == 200, "the redriven registration was handled"
+        assert (await client.get("/api/v1/admin/dead-letters", headers=headers)).json()["items"] == []
+        again = await client.post(f"/api/v1/admin/dead-letters/{entry_id}/redrive", headers=headers)
+        assert again.status_code == 404
+
+
+async def test_dead_letter_endpoints_are_for_admins_only(tmp_path: Path) -> None:
+    app = create_app(settings(tmp_path))
+    async with AsyncTestClient(app=app) as client:
+        assert (await client.get("/api/v1/admin/dead-letters")).status_code == 401
+        await client.post(
+            "/api/v1/users", json={"email": "c@example.com", "password": "password12", "name": "C"}
+        )
+        token = (
+            await client.post("/api/v1/auth/token", json={"email": "c@example.com", "password": "password12"})
+        ).json()
+        customer = {"Authorization": f"Bearer {token['access_token']}"}
+        assert (await client.get("/api/v1/admin/dead-letters", headers=customer)).status_code == 403
+        unknown = "/api/v1/admin/dead-letters/00000000-0000-0000-0000-000000000000"
+        assert (await client.get(unknown, headers=await admin_headers(client))).status_code == 404
+
+
+def test_the_cli_lists_shows_and_redrives_dead_letters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SHOP_DATA_DIR", str(tmp_path))
+    assert cli.main(["migrate"]) == 0
+
+    async def bury() -> object:
+        database = Database("users", Settings.from_env().database_url_for("users"))
+        try:
+            return await inbox.bury(database, "users", dead_registration("cli@example.com"), "boom")  # type: ignore[arg-type]
+        finally:
+            await database.dispose()
+
+    entry_id = asyncio.run(bury())
+    capsys.readouterr()
+
+    assert cli.main(["dlq", "list", "users"]) == 0
+    listed = [msgspec.json.decode(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["id"] for row in listed] == [str(entry_id)]
+
+    assert cli.main(["dlq", "show", str(entry_id)]) == 0
+    assert "cli@example.com" in capsys.readouterr().out
+
+    assert cli.main(["dlq", "redrive", str(entry_id)]) == 0
+    assert "redriven" in capsys.readouterr().out
+    assert cli.main(["dlq", "redrive", str(entry_id)]) == 1
+
+    async def delivered_by_the_running_shop() -> int:
+        # the redriven envelope waits in the users outbox; a starting shop sweeps it
+        app = create_app(Settings.from_env())
+        async with AsyncTestClient(app=app) as client:
+            deadline = time.monotonic() + 5
+            while True:
+                login = await client.post(
+                    "/api/v1/auth/token", json={"email": "cli@example.com", "password": "longenough1"}
+                )
+                if login.status_code == 200 or time.monotonic() > deadline:
+                    return login.status_code
+
+    assert asyncio.run(delivered_by_the_running_shop()) == 200
