@@ -40,7 +40,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_orders_customer_created", "orders", ["customer_id", "created_at", "id"], schema=s)
     op.create_index(
-        "ux_orders_customer_idempotency_key", "orders", ["customer_id", "idempotency_key"], unique=True, schema=s
+        "ux_orders_customer_idempotency_key",
+        "orders",
+        ["customer_id", "idempotency_key"],
+        unique=True,
+        schema=s,
     )
 
 

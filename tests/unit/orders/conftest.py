@@ -51,7 +51,13 @@ class Shopper:
         response = await self.client.post(
             "/api/v1/users/me/addresses",
             headers=headers,
-            json={"recipient": "R", "line1": "Main 1", "city": "Berlin", "postal_code": "10115", "country": "DE"},
+            json={
+                "recipient": "R",
+                "line1": "Main 1",
+                "city": "Berlin",
+                "postal_code": "10115",
+                "country": "DE",
+            },
         )
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
@@ -102,9 +108,7 @@ class Shopper:
         assert response.status_code == 200, response.text
         return dict(response.json())
 
-    async def until(
-        self, check: Callable[[], Any], *, timeout: float = 15.0, what: str = "condition"
-    ) -> Any:
+    async def until(self, check: Callable[[], Any], *, timeout: float = 15.0, what: str = "condition") -> Any:
         deadline = time.monotonic() + timeout
         while True:
             value = await check()

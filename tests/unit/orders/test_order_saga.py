@@ -10,9 +10,9 @@ import pytest
 from .conftest import Shopper
 
 
-async def journey(shopper: Shopper, *, stock: int = 5, quantity: int = 2, token: str = "tok_ok") -> tuple[
-    dict[str, str], str, str, Any
-]:
+async def journey(
+    shopper: Shopper, *, stock: int = 5, quantity: int = 2, token: str = "tok_ok"
+) -> tuple[dict[str, str], str, str, Any]:
     customer = await shopper.customer()
     address = await shopper.address(customer)
     product = await shopper.product(stock=stock, price=1250)
@@ -20,7 +20,9 @@ async def journey(shopper: Shopper, *, stock: int = 5, quantity: int = 2, token:
     return customer, product, address, response
 
 
-async def test_a_paid_order_completes_commits_stock_captures_once_and_prepares_a_delivery(shopper: Shopper) -> None:
+async def test_a_paid_order_completes_commits_stock_captures_once_and_prepares_a_delivery(
+    shopper: Shopper,
+) -> None:
     customer, product, _address, response = await journey(shopper, stock=5, quantity=2)
     assert response.status_code == 202
     body = response.json()
@@ -32,7 +34,9 @@ async def test_a_paid_order_completes_commits_stock_captures_once_and_prepares_a
     assert order["failure_reason"] is None
     assert order["total"] == 2500
     assert order["currency"] == "EUR"
-    assert order["items"] == [{"product_id": product, "name": order["items"][0]["name"], "unit_price": 1250, "quantity": 2}]
+    assert order["items"] == [
+        {"product_id": product, "name": order["items"][0]["name"], "unit_price": 1250, "quantity": 2}
+    ]
     assert await shopper.stock(product) == 3
 
     [payment] = await shopper.payments(customer, body["id"])
@@ -45,7 +49,9 @@ async def test_a_paid_order_completes_commits_stock_captures_once_and_prepares_a
     [delivery] = await shopper.until(prepared, what="delivery PREPARING")
     assert delivery["address"]["city"] == "Berlin"
 
-    timeline = (await shopper.client.get(f"/api/v1/orders/{body['id']}/timeline", headers=customer)).json()["items"]
+    timeline = (await shopper.client.get(f"/api/v1/orders/{body['id']}/timeline", headers=customer)).json()[
+        "items"
+    ]
     done = [entry["step"] for entry in timeline if entry["status"] == "DONE"]
     assert done == ["reserve_stock", "check_address", "take_payment", "complete"]
     assert all({"step", "status", "at"} <= set(entry) for entry in timeline)
@@ -69,7 +75,9 @@ async def test_an_unknown_product_fails_unknown_product(shopper: Shopper) -> Non
     assert await shopper.stock(known) == 3, "the known line was not left reserved"
 
 
-async def test_another_customers_address_fails_invalid_address_and_releases_the_stock(shopper: Shopper) -> None:
+async def test_another_customers_address_fails_invalid_address_and_releases_the_stock(
+    shopper: Shopper,
+) -> None:
     customer = await shopper.customer()
     stranger = await shopper.customer()
     strangers_address = await shopper.address(stranger)
@@ -78,7 +86,9 @@ async def test_another_customers_address_fails_invalid_address_and_releases_the_
     order = await shopper.settle(customer, response.json()["id"])
     assert (order["status"], order["failure_reason"]) == ("FAILED", "INVALID_ADDRESS")
     assert await shopper.stock(product) == 4
-    timeline = (await shopper.client.get(f"/api/v1/orders/{order['id']}/timeline", headers=customer)).json()["items"]
+    timeline = (await shopper.client.get(f"/api/v1/orders/{order['id']}/timeline", headers=customer)).json()[
+        "items"
+    ]
     assert ("reserve_stock", "COMPENSATED") in [(e["step"], e["status"]) for e in timeline]
 
 
@@ -91,7 +101,9 @@ async def test_a_declined_payment_cancels_the_order_and_releases_the_stock(shopp
     assert await shopper.deliveries(customer, order["id"]) == []
 
 
-async def test_cancelling_a_completed_order_refunds_cancels_the_delivery_and_restocks(shopper: Shopper) -> None:
+async def test_cancelling_a_completed_order_refunds_cancels_the_delivery_and_restocks(
+    shopper: Shopper,
+) -> None:
     customer, product, _address, response = await journey(shopper, stock=5, quantity=2)
     order_id = response.json()["id"]
     assert (await shopper.settle(customer, order_id))["status"] == "COMPLETED"

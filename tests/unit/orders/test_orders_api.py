@@ -25,11 +25,15 @@ async def test_placing_an_order_needs_a_token(shopper: Shopper) -> None:
         ([{"quantity": 1}], "product_id"),
     ],
 )
-async def test_an_invalid_order_is_400_with_the_field_named(shopper: Shopper, items: list[object], field: str) -> None:
+async def test_an_invalid_order_is_400_with_the_field_named(
+    shopper: Shopper, items: list[object], field: str
+) -> None:
     customer = await shopper.customer()
     address = await shopper.address(customer)
     response = await shopper.client.post(
-        "/api/v1/orders", headers=customer, json={"items": items, "address_id": address, "payment_token": "tok_ok"}
+        "/api/v1/orders",
+        headers=customer,
+        json={"items": items, "address_id": address, "payment_token": "tok_ok"},
     )
     assert response.status_code == 400, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
@@ -79,13 +83,17 @@ async def test_orders_list_the_callers_own_newest_first_with_pagination(shopper:
     page1 = (await shopper.client.get("/api/v1/orders", params={"limit": 2}, headers=customer)).json()
     assert [o["id"] for o in page1["items"]] == placed[::-1][:2]
     page2 = (
-        await shopper.client.get("/api/v1/orders", params={"limit": 2, "cursor": page1["next_cursor"]}, headers=customer)
+        await shopper.client.get(
+            "/api/v1/orders", params={"limit": 2, "cursor": page1["next_cursor"]}, headers=customer
+        )
     ).json()
     assert [o["id"] for o in page2["items"]] == [placed[0]]
     assert page2["next_cursor"] is None
 
 
-async def test_another_customer_gets_404_for_every_order_endpoint_while_an_admin_sees_it(shopper: Shopper) -> None:
+async def test_another_customer_gets_404_for_every_order_endpoint_while_an_admin_sees_it(
+    shopper: Shopper,
+) -> None:
     owner = await shopper.customer()
     product = await shopper.product(stock=10)
     order_id = (await shopper.place(owner, [(product, 1)], await shopper.address(owner))).json()["id"]
@@ -101,7 +109,9 @@ async def test_another_customer_gets_404_for_every_order_endpoint_while_an_admin
         response = await shopper.client.request(method, path, headers=stranger)
         assert response.status_code == 404, (method, path, response.status_code)
     assert (await shopper.client.get(f"/api/v1/orders/{order_id}", headers=shopper.admin)).status_code == 200
-    assert (await shopper.client.get(f"/api/v1/orders/{order_id}/timeline", headers=shopper.admin)).status_code == 200
+    assert (
+        await shopper.client.get(f"/api/v1/orders/{order_id}/timeline", headers=shopper.admin)
+    ).status_code == 200
     assert (await shopper.client.get(f"/api/v1/orders/{uuid.uuid4()}", headers=owner)).status_code == 404
 
 
@@ -110,7 +120,9 @@ async def test_operators_list_sagas_by_state(shopper: Shopper) -> None:
     product = await shopper.product(stock=1)
     order_id = (await shopper.place(customer, [(product, 2)], await shopper.address(customer))).json()["id"]
     await shopper.settle(customer, order_id)
-    failed = await shopper.client.get("/api/v1/admin/sagas", params={"status": "FAILED"}, headers=shopper.admin)
+    failed = await shopper.client.get(
+        "/api/v1/admin/sagas", params={"status": "FAILED"}, headers=shopper.admin
+    )
     assert failed.status_code == 200
     assert order_id in [s["id"] for s in failed.json()["items"]]
     assert all(s["status"] == "FAILED" for s in failed.json()["items"])

@@ -196,3 +196,21 @@ async def test_the_openapi_document_is_3_1_and_describes_the_users_endpoints(ope
         assert "get" in paths["/api/v1/users/me"]
         assert {"get", "post"} <= set(paths["/api/v1/users/me/addresses"])
         assert "/health" in paths
+
+
+async def test_an_open_users_breaker_answers_503_with_retry_after_not_500(open_shop: Any) -> None:
+    async with open_shop() as api:
+        breaker = api.shop.breakers.get("module:users")
+        breaker.force_open()
+
+        response = await api.client.post(
+            "/api/v1/auth/token", json={"email": "ada@example.com", "password": "whatever-it-is"}
+        )
+
+        api.problem(response, 503)
+        assert int(response.headers["retry-after"]) >= 1
+        assert response.headers["x-request-id"]
+        services = await api.client.get("/health")
+        assert services.status_code == 200  # the process itself is fine
+        breaker.reset()
+        assert (await api.client.post("/api/v1/users", json={})).status_code == 400
