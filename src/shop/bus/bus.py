@@ -187,10 +187,11 @@ class Bus:
             breaker = self._breaker_cache[spec.module] = self.breakers.get(f"module:{spec.module}")
         if not breaker.try_acquire():
             raise CircuitOpenError(breaker.name)
-        envelope = self._envelope(message, consumer=spec.consumer)
+        local = spec.module in self._local_set
+        envelope = self._envelope(message, consumer=spec.consumer, encode_body=not local)
         started = time.monotonic()
         try:
-            if spec.module in self._local_set:
+            if local:
                 reply = await self._local_requests.request(
                     spec.module, envelope, timeout=timeout or self.default_timeout, message=message
                 )
@@ -228,19 +229,19 @@ class Bus:
         message_id: uuid.UUID | None = None,
         consumer: str | None = None,
         sender: str | None = None,
+        encode_body: bool = True,
     ) -> Envelope:
         ctx = context.current()
-        envelope = new_envelope(
+        return new_envelope(
             message,
             message_id=message_id,
             correlation_id=ctx.correlation_id,
             causation_id=ctx.causation_id,
             traceparent=context.child_traceparent(ctx.traceparent),
             sender=sender,
+            consumer=consumer,
+            encode_body=encode_body,
         )
-        if consumer is not None:
-            envelope = msgspec.structs.replace(envelope, consumer=consumer)
-        return envelope
 
     async def _deliver(self, queue: str, envelope: Envelope) -> Awaitable[None]:
         return await self.transport.deliver(queue, envelope)

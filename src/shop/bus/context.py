@@ -6,12 +6,13 @@ envelope created inside inherits the trace id and correlation id and names its c
 
 from __future__ import annotations
 
+import random
 import re
-import secrets
 import uuid
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
+_random = random.Random()
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 
@@ -49,10 +50,16 @@ def parse_traceparent(value: str | None) -> tuple[str, str] | None:
 
 
 def child_traceparent(parent: str | None) -> str:
-    """A traceparent for a new hop: the parent's trace id (or a new one) and a fresh span id."""
-    parsed = parse_traceparent(parent)
-    trace_id = parsed[0] if parsed else secrets.token_hex(16)
-    return f"00-{trace_id}-{secrets.token_hex(8)}-01"
+    """A traceparent for a new hop: the parent's trace id (or a new one) and a fresh span id.
+
+    Trace and span ids need to be unique, not secret: a fast PRNG is enough (as OpenTelemetry's
+    own id generator does)."""
+    if parent is not None and len(parent) == 55 and parent.startswith("00-"):
+        trace_id = parent[3:35]  # a traceparent we made or validated before
+    else:
+        parsed = parse_traceparent(parent)
+        trace_id = parsed[0] if parsed else f"{_random.getrandbits(128) or 1:032x}"
+    return f"00-{trace_id}-{_random.getrandbits(64) or 1:016x}-01"
 
 
 def trace_id_of(traceparent: str | None) -> str | None:

@@ -126,17 +126,22 @@ def new_envelope(
     message_id: uuid.UUID | None = None,
     deadline: float | None = None,
     sender: str | None = None,
+    consumer: str | None = None,
+    encode_body: bool = True,
 ) -> Envelope:
+    """An envelope for `message`. `encode_body=False` leaves the body empty, for a message
+    that is handed over as an object and never leaves the process (a local `ask`)."""
     mid = message_id or uuid.uuid4()
     return Envelope(
         message_id=mid,
         type=type(message).type_name(),
-        body=_encoder.encode(message),
+        body=_encoder.encode(message) if encode_body else b"",
         correlation_id=correlation_id or mid,
         causation_id=causation_id,
         traceparent=traceparent,
         sent_at=time.time(),
         deadline=deadline,
+        consumer=consumer,
         sender=sender,
     )
 

@@ -10,9 +10,23 @@ import structlog
 from shop.observability import metrics
 
 if TYPE_CHECKING:
+    from prometheus_client.metrics import Counter, Histogram
+
     from shop.bus.bus import Call, Next
 
 log = structlog.get_logger("shop.bus.handler")
+_children: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
+
+
+def _metrics_for(consumer: str, message_type: str) -> tuple[Histogram, Counter]:
+    key = (consumer, message_type)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = (
+            metrics.HANDLER_LATENCY.labels(consumer),
+            metrics.BUS_HANDLED.labels(consumer, message_type),
+        )
+    return found
 
 
 async def observe(call: Call, nxt: Next) -> Any:
@@ -32,14 +46,29 @@ async def observe(call: Call, nxt: Next) -> Any:
         )
         raise
     elapsed = time.perf_counter() - started
-    metrics.HANDLER_LATENCY.labels(call.consumer).observe(elapsed)
-    metrics.BUS_HANDLED.labels(call.consumer, call.envelope.type).inc()
-    log.debug(
-        "bus.handled",
-        module=call.module,
-        consumer=call.consumer,
-        type=call.envelope.type,
-        message_id=str(call.envelope.message_id),
-        duration_ms=round(elapsed * 1000, 3),
-    )
+    latency, handled = _metrics_for(call.consumer, call.envelope.type)
+    latency.observe(elapsed)
+    handled.inc()
+    if _debug.enabled:
+        log.debug(
+            "bus.handled",
+            module=call.module,
+            consumer=call.consumer,
+            type=call.envelope.type,
+            message_id=str(call.envelope.message_id),
+            duration_ms=round(elapsed * 1000, 3),
+        )
     return result
+
+
+class _Debug:
+    """Whether per-message debug lines are wanted; set by the logging configuration."""
+
+    enabled = False
+
+
+_debug = _Debug()
+
+
+def set_debug(enabled: bool) -> None:
+    _debug.enabled = enabled

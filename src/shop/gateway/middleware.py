@@ -121,8 +121,16 @@ class GatewayMiddleware:
         return f"sub:{principal.user_id}"
 
 
+_WANTED = frozenset({b"x-request-id", b"traceparent", b"authorization"})
+
+
 def _headers(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+    """The few request headers the gateway reads (ASGI servers give lower-case names)."""
+    found: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        if name in _WANTED or name.lower() in _WANTED:
+            found[name.lower().decode("latin-1")] = value.decode("latin-1")
+    return found
 
 
 def _peer(scope: Scope) -> str:

@@ -7,9 +7,11 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import msgspec
 import structlog
 
 from shop.bus import context
+from shop.bus.middleware import set_debug
 
 
 def _add_message_context(
@@ -37,9 +39,17 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
+_encoder = msgspec.json.Encoder(enc_hook=str)
+
+
+def _dumps(obj: Any, **_kwargs: Any) -> str:
+    return _encoder.encode(obj).decode()
+
+
 def configure(level: str = "INFO", *, stream: Any = None) -> None:
     """JSON lines to stderr (or `stream`), at `level`; stdlib logging routed through too."""
     numeric = logging.getLevelName(level.upper())
+    set_debug(numeric <= logging.DEBUG)
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -47,7 +57,7 @@ def configure(level: str = "INFO", *, stream: Any = None) -> None:
         _add_message_context,
         _redact,
         structlog.processors.format_exc_info,
-        structlog.processors.JSONRenderer(),
+        structlog.processors.JSONRenderer(serializer=_dumps),
     ]
     structlog.configure(
         processors=processors,

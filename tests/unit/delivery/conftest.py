@@ -250,7 +250,8 @@ class Shop:
             payment = await self.payment_of(order_id)
             return payment if payment is not None and payment["status"] == status else None
 
-        return await self.eventually(payment_in_status)
+        payment: dict[str, Any] = await self.eventually(payment_in_status)
+        return payment
 
 
 OpenShop = Callable[..., contextlib.AbstractAsyncContextManager[Shop]]
@@ -260,7 +261,7 @@ OpenShop = Callable[..., contextlib.AbstractAsyncContextManager[Shop]]
 def published(monkeypatch: pytest.MonkeyPatch) -> Published:
     """Spy on the outbox: record each message once its unit of work has committed."""
     spy = Published()
-    original = bus_module.write_outbox
+    original = bus_module.write_outbox  # type: ignore[attr-defined]  # the bus's own import
 
     async def write(uow: UnitOfWork, envelope: Envelope, relay: Any) -> None:
         await original(uow, envelope, relay)

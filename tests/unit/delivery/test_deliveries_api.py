@@ -19,6 +19,7 @@ ROUTES = {
 
 
 async def _delivery_in(shop: Any, status: str) -> dict[str, Any]:
+    delivery: dict[str, Any]
     _, delivery = await shop.paid_order(uuid.uuid4())
     for step in ROUTES[status]:
         response = await shop.move(delivery["id"], step)
