@@ -316,7 +316,8 @@ class StockLedger:
         with reason RELEASED)."""
         if not await self._claim(reservation_id, order_id, RESERVED):
             existing = await self.find(reservation_id)
-            assert existing is not None  # a claim is never deleted
+            if existing is None:  # a claim is never deleted
+                raise RuntimeError(f"reservation {reservation_id} vanished")
             return _outcome(existing, order_id)
 
         wanted = merge_lines(lines)

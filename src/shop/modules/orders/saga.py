@@ -118,7 +118,10 @@ class OrderSagas:
             timeout=ASK_TIMEOUT_S,
         )
         if isinstance(reply, StockUnavailable):
-            raise StepFailed(reply.reason, detail=", ".join(str(p) for p in reply.product_ids))
+            # RELEASED: this saga already gave the reservation up (it timed out waiting for
+            # catalog); to the customer that is the dependency having been unavailable.
+            reason = "DEPENDENCY_UNAVAILABLE" if reply.reason == "RELEASED" else reply.reason
+            raise StepFailed(reason, detail=", ".join(str(p) for p in reply.product_ids) or reply.reason)
         if not isinstance(reply, StockReserved):
             raise TypeError(f"unexpected reply to ReserveStock: {reply!r}")
         return {"priced": msgspec.to_builtins(reply.lines)}
