@@ -132,7 +132,8 @@ class Shop:
         return guard
 
     def hold(self, operation: str, *, after: bool = False) -> Held:
-        """Hold the provider's `operation` until the returned gate is opened (see `Held`)."""
+        """Hold the provider's `operation` until the returned gate is opened (see `Held`); the
+        shop's provider timeout must be longer than the hold, or the call times out first."""
         held = Held(self, self.provider, operation, after=after)
         self.guard.provider = held
         return held

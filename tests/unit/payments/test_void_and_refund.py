@@ -14,6 +14,9 @@ from shop.contracts.payments import (
     VoidPayment,
 )
 
+# Tests that hold a provider call give it a timeout longer than the hold.
+HELD_TIMEOUT_S = 5.0
+
 
 async def _captured(shop: Any, amount: int = 12900) -> tuple[uuid.UUID, Any]:
     order_id = uuid.uuid4()
@@ -67,7 +70,7 @@ async def test_refund_payment_twice_refunds_once_and_never_more_than_was_capture
 
 
 async def test_a_void_of_an_authorized_payment_voids_it_before_it_is_captured(open_shop: Any) -> None:
-    async with open_shop() as shop:
+    async with open_shop(payment_provider_timeout_s=HELD_TIMEOUT_S) as shop:
         order_id = uuid.uuid4()
         before = shop.handled("payments.take_payment", "TakePayment")
         gate = shop.hold("capture")
@@ -88,7 +91,7 @@ async def test_a_void_of_an_authorized_payment_voids_it_before_it_is_captured(op
 
 
 async def test_a_capture_that_lands_after_the_void_is_refunded_instead_of_announced(open_shop: Any) -> None:
-    async with open_shop() as shop:
+    async with open_shop(payment_provider_timeout_s=HELD_TIMEOUT_S) as shop:
         order_id = uuid.uuid4()
         before = shop.handled("payments.take_payment", "TakePayment")
         gate = shop.hold("capture", after=True)  # the provider captures; its answer is late
@@ -108,7 +111,7 @@ async def test_a_capture_that_lands_after_the_void_is_refunded_instead_of_announ
 
 
 async def test_a_void_while_authorizing_releases_the_authorization_that_lands_later(open_shop: Any) -> None:
-    async with open_shop() as shop:
+    async with open_shop(payment_provider_timeout_s=HELD_TIMEOUT_S) as shop:
         order_id = uuid.uuid4()
         before = shop.handled("payments.take_payment", "TakePayment")
         gate = shop.hold("authorize", after=True)
