@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from shop.bus.transports.base import Transport
 from shop.bus.transports.inprocess import InProcessTransport
 from shop.db import Database
 
-TRANSPORTS = ["inprocess"]
+TRANSPORTS = ["inprocess", "dramatiq"]
 
 
 class ConfDeposit(Command, frozen=True, kw_only=True):
@@ -153,9 +154,15 @@ class World:
             await asyncio.sleep(0.005)
 
 
-def make_transport(name: str) -> Transport:
+def make_transport(name: str, **options: Any) -> Transport:
+    """A fresh transport; "dramatiq" takes `redis_url` and `namespace` (see transport_options)."""
     if name == "inprocess":
         return InProcessTransport()
+    if name == "dramatiq":
+        from shop.bus.transports.dramatiq import DramatiqTransport
+
+        options.setdefault("shutdown_timeout_s", 5.0)
+        return DramatiqTransport(options.pop("redis_url"), **options)
     raise ValueError(name)
 
 
@@ -164,11 +171,39 @@ def transport_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def flush_namespace(redis_url: str, namespace: str) -> None:
+    """Delete every key of a test namespace."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def transport_options(request: pytest.FixtureRequest, transport_name: str) -> Iterator[dict[str, Any]]:
+    """What make_transport needs besides the name: for "dramatiq", a live Redis (skip, or fail
+    under CI) and a namespace of this test's own, flushed afterwards."""
+    if transport_name != "dramatiq":
+        yield {}
+        return
+    redis_url = str(request.getfixturevalue("redis_url"))
+    namespace = f"shoptest-{uuid.uuid4().hex[:12]}"
+    yield {"redis_url": redis_url, "namespace": namespace}
+    flush_namespace(redis_url, namespace)
+
+
 WorldFactory = Callable[..., Awaitable[World]]
 
 
 @pytest.fixture
-async def world_factory(make_database: Any, transport_name: str) -> AsyncIterator[WorldFactory]:
+async def world_factory(
+    make_database: Any, transport_name: str, transport_options: dict[str, Any]
+) -> AsyncIterator[WorldFactory]:
     worlds: list[World] = []
     databases: dict[str, Database] = {}
 
@@ -187,7 +222,7 @@ async def world_factory(make_database: Any, transport_name: str) -> AsyncIterato
                 )
             ),
         )
-        transport = make_transport(transport_name)
+        transport = make_transport(transport_name, **transport_options)
         bus = Bus(
             make_modules(seen),
             transport,

@@ -12,6 +12,7 @@ import uuid
 
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from shop.bus import context, inbox
 from shop.bus.breaker import CircuitOpenError
@@ -94,8 +95,11 @@ async def test_duplicate_delivery_has_its_effect_once(world_factory: WorldFactor
     envelope = msgspec.structs.replace(
         new_envelope(ConfDeposit(account="e", amount=3)), consumer="ledger.deposit"
     )
+    duplicates = _duplicates("ledger.deposit")
     receipts = [await world.transport.deliver("ledger", envelope) for _ in range(3)]
     await asyncio.gather(*receipts)
+    # A durable broker's receipt means "accepted", not "handled": wait until all three were.
+    await world.until(lambda: _true(_duplicates("ledger.deposit") - duplicates == 2))
     assert await world.count("ledger", entries, account="e") == 1
     await world.until(lambda: _eq(world.count("audit", audit_log, account="e"), 1))
 
@@ -215,3 +219,9 @@ async def _eq(value: object, expected: object) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def _duplicates(consumer: str) -> float:
+    """How many deliveries to `consumer` the inbox has skipped as duplicates, so far."""
+    value = REGISTRY.get_sample_value("shop_bus_messages_duplicate_total", {"consumer": consumer})
+    return value or 0.0
