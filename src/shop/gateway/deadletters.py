@@ -11,6 +11,7 @@ import msgspec
 from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 
 from shop.bus import inbox
 from shop.bus.messages import to_json
@@ -74,7 +75,7 @@ class DeadLetterController(Controller):
         )
 
     @get("/{entry_id:uuid}", summary="One dead letter with its envelope")
-    async def show_dead_letter(self, state: State, entry_id: uuid.UUID) -> DeadLetterDetail:
+    async def show_dead_letter(self, state: State, entry_id: FromPath[uuid.UUID]) -> DeadLetterDetail:
         databases: Mapping[str, Database] = state["databases"]
         for database in databases.values():
             entry = await inbox.get_dead(database, entry_id)
@@ -87,7 +88,9 @@ class DeadLetterController(Controller):
         raise NotFoundException(detail="no such dead letter")
 
     @post("/{entry_id:uuid}/redrive", summary="Deliver a dead letter again", status_code=202)
-    async def redrive_dead_letter(self, state: State, entry_id: uuid.UUID) -> Response[dict[str, str]]:
+    async def redrive_dead_letter(
+        self, state: State, entry_id: FromPath[uuid.UUID]
+    ) -> Response[dict[str, str]]:
         databases: Mapping[str, Database] = state["databases"]
         relay: Relay = state["relay"]
         for database in databases.values():

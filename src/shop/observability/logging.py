@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 import msgspec
 import structlog
@@ -42,6 +42,16 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
 _encoder = msgspec.json.Encoder(enc_hook=str)
 
 
+class _Stderr:
+    """Whatever `sys.stderr` is at the moment of writing (test runners swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _dumps(obj: Any, **_kwargs: Any) -> str:
     return _encoder.encode(obj).decode()
 
@@ -62,11 +72,11 @@ def configure(level: str = "INFO", *, stream: Any = None) -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, stream or _Stderr())),
         cache_logger_on_first_use=False,
     )
     # Libraries' stdlib logging (alembic, sqlalchemy, granian …) in the same JSON shape.
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream or _Stderr())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
@@ -36,6 +37,6 @@ def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _handler: Any) ->
         raise PermissionDeniedException(detail="this operation needs the admin role")
 
 
-async def provide_principal(request: Any) -> Principal:
+async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
     """Litestar dependency: `principal: Principal` in a handler's signature."""
     return principal_of(request)

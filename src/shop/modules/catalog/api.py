@@ -10,9 +10,8 @@ import msgspec
 import pycountry
 from litestar import Controller, Response, get, patch, post
 from litestar.exceptions import NotFoundException
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 
-from shop.bus.bus import Bus
 from shop.contracts.catalog import (
     AdjustStock,
     CategoryView,
@@ -26,6 +25,7 @@ from shop.contracts.catalog import (
 )
 from shop.security.guards import admin_only
 from shop.web.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shop.web.params import BusDep
 from shop.web.rejections import field_error, unwrap
 
 MAX_AMOUNT = 10**12
@@ -148,7 +148,7 @@ class CatalogController(Controller):
     @get("/products", summary="List products")
     async def products(
         self,
-        bus: Bus,
+        bus: BusDep,
         category: CategoryFilter = None,
         limit: Limit = 20,
         cursor: Cursor = None,
@@ -162,11 +162,11 @@ class CatalogController(Controller):
         return Page(items=[_product(p) for p in page.items], next_cursor=next_cursor)
 
     @get("/products/{product_id:uuid}", summary="One product")
-    async def product(self, product_id: uuid.UUID, bus: Bus) -> Product:
+    async def product(self, product_id: FromPath[uuid.UUID], bus: BusDep) -> Product:
         return _product(_found(await bus.ask(GetProduct(product_id=product_id))))
 
     @post("/products", guards=[admin_only], summary="Create a product", status_code=201)
-    async def create(self, data: NewProduct, bus: Bus) -> Response[Product]:
+    async def create(self, data: JSONBody[NewProduct], bus: BusDep) -> Response[Product]:
         reply = await bus.ask(
             CreateProduct(
                 sku=_filled("sku", data.sku),
@@ -182,7 +182,9 @@ class CatalogController(Controller):
         return Response(product, status_code=201, headers={"Location": f"/api/v1/products/{product.id}"})
 
     @patch("/products/{product_id:uuid}", guards=[admin_only], summary="Change a product")
-    async def update(self, product_id: uuid.UUID, bus: Bus, data: ProductChanges | None = None) -> Product:
+    async def update(
+        self, product_id: FromPath[uuid.UUID], bus: BusDep, data: JSONBody[ProductChanges | None] = None
+    ) -> Product:
         changes = data or ProductChanges()
         category = changes.category
         reply = await bus.ask(
@@ -203,12 +205,14 @@ class CatalogController(Controller):
         summary="Restock (delta > 0) or write off (delta < 0)",
         status_code=200,
     )
-    async def adjust_stock(self, product_id: uuid.UUID, data: StockChange, bus: Bus) -> Product:
+    async def adjust_stock(
+        self, product_id: FromPath[uuid.UUID], data: JSONBody[StockChange], bus: BusDep
+    ) -> Product:
         reply = await bus.ask(AdjustStock(product_id=product_id, delta=data.delta))
         return _product(unwrap(reply, STATUSES))
 
     @get("/categories", summary="The categories of products, with how many products each has")
-    async def categories(self, bus: Bus, limit: Limit = 20, cursor: Cursor = None) -> Page[CategoryItem]:
+    async def categories(self, bus: BusDep, limit: Limit = 20, cursor: Cursor = None) -> Page[CategoryItem]:
         after = _category_cursor(cursor)
         found: tuple[CategoryView, ...] = await bus.ask(ListCategories(limit=limit + 1, after=after))
         items = [CategoryItem(c.name, c.product_count) for c in found[:limit]]

@@ -7,12 +7,12 @@ from datetime import datetime
 
 import msgspec
 from litestar import Controller, get, post
+from litestar.params import FromPath, FromQuery, JSONBody
 
-from shop.bus.bus import Bus
 from shop.contracts.delivery import DeliveryPage, DeliveryView, ListDeliveries, RecordDeliveryEvent
 from shop.security.guards import admin_only, authenticated
-from shop.security.tokens import Principal
 from shop.web.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shop.web.params import BusDep, PrincipalDep
 from shop.web.rejections import field_error, unwrap
 
 STATUSES = {"NOT_FOUND": 404, "ILLEGAL_TRANSITION": 409, "INVALID_STATUS": 400}
@@ -75,9 +75,9 @@ class DeliveriesController(Controller):
     @get("/", guards=[authenticated], summary="Deliveries: the caller's own (an admin's: all)")
     async def deliveries(
         self,
-        principal: Principal,
-        bus: Bus,
-        order_id: uuid.UUID | None = None,
+        principal: PrincipalDep,
+        bus: BusDep,
+        order_id: FromQuery[uuid.UUID | None] = None,
         limit: Limit = 20,
         cursor: Cursor = None,
     ) -> Page[Delivery]:
@@ -100,7 +100,9 @@ class DeliveriesController(Controller):
         status_code=200,
         summary="Move a delivery along (PREPARING → SHIPPED → IN_TRANSIT → DELIVERED, or CANCELLED)",
     )
-    async def record_event(self, delivery_id: uuid.UUID, data: DeliveryEvent, bus: Bus) -> Delivery:
+    async def record_event(
+        self, delivery_id: FromPath[uuid.UUID], data: JSONBody[DeliveryEvent], bus: BusDep
+    ) -> Delivery:
         status = data.status.strip().upper()
         if status not in KNOWN_STATUSES:
             raise field_error("status", f"must be one of {', '.join(KNOWN_STATUSES)}")

@@ -10,9 +10,8 @@ import msgspec
 from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
-from litestar.params import HeaderParameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody
 
-from shop.bus.bus import Bus
 from shop.contracts.catalog import Line
 from shop.contracts.orders import (
     CancelOrder,
@@ -28,8 +27,8 @@ from shop.contracts.orders import (
     TimelineItem,
 )
 from shop.security.guards import admin_only, authenticated
-from shop.security.tokens import Principal
 from shop.web.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shop.web.params import BusDep, PrincipalDep
 from shop.web.rejections import field_error, unwrap
 
 STATUSES = {
@@ -113,7 +112,11 @@ class OrdersController(Controller):
 
     @post("/", summary="Place an order (starts the saga)", status_code=202)
     async def place(
-        self, data: NewOrder, principal: Principal, bus: Bus, idempotency_key: IdempotencyKey = None
+        self,
+        data: JSONBody[NewOrder],
+        principal: PrincipalDep,
+        bus: BusDep,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[OrderOut]:
         quantities: dict[uuid.UUID, int] = {}
         for item in data.items:
@@ -139,7 +142,7 @@ class OrdersController(Controller):
 
     @get("/", summary="The caller's orders, newest first")
     async def list_orders(
-        self, principal: Principal, bus: Bus, limit: Limit = 20, cursor: Cursor = None
+        self, principal: PrincipalDep, bus: BusDep, limit: Limit = 20, cursor: Cursor = None
     ) -> Page[OrderOut]:
         before = decode_cursor(cursor, 2)
         page: OrderPage = await bus.ask(
@@ -156,7 +159,9 @@ class OrdersController(Controller):
         return Page(items=[_order(o) for o in page.items], next_cursor=next_cursor)
 
     @get("/{order_id:uuid}", summary="One order (owner or admin)")
-    async def get_order(self, order_id: uuid.UUID, principal: Principal, bus: Bus) -> OrderOut:
+    async def get_order(
+        self, order_id: FromPath[uuid.UUID], principal: PrincipalDep, bus: BusDep
+    ) -> OrderOut:
         view = await bus.ask(
             GetOrder(order_id=order_id, viewer_id=principal.user_id, viewer_is_admin=principal.is_admin)
         )
@@ -165,7 +170,9 @@ class OrdersController(Controller):
         return _order(view)
 
     @post("/{order_id:uuid}/cancel", summary="Cancel an order", status_code=202)
-    async def cancel(self, order_id: uuid.UUID, principal: Principal, bus: Bus) -> Response[OrderOut]:
+    async def cancel(
+        self, order_id: FromPath[uuid.UUID], principal: PrincipalDep, bus: BusDep
+    ) -> Response[OrderOut]:
         reply = await bus.ask(
             CancelOrder(order_id=order_id, viewer_id=principal.user_id, viewer_is_admin=principal.is_admin),
             timeout=15.0,
@@ -174,7 +181,12 @@ class OrdersController(Controller):
 
     @get("/{order_id:uuid}/timeline", summary="The saga's steps, in order")
     async def timeline(
-        self, order_id: uuid.UUID, principal: Principal, bus: Bus, limit: Limit = 100, cursor: Cursor = None
+        self,
+        order_id: FromPath[uuid.UUID],
+        principal: PrincipalDep,
+        bus: BusDep,
+        limit: Limit = 100,
+        cursor: Cursor = None,
     ) -> Page[TimelineOut]:
         reply = await bus.ask(
             GetTimeline(order_id=order_id, viewer_id=principal.user_id, viewer_is_admin=principal.is_admin)
@@ -198,7 +210,7 @@ class SagaAdminController(Controller):
 
     @get("/", summary="Sagas by state (operators)")
     async def list_sagas(
-        self, bus: Bus, status: str | None = None, limit: Limit = 20, cursor: Cursor = None
+        self, bus: BusDep, status: FromQuery[str | None] = None, limit: Limit = 20, cursor: Cursor = None
     ) -> Page[SagaOut]:
         after = decode_cursor(cursor, 1)
         sagas: tuple[SagaSummary, ...] = await bus.ask(

@@ -7,12 +7,12 @@ from datetime import datetime
 
 import msgspec
 from litestar import Controller, get
+from litestar.params import FromQuery
 
-from shop.bus.bus import Bus
 from shop.contracts.payments import ListPayments, PaymentPage, PaymentView
 from shop.security.guards import authenticated
-from shop.security.tokens import Principal
 from shop.web.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shop.web.params import BusDep, PrincipalDep
 from shop.web.rejections import field_error, unwrap
 
 STATUSES = {"NOT_FOUND": 404}
@@ -55,9 +55,9 @@ class PaymentsController(Controller):
     @get("/payments", guards=[authenticated], summary="Payments: the caller's own (an admin's: all)")
     async def payments(
         self,
-        principal: Principal,
-        bus: Bus,
-        order_id: uuid.UUID | None = None,
+        principal: PrincipalDep,
+        bus: BusDep,
+        order_id: FromQuery[uuid.UUID | None] = None,
         limit: Limit = 20,
         cursor: Cursor = None,
     ) -> Page[Payment]:

@@ -11,8 +11,8 @@ import pycountry
 from email_validator import EmailNotValidError, validate_email
 from litestar import Controller, Response, get, post
 from litestar.exceptions import HTTPException, NotFoundException
+from litestar.params import JSONBody
 
-from shop.bus.bus import Bus
 from shop.contracts.users import (
     AddAddress,
     AddressPage,
@@ -25,9 +25,8 @@ from shop.contracts.users import (
     UserView,
 )
 from shop.security.guards import authenticated
-from shop.security.throttle import Throttle
-from shop.security.tokens import Principal
 from shop.web.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shop.web.params import BusDep, PrincipalDep, ThrottleDep
 from shop.web.rejections import field_error, unwrap
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -124,14 +123,16 @@ class UsersController(Controller):
     tags = ["users"]
 
     @post("/users", summary="Sign up", status_code=201)
-    async def sign_up(self, data: SignUp, bus: Bus) -> User:
+    async def sign_up(self, data: JSONBody[SignUp], bus: BusDep) -> User:
         email = _checked_email(data.email)
         name = _filled("name", data.name)
         reply = await bus.ask(RegisterUser(email=email, password=data.password, name=name))
         return _user(unwrap(reply, STATUSES))
 
     @post("/auth/token", summary="Log in", status_code=200)
-    async def token(self, data: Credentials, bus: Bus, login_throttle: Throttle) -> TokenIssued:
+    async def token(
+        self, data: JSONBody[Credentials], bus: BusDep, login_throttle: ThrottleDep
+    ) -> TokenIssued:
         email = data.email.strip().lower()
         retry_after = await login_throttle(email)
         if retry_after is not None:
@@ -145,14 +146,14 @@ class UsersController(Controller):
         return token
 
     @get("/users/me", guards=[authenticated], summary="The caller's profile")
-    async def me(self, principal: Principal, bus: Bus) -> User:
+    async def me(self, principal: PrincipalDep, bus: BusDep) -> User:
         view = await bus.ask(GetUser(user_id=principal.user_id))
         if view is None:
             raise NotFoundException(detail="this account no longer exists")
         return _user(view)
 
     @post("/users/me/addresses", guards=[authenticated], summary="Add an address", status_code=201)
-    async def add_address(self, data: NewAddress, principal: Principal, bus: Bus) -> Address:
+    async def add_address(self, data: JSONBody[NewAddress], principal: PrincipalDep, bus: BusDep) -> Address:
         country = data.country.upper()
         if pycountry.countries.get(alpha_2=country) is None:
             raise field_error("country", "must be an ISO 3166-1 alpha-2 country code, e.g. DE")
@@ -171,7 +172,7 @@ class UsersController(Controller):
 
     @get("/users/me/addresses", guards=[authenticated], summary="The caller's addresses")
     async def addresses(
-        self, principal: Principal, bus: Bus, limit: Limit = 20, cursor: Cursor = None
+        self, principal: PrincipalDep, bus: BusDep, limit: Limit = 20, cursor: Cursor = None
     ) -> Page[Address]:
         after = _address_cursor(cursor)
         page: AddressPage = await bus.ask(ListAddresses(user_id=principal.user_id, limit=limit, after=after))
