@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Run the Shop benchmarks and print their figures (they print, never assert).
-#   bench/run.sh            everything (~2 minutes)
+#   bench/run.sh            everything (~5 minutes)
 #   bench/run.sh ask        only the in-process bus ask overhead
 #   bench/run.sh http       only the HTTP servers comparison
+#   bench/run.sh catalog    only the catalog read: shop run vs a bare Litestar app on the same catalog.db
+#   bench/run.sh orders     only orders per second through HTTP and the saga latency
 # Extra arguments after the name go to that script, e.g. `bench/run.sh http --duration 4`.
 set -uo pipefail
 
@@ -46,8 +48,26 @@ if [[ "$what" == all || "$what" == http ]]; then
         status=1
     fi
 fi
-if [[ "$what" != all && "$what" != ask && "$what" != http ]]; then
-    echo "usage: bench/run.sh [all|ask|http] [args for that script]" >&2
-    exit 2
+if [[ "$what" == all || "$what" == catalog ]]; then
+    [[ "$what" == all ]] && echo
+    header "catalog read: shop run vs bare Litestar + SQLAlchemy on the same catalog.db (bench/catalog_read.py)"
+    if ensure_wrk; then
+        "$PY" bench/catalog_read.py "$@" || status=1
+    else
+        status=1
+    fi
 fi
+if [[ "$what" == all || "$what" == orders ]]; then
+    [[ "$what" == all ]] && echo
+    header "orders through HTTP on shop run: orders/s and saga latency (bench/orders.py)"
+    "$PY" bench/orders.py "$@" || status=1
+    echo "   load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+fi
+case "$what" in
+    all | ask | http | catalog | orders) ;;
+    *)
+        echo "usage: bench/run.sh [all|ask|http|catalog|orders] [args for that script]" >&2
+        exit 2
+        ;;
+esac
 exit $status

@@ -426,8 +426,9 @@ async def test_fail_step_compensates_and_ends_with_given_status(
 ) -> None:
     saga_id = await start(engine, db)
 
-    assert await engine.fail_step(saga_id, "wait_for_payment", "PAYMENT_DECLINED", status="REJECTED",
-                                  detail="insufficient funds")
+    assert await engine.fail_step(
+        saga_id, "wait_for_payment", "PAYMENT_DECLINED", status="REJECTED", detail="insufficient funds"
+    )
 
     final = await state(engine, saga_id)
     assert (final.status, final.failure_reason) == ("REJECTED", "PAYMENT_DECLINED")
@@ -646,7 +647,6 @@ async def crash_while_advancing(new_engine: EngineFactory, db: Database) -> uuid
     return saga_id
 
 
-
 @BOTH
 async def test_crash_mid_step_then_a_new_engine_resumes_from_the_database(
     new_engine: EngineFactory, db: Database, trip: Trip
@@ -731,6 +731,7 @@ async def test_start_in_a_unit_of_work_that_rolls_back_leaves_no_saga(
     engine: SagaEngine, db: Database, trip: Trip
 ) -> None:
     saga_id = uuid.uuid4()
+
     async def place_order_that_fails() -> None:
         async with unit_of_work(db):
             await engine.start("trip", saga_id, {})
@@ -791,9 +792,7 @@ async def test_hooks_write_in_the_transaction_that_persists_the_state(
 
     async def on_finish(ctx: SagaContext, status: str, reason: str | None, session: AsyncSession) -> None:
         finishes.append((status, reason, ctx.data))
-        await session.execute(
-            trip_events.insert().values(saga_id=ctx.saga_id, step="*", status=status)
-        )
+        await session.execute(trip_events.insert().values(saga_id=ctx.saga_id, step="*", status=status))
 
     engine = new_engine(trip_saga(trip, on_step=on_step, on_finish=on_finish))
     trip.fail("wait_for_payment", StepFailed("PAYMENT_DECLINED"))
