@@ -1,6 +1,7 @@
 # Shop: everything from a fresh clone with only python3 on PATH.
 #   make run     migrate the embedded databases and run the whole shop in one process
 #   make test    lint, type-check, import contracts, then the test suite
+#   make split   the split deployment on this machine: Redis, five services (catalog twice), gateway
 #   make lint    ruff + mypy + import contracts only
 #   make bench   benchmarks (bench/run.sh) if there are any
 #   make clean   caches and build output;  make distclean  also .venv and var/ (dev databases)
@@ -19,7 +20,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: help install run test lint typecheck imports pytest format bench clean distclean
+.PHONY: help install run split test lint typecheck imports pytest format bench clean distclean
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -68,3 +69,6 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) var
+
+split: $(STAMP)
+	scripts/split.sh

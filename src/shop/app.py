@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-from collections.abc import AsyncIterator, Coroutine, Sequence
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -177,18 +178,35 @@ def build_shop(
     )
 
 
-def build_app(shop: Shop) -> Litestar:
-    """The Litestar app of a shop: gateway middleware, ops endpoints, the local controllers."""
+def build_app(
+    shop: Shop,
+    *,
+    rate_limit: bool = True,
+    ready_checks: dict[str, Callable[[], Awaitable[None]]] | None = None,
+    around: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None = None,
+) -> Litestar:
+    """The Litestar app of a shop: gateway middleware, ops endpoints, the local controllers.
+
+    `rate_limit=False` for a service behind `shop gateway` (the gateway limits per client;
+    behind it every client would share the gateway's address). `around` wraps the running
+    shop (e.g. the discovery heartbeat of `shop serve`)."""
     controllers: list[Any] = [OpsController, DeadLetterController]
     for name in shop.local:
         controllers.extend(shop.bus.modules[name].controllers)
-    ready_checks = {f"db:{name}": db.ping for name, db in shop.databases.items()}
+    checks: dict[str, Callable[[], Awaitable[None]]] = {
+        f"db:{name}": db.ping for name, db in shop.databases.items()
+    }
+    checks.update(ready_checks or {})
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
         await shop.start()
         try:
-            yield
+            if around is None:
+                yield
+            else:
+                async with around():
+                    yield
         finally:
             await shop.stop()
 
@@ -198,7 +216,7 @@ def build_app(shop: Shop) -> Litestar:
         state=State(
             {
                 "shop": shop,
-                "ready_checks": ready_checks,
+                "ready_checks": checks,
                 "describe_services": shop.describe_services,
                 "databases": shop.databases,
                 "relay": shop.bus.relay,
@@ -226,7 +244,7 @@ def build_app(shop: Shop) -> Litestar:
     app.asgi_handler = cast(Any, GatewayMiddleware)(
         app.asgi_handler,
         verifier=shop.verifier,
-        limiter=shop.limiter,
+        limiter=shop.limiter if rate_limit else None,
         rate_limit=shop.settings.rate_limit,
         service="shop" if len(shop.local) > 1 else shop.local[0],
     )
@@ -243,3 +261,57 @@ def create_app(settings: Settings | None = None, *, local: Sequence[str] = MODUL
     settings = settings or Settings.from_env()
     shop_logging.configure(settings.log_level)
     return build_app(build_shop(settings, local=local, migrate_on_start=True))
+
+
+def create_service_app(settings: Settings | None = None, modules: Sequence[str] | None = None) -> Litestar:
+    """`shop serve MODULE...`'s app: those modules' routes and consumers on the Redis transport
+    (unless SHOP_TRANSPORT says otherwise), registered in discovery with a TTL heartbeat.
+
+    The modules come from `modules` or SHOP_SERVE_MODULES (comma-separated, set by the CLI).
+    Schemas are migrated by `shop migrate` (a deploy step), not by each instance."""
+    from shop.bus.transports.dramatiq import DramatiqTransport
+    from shop.discovery import (
+        Instance,
+        advertised_url,
+        heartbeat,
+        new_instance_id,
+        registry_for,
+        route_prefixes,
+    )
+    from shop.gateway.ratelimit import RedisRateLimitStore
+
+    settings = settings or Settings.from_env()
+    shop_logging.configure(settings.log_level)
+    names = list(modules or [m for m in os.environ.get("SHOP_SERVE_MODULES", "").split(",") if m])
+    if not names:
+        raise ValueError("shop serve needs at least one module")
+    transport: Transport = (
+        InProcessTransport()
+        if os.environ.get("SHOP_TRANSPORT", "").lower() == "inprocess"
+        else DramatiqTransport(settings.redis_url)
+    )
+    shop = build_shop(
+        settings, local=names, transport=transport, rate_limit_store=RedisRateLimitStore(settings.redis_url)
+    )
+    registry = registry_for(settings)
+    instance_id = new_instance_id()
+    url = advertised_url(settings.host, settings.port)
+    instances = [
+        Instance(
+            module=name,
+            instance_id=instance_id,
+            url=url,
+            routes=route_prefixes(shop.bus.modules[name].controllers),
+        )
+        for name in shop.local
+    ]
+
+    @contextlib.asynccontextmanager
+    async def registered() -> AsyncIterator[None]:
+        try:
+            async with heartbeat(registry, instances, interval_s=2.0, ttl_s=6.0):
+                yield
+        finally:
+            await registry.aclose()
+
+    return build_app(shop, rate_limit=False, ready_checks={"registry": registry.ping}, around=registered)

@@ -1,4 +1,4 @@
-"""The `shop` command: run | migrate | admin create | dlq list/show/redrive."""
+"""The `shop` command: run | serve | gateway | migrate | admin create | dlq list/show/redrive."""
 
 from __future__ import annotations
 
@@ -40,6 +40,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The server imports the app factory in its own worker; hand it the resolved settings.
     os.environ["SHOP_HOST"], os.environ["SHOP_PORT"] = settings.host, str(settings.port)
     serve(settings, "shop.app:create_app", server=args.server)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    modules = _modules(args.modules)
+    os.environ["SHOP_HOST"], os.environ["SHOP_PORT"] = settings.host, str(settings.port)
+    os.environ["SHOP_SERVE_MODULES"] = ",".join(modules)
+    serve(settings, "shop.app:create_service_app", server=args.server)
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    os.environ["SHOP_HOST"], os.environ["SHOP_PORT"] = settings.host, str(settings.port)
+    serve(settings, "shop.gateway.gateway_app:create_gateway_app", server=args.server)
     return 0
 
 
@@ -178,6 +194,21 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int)
     run.add_argument("--server", choices=SERVERS, default=DEFAULT_SERVER)
     run.set_defaults(func=cmd_run)
+
+    srv = sub.add_parser(
+        "serve", help="some modules as one service (Redis transport, registered in discovery)"
+    )
+    srv.add_argument("modules", nargs="+", metavar="MODULE")
+    srv.add_argument("--host")
+    srv.add_argument("--port", type=int)
+    srv.add_argument("--server", choices=SERVERS, default=DEFAULT_SERVER)
+    srv.set_defaults(func=cmd_serve)
+
+    gw = sub.add_parser("gateway", help="the API gateway alone, routing to registered instances")
+    gw.add_argument("--host")
+    gw.add_argument("--port", type=int)
+    gw.add_argument("--server", choices=SERVERS, default=DEFAULT_SERVER)
+    gw.set_defaults(func=cmd_gateway)
 
     mig = sub.add_parser("migrate", help="upgrade each module's schema to head")
     mig.add_argument("modules", nargs="*", metavar="MODULE")

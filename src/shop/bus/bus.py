@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 import traceback
+import types
+import typing
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -125,6 +127,7 @@ class Bus:
         self._singletons: dict[type[Any], Any] = {Bus: self, **(singletons or {})}
         self._bound: dict[str, _Bound] = {}
         self._injectors: dict[str, Injector] = {}
+        self._reply_types: dict[str, Any] = {}
         self._breaker_cache: dict[str, CircuitBreaker] = {}
         self._started = False
         self._local_set = frozenset(self.local)
@@ -199,11 +202,17 @@ class Bus:
                 reply = await self.transport.request(
                     spec.module, envelope, timeout=timeout or self.default_timeout
                 )
+                reply = coerce_reply(reply, self._reply_type(spec))
         except (HandlerFailed, AskTimeout) as exc:
             breaker.on_error(time.monotonic() - started, exc)
             raise
         breaker.on_success(time.monotonic() - started)
         return reply
+
+    def _reply_type(self, spec: HandlerSpec) -> Any:
+        if spec.consumer not in self._reply_types:
+            self._reply_types[spec.consumer] = plain_reply_type(spec.func)
+        return self._reply_types[spec.consumer]
 
     async def send(self, command: Command, *, message_id: uuid.UUID | None = None) -> uuid.UUID:
         """Hand a command to its owner asynchronously, through the current outbox."""
@@ -303,6 +312,7 @@ class Bus:
     # -- handler invocation ----------------------------------------------------------------
 
     def _chain(self, spec: HandlerSpec, plan: Plan) -> Next:
+        plain = plain_reply_type(spec.func)
         # A non-transactional handler is idempotent by its own key and opens its own units of work.
         idempotent = spec.transactional and issubclass(spec.message_type, (Command, Event))
         database = self.databases.get(spec.module)
@@ -317,7 +327,7 @@ class Bus:
                     done, stored = await inbox.seen(uow.session, call.consumer, call.envelope.message_id)
                     if done:
                         metrics.BUS_DUPLICATES.labels(call.consumer).inc()
-                        return _decode_reply(stored)
+                        return coerce_reply(_decode_reply(stored), plain)
                 result = await spec.func(
                     call.message, **plan.arguments(Scope(uow=uow, envelope=call.envelope))
                 )
@@ -368,6 +378,35 @@ def _encode_reply(result: Any) -> bytes | None:
     if isinstance(result, Message):
         return encode(_ReplyBox(type(result).type_name(), encode(result)))
     return encode(_ReplyBox(None, encode(result)))
+
+
+def plain_reply_type(func: Callable[..., Any]) -> Any:
+    """The non-message part of a handler's return annotation (e.g. `AddressView | None` of
+    `-> AddressView | None`, nothing for `-> StockReserved | StockUnavailable`): what a reply
+    that crossed a process boundary, or was replayed from the inbox, is converted back into.
+    Messages carry their type name on the wire and need no hint."""
+    try:
+        hint = typing.get_type_hints(func).get("return")
+    except (NameError, TypeError):
+        return None
+    if hint is None or hint is type(None):
+        return None
+    origin = typing.get_origin(hint)
+    members = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
+    plain = [
+        m for m in members if m is not type(None) and not (isinstance(m, type) and issubclass(m, Message))
+    ]
+    if not plain:
+        return None
+    union = plain[0] if len(plain) == 1 else typing.Union[tuple(plain)]  # noqa: UP007
+    return union | None
+
+
+def coerce_reply(result: Any, plain: Any) -> Any:
+    """A decoded reply as the handler returned it (structs, tuples), given its plain type."""
+    if plain is None or result is None or isinstance(result, Message):
+        return result
+    return msgspec.convert(result, plain, strict=False)
 
 
 def _decode_reply(data: bytes | None) -> Any:
