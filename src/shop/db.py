@@ -8,6 +8,7 @@ the module's schema by translation.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -37,6 +38,9 @@ class Database:
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+            # Keep connections (each is a thread with its own PRAGMAs): the default pool closes
+            # every connection above 5 when it is returned, so bursts kept opening new ones.
+            kwargs.update(pool_size=20, max_overflow=20)
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs).execution_options(
@@ -48,6 +52,9 @@ class Database:
             # so that concurrent writers queue on the busy timeout instead of deadlocking.
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time. Writers of this process queue here, in order, instead
+        # of sleep-polling in SQLite's busy handler; other processes still meet busy_timeout.
+        self.write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -72,8 +79,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
 
 
 def _sqlite_begin_immediate(conn: Any) -> None:
-    mode = "BEGIN IMMEDIATE" if conn.get_execution_options().get("shop_write", True) else "BEGIN"
-    conn.exec_driver_sql(mode)
+    # A read-only unit of work runs without an explicit transaction (each SELECT is atomic
+    # under WAL): no BEGIN/COMMIT round trips through aiosqlite's thread.
+    if conn.get_execution_options().get("shop_write", True):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 AfterCommit = Callable[[], Awaitable[None]]
@@ -113,6 +122,12 @@ async def unit_of_work(database: Database, *, write: bool = True) -> AsyncIterat
     writers queue on the busy timeout; a read-only one (`write=False`) begins deferred and
     never blocks writers in WAL mode.
     """
+    lock = database.write_lock if write else None
+    if lock is not None:
+        try:
+            await asyncio.wait_for(lock.acquire(), SQLITE_BUSY_TIMEOUT_MS / 1000)
+        except TimeoutError:
+            raise DatabaseBusy(f"{database.module}: no write slot within the busy timeout") from None
     uow = UnitOfWork(database)
     token = _current.set(uow)
     try:
@@ -121,5 +136,13 @@ async def unit_of_work(database: Database, *, write: bool = True) -> AsyncIterat
             yield uow
     finally:
         _current.reset(token)
-        await uow.session.close()
+        try:
+            await uow.session.close()
+        finally:
+            if lock is not None:
+                lock.release()
     await uow.run_after_commit()
+
+
+class DatabaseBusy(TimeoutError):
+    """No write slot on the module's database within the busy timeout."""

@@ -1,0 +1,344 @@
+"""The split deployment as real processes: Redis, the five modules as services (catalog twice),
+and `shop gateway` in front — the same API as `shop run`, and faults isolated per module."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOP = str(ROOT / ".venv" / "bin" / "shop")
+ADMIN = {"email": "admin@example.com", "password": "adminpassword"}
+FINAL = ("COMPLETED", "FAILED", "CANCELLED")
+START_DEADLINE_S = 90.0
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def until(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (granian's workers do not stay in the server's process group)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(process: subprocess.Popen[bytes]) -> None:
+    """A crash: SIGKILL a server and all its workers at once."""
+    for pid in [process.pid, *descendants(process.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+@dataclass
+class Deployment:
+    """Processes by name, and how to start, kill and restart them."""
+
+    data_dir: Path
+    env: dict[str, str]
+    gateway_port: int
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def start(self, name: str, *args: str, port: int | None = None) -> None:
+        port = port or self.ports.get(name) or free_port()
+        self.ports[name] = port
+        command = [SHOP, *args, "--port", str(port)]
+        self.commands[name] = command
+        log = (self.data_dir / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(
+            command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+
+    def restart(self, name: str) -> None:
+        log = (self.data_dir / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(
+            self.commands[name],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+    def kill(self, name: str) -> None:
+        """A crash: the service's whole process tree (server and worker) dies at once."""
+        process = self.processes[name]
+        kill_tree(process)
+
+    def stop_all(self) -> None:
+        workers = [pid for process in self.processes.values() for pid in descendants(process.pid)]
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                kill_tree(process)
+        for pid in workers:  # none should be left; a stray one would heartbeat on
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def services(self, client: httpx.Client, admin: dict[str, str]) -> dict[str, Any]:
+        response = client.get("/api/v1/services", headers=admin)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def healthy_instances(
+        self, client: httpx.Client, admin: dict[str, str], module: str
+    ) -> list[dict[str, Any]]:
+        return [i for i in self.services(client, admin)["modules"].get(module, []) if i["healthy"]]
+
+
+@pytest.fixture
+def split(tmp_path: Path, redis_url: str) -> Iterator[Deployment]:
+    namespace = f"e2e{uuid.uuid4().hex[:8]}"
+    base = redis_url.rsplit("/", 1)[0]
+    env = {
+        **os.environ,
+        "SHOP_DATA_DIR": str(tmp_path),
+        "SHOP_REDIS_URL": f"{base}/14",
+        "SHOP_TRANSPORT": "dramatiq",
+        "SHOP_ADMIN_EMAIL": ADMIN["email"],
+        "SHOP_ADMIN_PASSWORD": ADMIN["password"],
+        "SHOP_RATE_LIMIT": "100000/second",
+        "SHOP_PAYMENT_DEADLINE_S": "300",
+        "SHOP_LOG_LEVEL": "INFO",
+        "SHOP_NAMESPACE": namespace,
+    }
+    redis.Redis.from_url(f"{base}/14").flushdb()
+    subprocess.run([SHOP, "migrate"], env=env, cwd=ROOT, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [str(ROOT / ".venv/bin/python"), "-c",
+         "from shop.settings import Settings; from shop.security.keys import load_keys; load_keys(Settings.from_env())"],
+        env=env, cwd=ROOT, check=True, timeout=60,
+    )  # fmt: skip
+    deployment = Deployment(tmp_path, env, free_port())
+    try:
+        deployment.start("users", "serve", "users")
+        deployment.start("catalog-1", "serve", "catalog")
+        deployment.start("catalog-2", "serve", "catalog")
+        deployment.start("orders", "serve", "orders")
+        deployment.start("payments", "serve", "payments")
+        deployment.start("delivery", "serve", "delivery")
+        deployment.start("gateway", "gateway", port=deployment.gateway_port)
+        with httpx.Client(base_url=deployment.url, timeout=10) as client:
+            until(
+                lambda: client.get("/health").status_code == 200, timeout=START_DEADLINE_S, what="gateway up"
+            )
+            admin = until(lambda: login(client, ADMIN["email"], ADMIN["password"]), timeout=START_DEADLINE_S,
+                          what="users service up")  # fmt: skip
+
+            def all_registered() -> bool:
+                modules = deployment.services(client, admin)["modules"]
+                counts = {m: len([i for i in modules.get(m, []) if i["healthy"]]) for m in
+                          ("users", "catalog", "orders", "payments", "delivery")}  # fmt: skip
+                return all(
+                    counts[m] >= n
+                    for m, n in {"users": 1, "catalog": 2, "orders": 1, "payments": 1, "delivery": 1}.items()
+                )
+
+            until(all_registered, timeout=START_DEADLINE_S, what="every instance registered")
+        yield deployment
+    finally:
+        deployment.stop_all()
+        redis.Redis.from_url(f"{base}/14").flushdb()
+
+
+def login(client: httpx.Client, email: str, password: str) -> dict[str, str] | None:
+    response = client.post("/api/v1/auth/token", json={"email": email, "password": password})
+    if response.status_code != 200:
+        return None
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+@dataclass
+class Journey:
+    client: httpx.Client
+    admin: dict[str, str]
+
+    def customer(self) -> dict[str, str]:
+        email = f"c-{uuid.uuid4().hex[:10]}@example.com"
+        assert (
+            self.client.post(
+                "/api/v1/users", json={"email": email, "password": "password123", "name": "C"}
+            ).status_code
+            == 201
+        )
+        headers = login(self.client, email, "password123")
+        assert headers is not None
+        return headers
+
+    def address(self, headers: dict[str, str]) -> str:
+        response = self.client.post(
+            "/api/v1/users/me/addresses", headers=headers,
+            json={"recipient": "R", "line1": "Main 1", "city": "Berlin", "postal_code": "10115", "country": "DE"},
+        )  # fmt: skip
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    def product(self, stock: int) -> str:
+        response = self.client.post(
+            "/api/v1/products", headers=self.admin,
+            json={"sku": f"E2E-{uuid.uuid4().hex[:8]}", "name": "Mug", "price": 900, "currency": "EUR", "stock": stock},
+        )  # fmt: skip
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    def place(
+        self, headers: dict[str, str], product: str, quantity: int, address: str, token: str = "tok_ok"
+    ) -> str:
+        response = self.client.post(
+            "/api/v1/orders", headers=headers,
+            json={"items": [{"product_id": product, "quantity": quantity}], "address_id": address, "payment_token": token},
+        )  # fmt: skip
+        assert response.status_code == 202, response.text
+        return str(response.json()["id"])
+
+    def order(self, headers: dict[str, str], order_id: str) -> dict[str, Any]:
+        response = self.client.get(f"/api/v1/orders/{order_id}", headers=headers)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def settle(self, headers: dict[str, str], order_id: str, timeout: float = 60) -> dict[str, Any]:
+        return dict(
+            until(
+                lambda: (o := self.order(headers, order_id))["status"] in FINAL and o,
+                timeout=timeout,
+                what=f"order {order_id} final",
+            )  # fmt: skip
+        )
+
+
+@pytest.fixture
+def journey(split: Deployment) -> Iterator[Journey]:
+    with httpx.Client(base_url=split.url, timeout=15) as client:
+        admin = login(client, ADMIN["email"], ADMIN["password"])
+        assert admin is not None
+        yield Journey(client, admin)
+
+
+def test_the_whole_journey_through_the_gateway(split: Deployment, journey: Journey) -> None:
+    customer = journey.customer()
+    address = journey.address(customer)
+    product = journey.product(stock=5)
+    order_id = journey.place(customer, product, 2, address)
+    order = journey.settle(customer, order_id)
+    assert (order["status"], order["total"]) == ("COMPLETED", 1800)
+    payments = journey.client.get("/api/v1/payments", params={"order_id": order_id}, headers=customer).json()
+    assert [p["status"] for p in payments["items"]] == ["CAPTURED"]
+    deliveries = until(
+        lambda: journey.client.get("/api/v1/deliveries", params={"order_id": order_id}, headers=customer).json()["items"],
+        timeout=20, what="a delivery",
+    )  # fmt: skip
+    assert deliveries[0]["status"] == "PREPARING"
+    assert journey.client.get(f"/api/v1/products/{product}").json()["stock_available"] == 3
+    refused = journey.client.post("/api/v1/users", json={"email": "x", "password": "short", "name": ""})
+    assert refused.status_code == 400
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.headers["x-request-id"]
+
+
+def test_payments_down_mid_saga_keeps_the_rest_serving_and_the_order_completes_once_it_is_back(
+    split: Deployment, journey: Journey
+) -> None:
+    customer = journey.customer()
+    address = journey.address(customer)
+    product = journey.product(stock=5)
+    split.kill("payments")
+    order_id = journey.place(customer, product, 1, address)
+    started = time.monotonic()
+    # catalog and users keep answering while payments is gone
+    assert journey.client.get(f"/api/v1/products/{product}").status_code == 200
+    assert journey.client.get("/api/v1/users/me", headers=customer).status_code == 200
+    assert time.monotonic() - started < 10
+    until(lambda: journey.order(customer, order_id)["status"] == "AWAITING_PAYMENT", timeout=30,
+          what="order waits for payment")  # fmt: skip
+    assert (
+        journey.client.get("/api/v1/payments", params={"order_id": order_id}, headers=customer).status_code
+        == 503
+    )
+    split.restart("payments")
+    order = journey.settle(customer, order_id, timeout=90)
+    assert order["status"] == "COMPLETED"
+    payments = until(
+        lambda: journey.client.get("/api/v1/payments", params={"order_id": order_id}, headers=customer).json()["items"],
+        timeout=30, what="payments answering",
+    )  # fmt: skip
+    assert [p["status"] for p in payments] == ["CAPTURED"], "charged exactly once"
+
+
+def test_one_catalog_instance_killed_reads_fail_over_and_its_entry_leaves_the_registry(
+    split: Deployment, journey: Journey
+) -> None:
+    product = journey.product(stock=3)
+    split.kill("catalog-1")
+    for _ in range(10):
+        assert journey.client.get(f"/api/v1/products/{product}").status_code == 200
+    until(lambda: len(split.healthy_instances(journey.client, journey.admin, "catalog")) == 1, timeout=30,
+          what="the dead instance no longer healthy")  # fmt: skip
+
+
+def test_with_no_delivery_instance_only_delivery_answers_503(split: Deployment, journey: Journey) -> None:
+    customer = journey.customer()
+    split.kill("delivery")
+    until(lambda: not split.healthy_instances(journey.client, journey.admin, "delivery"), timeout=30,
+          what="delivery gone from the registry")  # fmt: skip
+    response = journey.client.get("/api/v1/deliveries", headers=customer)
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) >= 1
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert journey.client.get("/api/v1/products").status_code == 200
+    assert journey.client.get("/api/v1/users/me", headers=customer).status_code == 200
+    assert journey.client.get("/api/v1/orders", headers=customer).status_code == 200
