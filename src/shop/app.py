@@ -24,7 +24,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from shop import migrate as migrations
-from shop.bus.breaker import BreakerRegistry, CircuitState
+from shop.bus.breaker import BreakerConfig, BreakerRegistry, CircuitState
 from shop.bus.bus import Bus
 from shop.bus.module import Module
 from shop.bus.transports.base import Transport
@@ -37,6 +37,7 @@ from shop.gateway.problems import EXCEPTION_HANDLERS
 from shop.gateway.ratelimit import MemoryRateLimitStore, RateLimiter, RateLimitStore
 from shop.observability import logging as shop_logging
 from shop.observability import metrics
+from shop.process import die_with_parent
 from shop.security.guards import provide_principal
 from shop.security.keys import load_keys
 from shop.security.throttle import Throttle
@@ -149,6 +150,19 @@ def build_shop(
     keys = load_keys(settings, generate="users" in local)
     verifier = TokenVerifier(keys.public_pem)
     breakers = BreakerRegistry(on_state_change=_on_breaker_change)
+    # Asks between modules: open on real failure rates over a meaningful window, not on a burst
+    # that only queued (a timeout still counts); probe again soon.
+    breakers.configure(
+        "module:",
+        BreakerConfig(
+            failure_rate_threshold=50.0,
+            minimum_number_of_calls=20,
+            sliding_window_size=50,
+            slow_call_duration=10.0,
+            wait_duration_in_open_state=5.0,
+            permitted_calls_in_half_open_state=5,
+        ),
+    )
     singletons: dict[type[Any], Any] = {
         Settings: settings,
         BreakerRegistry: breakers,
@@ -258,6 +272,7 @@ def _no_debug(config: AppConfig) -> AppConfig:
 
 def create_app(settings: Settings | None = None, *, local: Sequence[str] = MODULE_NAMES) -> Litestar:
     """`shop run`'s app: every module in one process, migrating the embedded default on start."""
+    die_with_parent()
     settings = settings or Settings.from_env()
     shop_logging.configure(settings.log_level)
     return build_app(build_shop(settings, local=local, migrate_on_start=True))
@@ -280,6 +295,7 @@ def create_service_app(settings: Settings | None = None, modules: Sequence[str] 
     )
     from shop.gateway.ratelimit import RedisRateLimitStore
 
+    die_with_parent()
     settings = settings or Settings.from_env()
     shop_logging.configure(settings.log_level)
     names = list(modules or [m for m in os.environ.get("SHOP_SERVE_MODULES", "").split(",") if m])
@@ -315,3 +331,11 @@ def create_service_app(settings: Settings | None = None, modules: Sequence[str] 
             await registry.aclose()
 
     return build_app(shop, rate_limit=False, ready_checks={"registry": registry.ping}, around=registered)
+
+
+def create_gateway() -> Any:
+    """`shop gateway`'s app factory (the gateway itself lives in shop.gateway)."""
+    from shop.gateway.gateway_app import create_gateway_app
+
+    die_with_parent()
+    return create_gateway_app()

@@ -55,12 +55,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_gateway(args: argparse.Namespace) -> int:
     settings = _settings(args)
     os.environ["SHOP_HOST"], os.environ["SHOP_PORT"] = settings.host, str(settings.port)
-    serve(settings, "shop.gateway.gateway_app:create_gateway_app", server=args.server)
+    serve(settings, "shop.app:create_gateway", server=args.server)
     return 0
 
 
 def serve(settings: Settings, factory: str, *, server: str = DEFAULT_SERVER) -> None:
     """Serve an app factory on one worker with the chosen ASGI server."""
+    os.environ["SHOP_DIE_WITH_PARENT"] = "1"  # see shop.process.die_with_parent
     if server == "uvicorn":
         import uvicorn
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime
 
@@ -29,6 +30,7 @@ from shop.modules.orders import module, service
 from shop.modules.orders.saga import OrderSagas, cancel_saga_id, initial_data
 from shop.modules.orders.service import IdempotencyConflict, OrderBook
 
+STARTUP_GRACE_S = 5.0
 NOT_FOUND = Rejected(code="NOT_FOUND", detail="no such order")
 
 
@@ -146,14 +148,17 @@ async def when_payment_declined_cancel_order(event: PaymentDeclined, sagas: Orde
     )
 
 
-@module.on_startup
-async def resume_unfinished_sagas(sagas: OrderSagas) -> None:
-    await sagas.engine.resume_all()
-
-
 @module.background
-async def run_saga_timers(sagas: OrderSagas) -> None:
-    """Deadlines and retries: one tick a second, or faster when the payment deadline is short."""
+async def resume_sagas_and_run_timers(sagas: OrderSagas) -> None:
+    """Resume unfinished sagas, then tick deadlines and retries (once a second, or faster when
+    the payment deadline is short).
+
+    After a restart, outcomes that were on their way (a PaymentCaptured still in an outbox) are
+    relayed by the start-up sweep; a short grace lets them land before a payment deadline that
+    expired while the shop was down is enforced — the deadline applies "without a known outcome"."""
+    grace = min(STARTUP_GRACE_S, sagas.settings.payment_deadline_s / 2)
+    await asyncio.sleep(grace)
+    await sagas.engine.resume_all()
     await sagas.engine.run(interval=min(1.0, max(0.05, sagas.settings.payment_deadline_s / 10)))
 
 

@@ -23,6 +23,7 @@ from shop.contracts.users import (
     UserRegistered,
     UserView,
 )
+from shop.db import Database, unit_of_work
 from shop.modules.users import module
 from shop.modules.users.passwords import Passwords
 from shop.modules.users.service import EmailTaken, UserDirectory
@@ -33,30 +34,37 @@ log = structlog.get_logger("shop.users")
 
 
 async def _create(
-    email: str, password: str, name: str, role: str, directory: UserDirectory, passwords: Passwords, bus: Bus
+    email: str, password: str, name: str, role: str, database: Database, passwords: Passwords, bus: Bus
 ) -> UserView | Rejected:
-    try:
-        user = await directory.create(
-            email=email, name=name, password_hash=await passwords.hash(password), role=role
-        )
-    except EmailTaken:
-        return Rejected(code="EMAIL_TAKEN", detail="an account with this email already exists", field="email")
-    await bus.publish(UserRegistered(user_id=user.id, email=user.email, role=user.role))
+    """Hash first (deliberately slow, in a thread), then a short transaction: the users write
+    lock is never held while argon2 runs."""
+    password_hash = await passwords.hash(password)
+    async with unit_of_work(database) as uow:
+        try:
+            user = await UserDirectory(uow.session).create(
+                email=email, name=name, password_hash=password_hash, role=role
+            )
+        except EmailTaken:
+            return Rejected(
+                code="EMAIL_TAKEN", detail="an account with this email already exists", field="email"
+            )
+        await bus.publish(UserRegistered(user_id=user.id, email=user.email, role=user.role))
     return user
 
 
-@module.handles(RegisterUser)
+@module.handles(RegisterUser, transactional=False)
 async def register_user(
-    cmd: RegisterUser, directory: UserDirectory, passwords: Passwords, bus: Bus
+    cmd: RegisterUser, database: Database, passwords: Passwords, bus: Bus
 ) -> UserView | Rejected:
-    return await _create(cmd.email, cmd.password, cmd.name, "customer", directory, passwords, bus)
+    """Idempotent by email (a duplicate is EMAIL_TAKEN), so it needs no inbox."""
+    return await _create(cmd.email, cmd.password, cmd.name, "customer", database, passwords, bus)
 
 
-@module.handles(CreateAdmin)
+@module.handles(CreateAdmin, transactional=False)
 async def create_admin(
-    cmd: CreateAdmin, directory: UserDirectory, passwords: Passwords, bus: Bus
+    cmd: CreateAdmin, database: Database, passwords: Passwords, bus: Bus
 ) -> UserView | Rejected:
-    return await _create(cmd.email, cmd.password, cmd.name, "admin", directory, passwords, bus)
+    return await _create(cmd.email, cmd.password, cmd.name, "admin", database, passwords, bus)
 
 
 @module.handles(IssueToken)

@@ -1,0 +1,680 @@
+"""The Dramatiq/Redis transport: module queues in Redis, consumed by a Dramatiq worker.
+
+One Redis queue per module (`queue_name = module`) and one generic actor per queue that takes
+`(kind, envelope_bytes)`, kind being "deliver" (a command or event, at least once) or "request"
+(an `ask` from another process, answered on a per-request reply key). Decisions and measurements
+are in docs/adr/0007-dramatiq-transport.md; in short:
+
+- The transport owns its broker (`_Broker`, a namespaced `RedisBroker`), never the global one,
+  with no Dramatiq middleware: the kernel retries, dead-letters and times out itself.
+- Handlers are async and use resources bound to the app's event loop (the loop that called
+  `start`). Dramatiq worker threads hand every message to that loop with
+  `run_coroutine_threadsafe` and return (so Dramatiq acks) only when the handling finished: a
+  worker killed mid-message has it redelivered by a live worker's queue maintenance once its
+  heartbeat is `heartbeat_timeout_ms` old.
+- Dramatiq's Redis consumer polls an idle queue with a backoff of up to a second. Ours keeps the
+  broker's Lua script and data layout but, when a queue is empty, blocks on a per-queue "wake"
+  list that every enqueue pushes to in the same round trip, so an idle consumer answers in
+  well under a millisecond and a quiet process costs Redis one fetch per queue per `idle_block`.
+- The event loop never blocks on Redis: enqueues from the loop go through `redis.asyncio` and are
+  batched per loop iteration into one pipeline; the replies to asks wait in `BLPOP` on a client
+  without socket timeout, bounded by an asyncio timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import math
+import random
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
+from typing import Any, Final, TypeVar
+
+import dramatiq
+import msgspec
+import redis
+import redis.asyncio as aredis
+import structlog
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer, _scripts
+from dramatiq.common import current_millis, dq_name
+from dramatiq.errors import ConnectionClosed
+from redis.exceptions import NoScriptError
+
+from shop.bus.errors import AskTimeout, HandlerFailed
+from shop.bus.messages import Envelope, Message, Reply, decode_body, decode_envelope, decode_reply, encode
+from shop.bus.transports.base import Host, Outcome
+
+log = structlog.get_logger("shop.bus.dramatiq")
+T = TypeVar("T")
+
+DELIVER: Final = "deliver"
+REQUEST: Final = "request"
+
+#: Wake tokens kept per queue: enough to wake every consumer process of a queue, few enough
+#: that an idle consumer spins through them quickly when it has drained the queue.
+WAKE_TOKENS: Final = 64
+#: How long worker threads wait on Dramatiq's in-memory work queue before checking for stop.
+WORKER_POLL_MS: Final = 100
+#: When handling a delivery failed in a way the kernel did not absorb (the loop is gone, the
+#: dead-letter store is down), the message is enqueued again after this long, same attempt.
+REDELIVER_AFTER_MS: Final = 1000
+
+#: Enqueue as Dramatiq's dispatch script does (message data in `<queue>.msgs`, its id pushed on
+#: `<queue>`), plus a wake token, in one atomic command. Sent with EVAL (never NOSCRIPT) and
+#: without the dispatch script's heartbeat and maintenance, which are for consumers.
+#: KEYS: messages hash, queue list, wake list. ARGV: redis message id, data, wake tokens kept.
+ENQUEUE_LUA: Final = """
+redis.call("hset", KEYS[1], ARGV[1], ARGV[2])
+redis.call("rpush", KEYS[2], ARGV[1])
+redis.call("lpush", KEYS[3], 1)
+redis.call("ltrim", KEYS[3], 0, tonumber(ARGV[3]) - 1)
+"""
+
+
+def actor_name(queue: str) -> str:
+    """The generic actor that consumes a module queue."""
+    return f"shop_bus.{queue}"
+
+
+class MsgpackEncoder(dramatiq.Encoder):
+    """Dramatiq messages as msgpack (msgspec): the envelope travels as raw bytes, not base64."""
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(dict[str, Any])
+
+    def encode(self, data: dict[str, Any]) -> bytes:
+        return self._encoder.encode(data)
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        try:
+            return self._decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise dramatiq.DecodeError("undecodable message", data, exc) from None  # type: ignore[no-untyped-call]
+
+
+# -- replies --------------------------------------------------------------------------------
+
+
+def reply_of(result: Any) -> Reply:
+    """Box a handler's reply as the inbox does (bus._encode_reply): a Message by type name and
+    body, anything else as plain msgpack, None as no body."""
+    if result is None:
+        return Reply()
+    if isinstance(result, Message):
+        return Reply(type=type(result).type_name(), body=encode(result))
+    return Reply(body=encode(result))
+
+
+def result_of(reply: Reply) -> Any:
+    """The asker's side of `reply_of`; a handler error is raised as HandlerFailed."""
+    if reply.error is not None or reply.error_type is not None:
+        raise HandlerFailed(reply.error or "", error_type=reply.error_type or "Exception")
+    if reply.body is None:
+        return None
+    if reply.type is not None:
+        return decode_body(reply.type, reply.body)
+    return msgspec.msgpack.decode(reply.body)
+
+
+# -- the broker -----------------------------------------------------------------------------
+
+
+class _Broker(RedisBroker):
+    """A namespaced RedisBroker with msgpack messages, wake-up lists, a stop kick, and queue
+    maintenance at least every `maintenance_interval_ms` per queue (on top of the chance)."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        namespace: str,
+        heartbeat_timeout_ms: int,
+        maintenance_chance: int,
+        dead_message_ttl_ms: int,
+        idle_block_s: float,
+    ) -> None:
+        client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+        super().__init__(  # type: ignore[no-untyped-call]
+            middleware=[],
+            namespace=namespace,
+            heartbeat_timeout=heartbeat_timeout_ms,
+            maintenance_chance=maintenance_chance,
+            dead_message_ttl=dead_message_ttl_ms,
+            client=client,
+        )
+        self.encoder = MsgpackEncoder()
+        self.idle_block_s = idle_block_s
+        # BLPOP on wake lists needs a socket timeout longer than the block (redis-py 8: 5 s).
+        self.wait_client = redis.Redis.from_url(
+            redis_url, socket_timeout=idle_block_s + 10, socket_connect_timeout=5
+        )
+        self.kick_key = f"{namespace}:__kick__.{self.broker_id}"
+        self.maintenance_interval_ms = max(100, heartbeat_timeout_ms // 2)
+        self._maintained: dict[str, int] = {}
+        self.stopping = False
+
+    @property
+    def consumer_class(self) -> type[_Consumer]:
+        return _Consumer
+
+    def wake_key(self, queue_name: str) -> str:
+        return f"{self.namespace}:__wake__.{queue_name}"
+
+    def maintain_now(self, command: str, queue_name: str, now: int) -> int:
+        """1 if this dispatch should run queue maintenance (requeue a dead worker's messages)."""
+        if command in ("ack", "nack"):
+            return 0
+        if random.randint(1, 1_000_000) <= self.maintenance_chance or (
+            now - self._maintained.get(queue_name, 0) >= self.maintenance_interval_ms
+        ):
+            self._maintained[queue_name] = now
+            return 1
+        return 0
+
+    def dispatch_args(self, command: str, queue_name: str, *args: Any, max_unpack: int) -> list[Any]:
+        now = current_millis()
+        return [
+            command,
+            now,
+            queue_name,
+            self.broker_id,
+            self.heartbeat_timeout,
+            self.dead_message_ttl,
+            self.maintain_now(command, queue_name, now),
+            max_unpack,
+            *args,
+        ]
+
+    def _dispatch(self, command: str) -> Callable[..., Any]:
+        dispatch = self.scripts["dispatch"]
+        keys = [self.namespace]
+
+        def do_dispatch(queue_name: str, *args: Any) -> Any:
+            arguments = self.dispatch_args(command, queue_name, *args, max_unpack=self._max_unpack_size())  # type: ignore[no-untyped-call]
+            return dispatch(args=arguments, keys=keys)
+
+        return do_dispatch
+
+    def enqueue_keys(self, queue_name: str) -> tuple[str, str, str]:
+        """KEYS of ENQUEUE_LUA for a queue (or delay queue) name."""
+        full = f"{self.namespace}:{queue_name}"
+        return f"{full}.msgs", full, self.wake_key(queue_name)
+
+    def wire(self, queue: str, kind: str, data: bytes, delay_ms: int) -> tuple[str, str, bytes]:
+        """A Dramatiq message for a module queue's actor, encoded: (queue name, id, bytes)."""
+        now = current_millis()
+        message_id = str(uuid.uuid4())
+        options: dict[str, Any] = {"redis_message_id": message_id}
+        queue_name = queue
+        if delay_ms > 0:
+            queue_name = dq_name(queue)
+            options["eta"] = now + delay_ms
+        fields = {
+            "queue_name": queue_name,
+            "actor_name": actor_name(queue),
+            "args": (kind, data),
+            "kwargs": {},
+            "options": options,
+            "message_id": message_id,
+            "message_timestamp": now,
+        }
+        return queue_name, message_id, self.encoder.encode(fields)
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        """Dramatiq's enqueue (retries and due delayed messages, from worker threads), with
+        our encoder and a wake token, in one command."""
+        options: dict[str, Any] = {"redis_message_id": str(uuid.uuid4())}
+        queue_name = message.queue_name
+        if delay is not None:
+            queue_name = dq_name(queue_name)
+            options["eta"] = current_millis() + delay
+        message = message.copy(queue_name=queue_name, options=options)
+        self.emit_before("enqueue", message, delay)
+        data = self.encoder.encode(message.asdict())
+        keys = self.enqueue_keys(queue_name)
+        self.client.eval(ENQUEUE_LUA, 3, *keys, options["redis_message_id"], data, WAKE_TOKENS)
+        self.emit_after("enqueue", message, delay)
+        return message
+
+
+class _Consumer(_RedisConsumer):
+    """Dramatiq's Redis consumer, blocking on the queue's wake list instead of sleeping."""
+
+    broker: _Broker
+
+    def __init__(self, broker: _Broker, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
+        self.delayed = queue_name.endswith(".DQ")
+        self.etas: dict[str, int] = {}  # delayed messages held in memory -> their eta (ms)
+        self.freed = threading.Event()
+        self.refill = max(1, prefetch // 4)
+        self.wake = broker.wake_key(queue_name)
+        self.kick = broker.kick_key.encode()
+
+    def ack(self, message: MessageProxy) -> None:
+        try:
+            super().ack(message)  # type: ignore[no-untyped-call]
+        finally:
+            self._release(message.message_id)
+
+    def nack(self, message: MessageProxy) -> None:
+        try:
+            super().nack(message)  # type: ignore[no-untyped-call]
+        finally:
+            self._release(message.message_id)
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        messages = list(messages)
+        super().requeue(messages)  # type: ignore[no-untyped-call]
+        for message in messages:
+            self.etas.pop(message.message_id, None)
+        if messages:  # wake whoever else consumes this queue
+            with contextlib.suppress(redis.RedisError):
+                self.broker.client.lpush(self.wake, *([1] * min(len(messages), WAKE_TOKENS)))
+
+    def _release(self, message_id: str) -> None:
+        self.etas.pop(message_id, None)
+        self.freed.set()
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            while True:
+                if self.message_cache:
+                    data = self.message_cache.pop(0)
+                    if data is None:
+                        continue
+                    fields = self.broker.encoder.decode(data)
+                    fields["args"] = tuple(fields["args"])
+                    message: dramatiq.Message[Any] = dramatiq.Message(**fields)
+                    self.queued_message_ids.add(message.message_id)
+                    if self.delayed:
+                        self.etas[message.message_id] = int(message.options.get("eta") or 0)
+                    return MessageProxy(message)
+                if self.broker.stopping:
+                    time.sleep(0.01)
+                    return None
+                # Let the worker thread that was just handed a message take the GIL before this
+                # thread goes on to fetch: that hand-off is on an ask's critical path.
+                time.sleep(0)
+                self.freed.clear()
+                capacity = self.prefetch - self.outstanding_message_count
+                # Refill in batches (a quarter of the prefetch at least), not one fetch per ack.
+                if capacity >= self.refill or capacity == self.prefetch:
+                    self.message_cache = self.broker.do_fetch(self.queue_name, capacity)
+                    if self.message_cache:
+                        continue
+                    if not self._block_and_fetch(self._wait_s(), capacity) and not self.message_cache:
+                        return None  # timed out or kicked: let the thread check delays and stop
+                else:
+                    # Full enough: wait for workers to finish (or a delayed message to fall due).
+                    self.freed.wait(self._wait_s())
+                    return None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+
+    def _wait_s(self) -> float:
+        wait = self.broker.idle_block_s
+        if self.etas:
+            wait = min(wait, max(0.0, (min(self.etas.values()) - current_millis()) / 1000))
+        return wait
+
+    def _block_and_fetch(self, seconds: float, capacity: int) -> bool:
+        """Wait for a wake token and fetch in the same round trip (Redis runs the pipelined
+        fetch as soon as the BLPOP returns); False on a timeout or a stop kick."""
+        if seconds < 0.001:
+            return False
+        pipe = self.broker.wait_client.pipeline(transaction=False)
+        pipe.blpop([self.wake, self.broker.kick_key], timeout=seconds)
+        unpack = self.broker._max_unpack_size()  # type: ignore[no-untyped-call]
+        arguments = self.broker.dispatch_args("fetch", self.queue_name, capacity, max_unpack=unpack)
+        pipe.evalsha(self.broker.scripts["dispatch"].sha, 1, self.broker.namespace, *arguments)
+        popped, fetched = pipe.execute(raise_on_error=False)
+        if isinstance(fetched, NoScriptError):
+            self.broker.client.script_load(_scripts["dispatch"])  # Redis restarted
+        elif isinstance(fetched, Exception):
+            raise fetched
+        else:
+            self.message_cache = fetched
+        if isinstance(popped, Exception):
+            raise popped
+        return popped is not None and popped[0] != self.kick
+
+    def close(self) -> None:
+        """Put back what was fetched but never handed to a worker (Dramatiq leaves it to the
+        heartbeat timeout)."""
+        cached, self.message_cache = self.message_cache, []
+        proxies = []
+        for data in cached:
+            if data is not None:
+                with contextlib.suppress(dramatiq.DecodeError):
+                    fields = self.broker.encoder.decode(data)
+                    fields["args"] = tuple(fields["args"])
+                    proxies.append(MessageProxy(dramatiq.Message(**fields)))
+        if proxies:
+            with contextlib.suppress(redis.RedisError):
+                self.requeue(proxies)
+
+
+# -- the transport --------------------------------------------------------------------------
+
+
+class _Batch:
+    """Enqueues submitted in one loop iteration, written in one pipeline."""
+
+    __slots__ = ("futures", "items")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, bytes]] = []  # (queue name, redis message id, data)
+        self.futures: list[asyncio.Future[None]] = []
+
+
+class DramatiqTransport:
+    """Module queues on Redis, consumed by a Dramatiq worker whose threads run the handlers on
+    the app's event loop. See the module docstring and ADR 0007."""
+
+    name = "dramatiq"
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        namespace: str = "shop",
+        worker_threads: int = 8,
+        prefetch: int = 64,
+        heartbeat_timeout_ms: int = 15_000,
+        maintenance_chance: int = 1_000,
+        reply_ttl_s: int = 60,
+        dead_message_ttl_ms: int = 7 * 86_400_000,
+        idle_block_s: float | None = None,
+        shutdown_timeout_s: float = 30.0,
+    ) -> None:
+        if worker_threads < 1 or prefetch < 1:
+            raise ValueError("worker_threads and prefetch must be >= 1")
+        self.redis_url = redis_url
+        self.namespace = namespace
+        self.worker_threads = worker_threads
+        self.prefetch = prefetch
+        self.reply_ttl_s = reply_ttl_s
+        self.shutdown_timeout_s = shutdown_timeout_s
+        # An idle consumer heartbeats (fetches) at least this often: well inside the timeout.
+        block = idle_block_s if idle_block_s is not None else min(2.0, heartbeat_timeout_ms / 4000)
+        self.broker = _Broker(
+            redis_url,
+            namespace=namespace,
+            heartbeat_timeout_ms=heartbeat_timeout_ms,
+            maintenance_chance=maintenance_chance,
+            dead_message_ttl_ms=dead_message_ttl_ms,
+            idle_block_s=block,
+        )
+        self._host: Host | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._actors: dict[str, dramatiq.Actor[Any, Any]] = {}
+        self._worker: dramatiq.Worker | None = None
+        self._in_flight: set[concurrent.futures.Future[Any]] = set()
+        self._client: aredis.Redis | None = None  # enqueues and replies
+        self._blocking: aredis.Redis | None = None  # BLPOP on reply keys: no socket timeout
+        self._batch: _Batch | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, host: Host, queues: Collection[str]) -> None:
+        if self._started:
+            raise RuntimeError("a DramatiqTransport starts once; build a new one to start again")
+        self._started = True
+        self._host = host
+        self._loop = asyncio.get_running_loop()
+        await self._clients()
+        if not queues:
+            return
+        for queue in queues:
+            self._actors[queue] = dramatiq.Actor(
+                self._consume(queue),
+                broker=self.broker,
+                actor_name=actor_name(queue),
+                queue_name=queue,
+                priority=0,
+                options={},
+            )
+        worker = dramatiq.Worker(
+            self.broker,
+            queues=set(queues),
+            worker_threads=self.worker_threads,
+            worker_timeout=WORKER_POLL_MS,
+        )
+        worker.queue_prefetch = self.prefetch
+        worker.start()
+        self._worker = worker
+
+    async def stop(self) -> None:
+        """Finish the messages being handled (up to `shutdown_timeout_s`), put back the ones
+        fetched but not started, stop every thread, close every connection."""
+        self.broker.stopping = True
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            for thread in worker.workers:
+                thread.stop()  # take no new message after the current one
+            with contextlib.suppress(redis.RedisError):
+                await self._kick(len(worker.consumers))
+            await self._drain(self.shutdown_timeout_s)
+            await asyncio.to_thread(worker.stop, timeout=int(self.shutdown_timeout_s * 1000) + 5_000)
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+        batch, self._batch = self._batch, None
+        if batch is not None:
+            for future in batch.futures:
+                if not future.done():
+                    future.set_exception(ConnectionError("transport stopped"))
+        if self._client is not None:
+            with contextlib.suppress(redis.RedisError):
+                await self._client.delete(self.broker.kick_key)
+            await self._client.aclose()
+        if self._blocking is not None:
+            await self._blocking.aclose()
+        self._client = self._blocking = None
+        self.broker.client.close()
+        self.broker.wait_client.close()
+
+    async def _kick(self, consumers: int) -> None:
+        if self._client is not None and consumers:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.lpush(self.broker.kick_key, *([1] * consumers))
+                pipe.expire(self.broker.kick_key, 60)
+                await pipe.execute()
+
+    async def _drain(self, timeout: float) -> None:
+        """Wait for the handlers in flight; cancel those still running after `timeout` (their
+        messages are enqueued again by the worker thread)."""
+        deadline = time.monotonic() + timeout
+        while (pending := list(self._in_flight)) and (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.wait([asyncio.wrap_future(f) for f in pending], timeout=remaining)
+        for future in list(self._in_flight):
+            future.cancel()
+
+    async def _clients(self) -> aredis.Redis:
+        """The loop's Redis clients, made on first use on the running loop."""
+        if self._client is None:
+            self._client = aredis.Redis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=5)
+            # BLPOP for replies: no socket timeout (redis-py 8 defaults to 5 s); asyncio bounds it.
+            self._blocking = aredis.Redis.from_url(
+                self.redis_url, socket_timeout=None, socket_connect_timeout=5
+            )
+        return self._client
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def deliver(self, queue: str, envelope: Envelope, *, delay: float = 0.0) -> Awaitable[None]:
+        """Enqueue; the receipt resolves when Redis has the message. Deliveries made in one
+        loop iteration go to Redis in one pipeline."""
+        await self._clients()
+        item = self.broker.wire(queue, DELIVER, encode(envelope), round(delay * 1000))
+        loop = asyncio.get_running_loop()
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = _Batch()
+            loop.call_soon(self._flush)
+        future: asyncio.Future[None] = loop.create_future()
+        batch.items.append(item)
+        batch.futures.append(future)
+        return future
+
+    async def request(
+        self, queue: str, envelope: Envelope, *, timeout: float, message: Message | None = None
+    ) -> Any:
+        """Enqueue the request and wait for its reply in one pipeline: [EVAL enqueue, BLPOP]."""
+        await self._clients()
+        assert self._blocking is not None
+        reply_key = f"{self.namespace}:__reply__.{uuid.uuid4().hex}"
+        deadline = time.time() + timeout
+        if envelope.deadline is not None:
+            deadline = min(deadline, envelope.deadline)
+        body = envelope.body if envelope.body or message is None else encode(message)
+        wire = msgspec.structs.replace(envelope, body=body, reply_to=reply_key, deadline=deadline)
+        queue_name, message_id, data = self.broker.wire(queue, REQUEST, encode(wire), 0)
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._blocking.pipeline(transaction=False) as pipe:
+                    pipe.eval(
+                        ENQUEUE_LUA, 3, *self.broker.enqueue_keys(queue_name), message_id, data, WAKE_TOKENS
+                    )
+                    # The server-side block outlives ours, so a reply is never popped and lost.
+                    pipe.blpop([reply_key], timeout=math.ceil(timeout) + 1)
+                    _, popped = await pipe.execute()
+        except TimeoutError:
+            raise AskTimeout(f"no reply from {queue} to {envelope.type} within {timeout}s") from None
+        if popped is None:
+            raise AskTimeout(f"no reply from {queue} to {envelope.type} within {timeout}s")
+        raw = popped[1]
+        assert isinstance(raw, bytes)
+        return result_of(decode_reply(raw))
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._write(batch))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, batch: _Batch) -> None:
+        try:
+            client = await self._clients()
+            async with client.pipeline(transaction=False) as pipe:
+                for queue_name, message_id, data in batch.items:
+                    keys = self.broker.enqueue_keys(queue_name)
+                    pipe.eval(ENQUEUE_LUA, 3, *keys, message_id, data, WAKE_TOKENS)
+                await pipe.execute()
+        except Exception as exc:
+            for future in batch.futures:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except asyncio.CancelledError:
+            for future in batch.futures:
+                future.cancel()
+            raise
+        for future in batch.futures:
+            if not future.done():
+                future.set_result(None)
+
+    # -- consuming (worker threads) ----------------------------------------------------------
+
+    def _consume(self, queue: str) -> Callable[[str, bytes], None]:
+        def consume(kind: str, data: bytes) -> None:
+            envelope = decode_envelope(data)
+            if kind == REQUEST:
+                self._answer(queue, envelope)
+            else:
+                self._process(queue, envelope)
+
+        consume.__name__ = consume.__qualname__ = actor_name(queue)
+        return consume
+
+    def _on_loop(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run a coroutine on the app's loop and wait for it (from a worker thread)."""
+        assert self._loop is not None
+        coroutine = make()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        except RuntimeError:  # the loop is closed
+            coroutine.close()
+            raise
+        self._in_flight.add(future)
+        try:
+            return future.result()
+        finally:
+            self._in_flight.discard(future)
+
+    def _process(self, queue: str, envelope: Envelope) -> None:
+        assert self._host is not None
+        if self.broker.stopping:  # picked up while stopping: put it back for the next worker
+            self._again(queue, envelope, 0)
+            return
+        try:
+            host = self._host
+            result = self._on_loop(lambda: host.process(queue, envelope))
+        except BaseException as exc:  # cancelled at shutdown, loop closed, kernel failure
+            log.warning(
+                "bus.dramatiq.redeliver", queue=queue, message_id=str(envelope.message_id), error=repr(exc)
+            )
+            self._again(queue, envelope, REDELIVER_AFTER_MS if not self.broker.stopping else 0)
+            return
+        if result.outcome is Outcome.RETRY:
+            again = msgspec.structs.replace(envelope, attempt=envelope.attempt + 1)
+            self._again(queue, again, round(result.delay * 1000))
+
+    def _again(self, queue: str, envelope: Envelope, delay_ms: int) -> None:
+        """Enqueue once more; acknowledged only after this succeeded (retries while Redis is
+        away, unless stopping: then the un-acked message is redelivered by maintenance)."""
+        pause = 0.1
+        while True:
+            try:
+                self._actors[queue].send_with_options(
+                    args=(DELIVER, encode(envelope)), delay=delay_ms if delay_ms > 0 else None
+                )
+                return
+            except redis.RedisError:
+                if self.broker.stopping:
+                    raise
+                log.warning("bus.dramatiq.enqueue_failed", queue=queue, retry_in=pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
+    def _answer(self, queue: str, envelope: Envelope) -> None:
+        if envelope.deadline is not None and time.time() >= envelope.deadline:
+            log.info("bus.dramatiq.expired_request", queue=queue, type=envelope.type)
+            return  # the asker has given up (AskTimeout): its outcome is unknown, not run late
+        try:
+            reply = self._on_loop(lambda: self._reply(queue, envelope))
+            if reply is not None and envelope.reply_to is not None:
+                # From this thread with the sync client: measured as fast as pushing from the
+                # loop (ADR 0007), and it keeps that work off the app's loop.
+                pipe = self.broker.client.pipeline(transaction=False)
+                pipe.lpush(envelope.reply_to, encode(reply))
+                pipe.expire(envelope.reply_to, self.reply_ttl_s)
+                pipe.execute()
+        except BaseException as exc:  # cancelled at shutdown, loop closed, Redis away
+            log.warning("bus.dramatiq.reply_failed", queue=queue, type=envelope.type, error=repr(exc))
+
+    async def _reply(self, queue: str, envelope: Envelope) -> Reply | None:
+        """Run the handler on the app's loop within the asker's deadline; None if past it."""
+        assert self._host is not None
+        remaining = None if envelope.deadline is None else max(0.0, envelope.deadline - time.time())
+        try:
+            async with asyncio.timeout(remaining) as scope:
+                return reply_of(await self._host.answer(queue, envelope))
+        except HandlerFailed as exc:
+            return Reply(error=str(exc), error_type=exc.error_type)
+        except TimeoutError as exc:
+            if scope.expired():
+                return None  # the asker has given up
+            return Reply(error=repr(exc), error_type=type(exc).__name__)
+        except Exception as exc:
+            return Reply(error=repr(exc), error_type=type(exc).__name__)

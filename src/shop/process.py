@@ -1,0 +1,26 @@
+"""Process hygiene for server workers."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+ENV_FLAG = "SHOP_DIE_WITH_PARENT"
+
+
+def die_with_parent() -> None:
+    """In a server worker started by `shop run|serve|gateway`: end when the server process dies.
+
+    granian runs the app in a worker process; if a supervisor kills only the main process
+    (SIGKILL), the orphaned worker would keep the port, the SQLite files and its discovery
+    heartbeat. Linux delivers SIGTERM to the worker when its parent dies; elsewhere a no-op."""
+    if os.environ.get(ENV_FLAG) != "1" or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:  # pragma: no cover
+        return
+    if os.getppid() == 1:  # the parent died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
