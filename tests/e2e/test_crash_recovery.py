@@ -516,17 +516,6 @@ async def test_a_sigkill_right_after_thirty_orders_were_accepted_loses_none_and_
     await crash_and_recover(shop_process, kill_when="accepted")
 
 
-@pytest.mark.xfail(
-    reason=(
-        "src bug: an order whose payment was CAPTURED before the crash but whose PaymentCaptured "
-        "had not reached the orders saga times out PAYMENT_TIMEOUT at start-up (deadlines are "
-        "enforced before the swept outbox is handled), and the refund then fails against the "
-        "simulated provider, whose ledger was lost with the process: the saga parks in "
-        "COMPENSATION_FAILED, the order stays AWAITING_PAYMENT with a CAPTURED payment and a "
-        "PREPARING delivery. Timing-dependent, hence not strict."
-    ),
-    strict=False,
-)
 async def test_a_sigkill_while_payments_are_being_captured_and_an_outage_past_the_payment_deadline_loses_none_and_charges_nobody_twice(  # noqa: E501
     shop_process: ShopProcess,
 ) -> None:
