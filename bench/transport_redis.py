@@ -317,7 +317,7 @@ def main() -> None:
         "--prefetch", default="8,16,32,64,256", help="transport prefetch values to drain with"
     )
     parser.add_argument("--drain-rounds", type=int, default=3)
-    parser.add_argument("--ask-prefetch", type=int, default=32)
+    parser.add_argument("--ask-prefetch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")

@@ -125,7 +125,8 @@ async def unit_of_work(database: Database, *, write: bool = True) -> AsyncIterat
     lock = database.write_lock if write else None
     if lock is not None:
         try:
-            await asyncio.wait_for(lock.acquire(), SQLITE_BUSY_TIMEOUT_MS / 1000)
+            async with asyncio.timeout(SQLITE_BUSY_TIMEOUT_MS / 1000):
+                await lock.acquire()
         except TimeoutError:
             raise DatabaseBusy(f"{database.module}: no write slot within the busy timeout") from None
     uow = UnitOfWork(database)

@@ -299,9 +299,6 @@ class _Consumer(_RedisConsumer):
                 if self.broker.stopping:
                     time.sleep(0.01)
                     return None
-                # Let the worker thread that was just handed a message take the GIL before this
-                # thread goes on to fetch: that hand-off is on an ask's critical path.
-                time.sleep(0)
                 self.freed.clear()
                 capacity = self.prefetch - self.outstanding_message_count
                 # Refill in batches (a quarter of the prefetch at least), not one fetch per ack.
