@@ -21,6 +21,7 @@ import redis
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = str(ROOT / ".venv" / "bin" / "shop")
+ADDRESS = {"recipient": "R", "line1": "Main 1", "city": "Berlin", "postal_code": "10115", "country": "DE"}
 ADMIN = {"email": "admin@example.com", "password": "adminpassword"}
 FINAL = ("COMPLETED", "FAILED", "CANCELLED")
 START_DEADLINE_S = 90.0
@@ -159,11 +160,11 @@ def split(tmp_path: Path, redis_url: str) -> Iterator[Deployment]:
     }
     redis.Redis.from_url(f"{base}/14").flushdb()
     subprocess.run([SHOP, "migrate"], env=env, cwd=ROOT, check=True, capture_output=True, timeout=120)
-    subprocess.run(
-        [str(ROOT / ".venv/bin/python"), "-c",
-         "from shop.settings import Settings; from shop.security.keys import load_keys; load_keys(Settings.from_env())"],
-        env=env, cwd=ROOT, check=True, timeout=60,
-    )  # fmt: skip
+    make_keys = "from shop.settings import Settings; from shop.security.keys import load_keys; " + (
+        "load_keys(Settings.from_env())"
+    )
+    python = str(ROOT / ".venv/bin/python")
+    subprocess.run([python, "-c", make_keys], env=env, cwd=ROOT, check=True, timeout=60)
     deployment = Deployment(tmp_path, env, free_port())
     try:
         deployment.start("users", "serve", "users")
@@ -223,15 +224,16 @@ class Journey:
     def address(self, headers: dict[str, str]) -> str:
         response = self.client.post(
             "/api/v1/users/me/addresses", headers=headers,
-            json={"recipient": "R", "line1": "Main 1", "city": "Berlin", "postal_code": "10115", "country": "DE"},
-        )  # fmt: skip
+            json=ADDRESS,
+        )
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
 
     def product(self, stock: int) -> str:
         response = self.client.post(
             "/api/v1/products", headers=self.admin,
-            json={"sku": f"E2E-{uuid.uuid4().hex[:8]}", "name": "Mug", "price": 900, "currency": "EUR", "stock": stock},
+            json={"sku": f"E2E-{uuid.uuid4().hex[:8]}", "name": "Mug", "price": 900, "currency": "EUR",
+                  "stock": stock},
         )  # fmt: skip
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
@@ -241,7 +243,8 @@ class Journey:
     ) -> str:
         response = self.client.post(
             "/api/v1/orders", headers=headers,
-            json={"items": [{"product_id": product, "quantity": quantity}], "address_id": address, "payment_token": token},
+            json={"items": [{"product_id": product, "quantity": quantity}], "address_id": address,
+                  "payment_token": token},
         )  # fmt: skip
         assert response.status_code == 202, response.text
         return str(response.json()["id"])
@@ -251,13 +254,16 @@ class Journey:
         assert response.status_code == 200, response.text
         return dict(response.json())
 
+    def list(self, path: str, order_id: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+        return list(self.client.get(path, params={"order_id": order_id}, headers=headers).json()["items"])
+
     def settle(self, headers: dict[str, str], order_id: str, timeout: float = 60) -> dict[str, Any]:
         return dict(
             until(
                 lambda: (o := self.order(headers, order_id))["status"] in FINAL and o,
                 timeout=timeout,
                 what=f"order {order_id} final",
-            )  # fmt: skip
+            )
         )
 
 
@@ -279,7 +285,7 @@ def test_the_whole_journey_through_the_gateway(split: Deployment, journey: Journ
     payments = journey.client.get("/api/v1/payments", params={"order_id": order_id}, headers=customer).json()
     assert [p["status"] for p in payments["items"]] == ["CAPTURED"]
     deliveries = until(
-        lambda: journey.client.get("/api/v1/deliveries", params={"order_id": order_id}, headers=customer).json()["items"],
+        lambda: journey.list("/api/v1/deliveries", order_id, customer),
         timeout=20, what="a delivery",
     )  # fmt: skip
     assert deliveries[0]["status"] == "PREPARING"
@@ -313,7 +319,7 @@ def test_payments_down_mid_saga_keeps_the_rest_serving_and_the_order_completes_o
     order = journey.settle(customer, order_id, timeout=90)
     assert order["status"] == "COMPLETED"
     payments = until(
-        lambda: journey.client.get("/api/v1/payments", params={"order_id": order_id}, headers=customer).json()["items"],
+        lambda: journey.list("/api/v1/payments", order_id, customer),
         timeout=30, what="payments answering",
     )  # fmt: skip
     assert [p["status"] for p in payments] == ["CAPTURED"], "charged exactly once"

@@ -9,9 +9,10 @@ import msgspec
 from litestar import Controller, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from shop.contracts.delivery import DeliveryPage, DeliveryView, ListDeliveries, RecordDeliveryEvent
+from shop.contracts.delivery import DeliveryView, ListDeliveries, RecordDeliveryEvent
 from shop.security.guards import admin_only, authenticated
-from shop.web.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shop.web.owned_lists import owned_list
+from shop.web.pagination import Cursor, Limit, Page
 from shop.web.params import BusDep, PrincipalDep
 from shop.web.rejections import field_error, unwrap
 
@@ -53,21 +54,6 @@ def _delivery(view: DeliveryView) -> Delivery:
     )
 
 
-def _after(cursor: str | None) -> tuple[str, str] | None:
-    """The (created_at, id) a cursor of ours holds; 400 for one we did not make (never a 500)."""
-    values = decode_cursor(cursor, 2)
-    if values is None:
-        return None
-    try:
-        created_at = datetime.fromisoformat(values[0])
-        item_id = uuid.UUID(values[1])
-    except (TypeError, ValueError, AttributeError):
-        raise field_error("cursor", "invalid cursor") from None
-    if created_at.tzinfo is None:
-        raise field_error("cursor", "invalid cursor")
-    return created_at.isoformat(), str(item_id)
-
-
 class DeliveriesController(Controller):
     path = "/api/v1/deliveries"
     tags = ["delivery"]
@@ -81,18 +67,9 @@ class DeliveriesController(Controller):
         limit: Limit = 20,
         cursor: Cursor = None,
     ) -> Page[Delivery]:
-        query = ListDeliveries(
-            customer_id=None if principal.is_admin else principal.user_id,
-            order_id=order_id,
-            limit=limit,
-            after=_after(cursor),
+        return await owned_list(
+            bus, principal, ListDeliveries, STATUSES, _delivery, order_id=order_id, limit=limit, cursor=cursor
         )
-        page: DeliveryPage = unwrap(await bus.ask(query), STATUSES)
-        last = page.items[-1] if page.items else None
-        next_cursor = None
-        if page.has_more and last is not None:
-            next_cursor = encode_cursor(last.created_at.isoformat(), str(last.id))
-        return Page(items=[_delivery(d) for d in page.items], next_cursor=next_cursor)
 
     @post(
         "/{delivery_id:uuid}/events",

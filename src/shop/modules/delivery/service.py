@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shop.contracts.delivery import AddressSnapshot, DeliveryPage, DeliveryView
+from shop.db_tables import is_marked_cancelled, keyset_rows, mark_cancelled
 from shop.modules.delivery.models import cancelled_orders, deliveries, shipping_instructions
 
 PREPARING = "PREPARING"
@@ -163,23 +164,10 @@ class DeliveryDesk:
 
     async def call_off(self, order_id: uuid.UUID, reason: str) -> None:
         """Remember that the order's delivery is off, so that none is created later (idempotent)."""
-        if await self.is_called_off(order_id):
-            return
-        try:
-            async with self.session.begin_nested():
-                await self.session.execute(
-                    cancelled_orders.insert().values(
-                        order_id=order_id, reason=reason[:100], cancelled_at=datetime.now(UTC)
-                    )
-                )
-        except IntegrityError:
-            pass
+        await mark_cancelled(self.session, cancelled_orders, order_id, reason)
 
     async def is_called_off(self, order_id: uuid.UUID) -> bool:
-        row = await self.session.execute(
-            sa.select(cancelled_orders.c.order_id).where(cancelled_orders.c.order_id == order_id)
-        )
-        return row.first() is not None
+        return await is_marked_cancelled(self.session, cancelled_orders, order_id)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -203,13 +191,11 @@ class DeliveryDesk:
         limit: int,
         after: tuple[datetime, uuid.UUID] | None,
     ) -> DeliveryPage:
-        query = sa.select(deliveries)
-        if customer_id is not None:
-            query = query.where(deliveries.c.customer_id == customer_id)
-        if order_id is not None:
-            query = query.where(deliveries.c.order_id == order_id)
-        if after is not None:
-            query = query.where(sa.tuple_(deliveries.c.created_at, deliveries.c.id) > sa.tuple_(*after))
-        query = query.order_by(deliveries.c.created_at, deliveries.c.id).limit(limit + 1)
-        rows = [_delivery(r._mapping) for r in await self.session.execute(query)]
-        return DeliveryPage(items=tuple(rows[:limit]), has_more=len(rows) > limit)
+        rows, has_more = await keyset_rows(
+            self.session,
+            deliveries,
+            equal={"customer_id": customer_id, "order_id": order_id},
+            limit=limit,
+            after=after,
+        )
+        return DeliveryPage(items=tuple(_delivery(r) for r in rows), has_more=has_more)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 
 import msgspec
 from litestar import Controller, get
 from litestar.params import FromQuery
 
-from shop.contracts.payments import ListPayments, PaymentPage, PaymentView
+from shop.contracts.payments import ListPayments, PaymentView
 from shop.security.guards import authenticated
-from shop.web.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shop.web.owned_lists import owned_list
+from shop.web.pagination import Cursor, Limit, Page
 from shop.web.params import BusDep, PrincipalDep
-from shop.web.rejections import field_error, unwrap
 
 STATUSES = {"NOT_FOUND": 404}
 
@@ -33,21 +32,6 @@ def _payment(view: PaymentView) -> Payment:
     )
 
 
-def _after(cursor: str | None) -> tuple[str, str] | None:
-    """The (created_at, id) a cursor of ours holds; 400 for one we did not make (never a 500)."""
-    values = decode_cursor(cursor, 2)
-    if values is None:
-        return None
-    try:
-        created_at = datetime.fromisoformat(values[0])
-        item_id = uuid.UUID(values[1])
-    except (TypeError, ValueError, AttributeError):
-        raise field_error("cursor", "invalid cursor") from None
-    if created_at.tzinfo is None:
-        raise field_error("cursor", "invalid cursor")
-    return created_at.isoformat(), str(item_id)
-
-
 class PaymentsController(Controller):
     path = "/api/v1"
     tags = ["payments"]
@@ -61,15 +45,6 @@ class PaymentsController(Controller):
         limit: Limit = 20,
         cursor: Cursor = None,
     ) -> Page[Payment]:
-        query = ListPayments(
-            customer_id=None if principal.is_admin else principal.user_id,
-            order_id=order_id,
-            limit=limit,
-            after=_after(cursor),
+        return await owned_list(
+            bus, principal, ListPayments, STATUSES, _payment, order_id=order_id, limit=limit, cursor=cursor
         )
-        page: PaymentPage = unwrap(await bus.ask(query), STATUSES)
-        last = page.items[-1] if page.items else None
-        next_cursor = None
-        if page.has_more and last is not None:
-            next_cursor = encode_cursor(last.created_at.isoformat(), str(last.id))
-        return Page(items=[_payment(p) for p in page.items], next_cursor=next_cursor)

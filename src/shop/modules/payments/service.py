@@ -36,6 +36,7 @@ from shop.contracts.payments import (
     TakePayment,
 )
 from shop.db import Database, unit_of_work
+from shop.db_tables import is_marked_cancelled, keyset_rows, mark_cancelled
 from shop.modules.payments.models import cancelled_orders, payments
 from shop.modules.payments.provider import (
     ALREADY_CAPTURED,
@@ -179,23 +180,10 @@ class PaymentBook:
 
     async def cancel_order(self, order_id: uuid.UUID, reason: str) -> None:
         """Remember that this order's payment was given up (idempotent)."""
-        if await self.is_cancelled(order_id):
-            return
-        try:
-            async with self.session.begin_nested():
-                await self.session.execute(
-                    cancelled_orders.insert().values(
-                        order_id=order_id, reason=reason[:100], cancelled_at=datetime.now(UTC)
-                    )
-                )
-        except IntegrityError:
-            pass
+        await mark_cancelled(self.session, cancelled_orders, order_id, reason)
 
     async def is_cancelled(self, order_id: uuid.UUID) -> bool:
-        row = await self.session.execute(
-            sa.select(cancelled_orders.c.order_id).where(cancelled_orders.c.order_id == order_id)
-        )
-        return row.first() is not None
+        return await is_marked_cancelled(self.session, cancelled_orders, order_id)
 
     async def owners_of(self, order_id: uuid.UUID) -> set[uuid.UUID]:
         rows = await self.session.execute(
@@ -211,16 +199,14 @@ class PaymentBook:
         limit: int,
         after: tuple[datetime, uuid.UUID] | None,
     ) -> PaymentPage:
-        query = sa.select(payments)
-        if customer_id is not None:
-            query = query.where(payments.c.customer_id == customer_id)
-        if order_id is not None:
-            query = query.where(payments.c.order_id == order_id)
-        if after is not None:
-            query = query.where(sa.tuple_(payments.c.created_at, payments.c.id) > sa.tuple_(*after))
-        query = query.order_by(payments.c.created_at, payments.c.id).limit(limit + 1)
-        rows = [_payment(r._mapping).view() for r in await self.session.execute(query)]
-        return PaymentPage(items=tuple(rows[:limit]), has_more=len(rows) > limit)
+        rows, has_more = await keyset_rows(
+            self.session,
+            payments,
+            equal={"customer_id": customer_id, "order_id": order_id},
+            limit=limit,
+            after=after,
+        )
+        return PaymentPage(items=tuple(_payment(r).view() for r in rows), has_more=has_more)
 
 
 def settled(order_id: uuid.UUID, found: list[Payment]) -> PaymentSettled:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -25,7 +24,8 @@ from shop.contracts.users import (
     UserView,
 )
 from shop.security.guards import authenticated
-from shop.web.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shop.web.owned_lists import keyset_after, keyset_page
+from shop.web.pagination import Cursor, Limit, Page
 from shop.web.params import BusDep, PrincipalDep, ThrottleDep
 from shop.web.rejections import field_error, unwrap
 
@@ -103,21 +103,6 @@ def _filled(field: str, value: str) -> str:
     return stripped
 
 
-def _address_cursor(cursor: str | None) -> tuple[str, str] | None:
-    """The (created_at, id) a cursor of ours holds; 400 for one we did not make (never a 500)."""
-    values = decode_cursor(cursor, 2)
-    if values is None:
-        return None
-    try:
-        created_at = datetime.fromisoformat(values[0])
-        address_id = uuid.UUID(values[1])
-    except (TypeError, ValueError, AttributeError):
-        raise field_error("cursor", "invalid cursor") from None
-    if created_at.tzinfo is None:
-        raise field_error("cursor", "invalid cursor")
-    return created_at.isoformat(), str(address_id)
-
-
 class UsersController(Controller):
     path = "/api/v1"
     tags = ["users"]
@@ -174,14 +159,9 @@ class UsersController(Controller):
     async def addresses(
         self, principal: PrincipalDep, bus: BusDep, limit: Limit = 20, cursor: Cursor = None
     ) -> Page[Address]:
-        after = _address_cursor(cursor)
+        after = keyset_after(cursor)
         page: AddressPage = await bus.ask(ListAddresses(user_id=principal.user_id, limit=limit, after=after))
-        items = [_address(a) for a in page.items]
-        last = page.items[-1] if page.items else None
-        next_cursor = (
-            encode_cursor(last.created_at.isoformat(), str(last.id)) if page.has_more and last else None
-        )
-        return Page(items=items, next_cursor=next_cursor)
+        return keyset_page(page, _address)
 
 
 __all__: list[Any] = ["Response", "UsersController"]

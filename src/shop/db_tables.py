@@ -1,0 +1,57 @@
+"""SQL shapes that several modules' tables share, over a module's own session and table.
+
+No module words: a module passes in its table. Keyset pages read a table with `created_at` and
+`id` columns, in that order; the cancelled-orders marker a table of (order_id primary key,
+reason, cancelled_at).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+async def keyset_rows(
+    session: AsyncSession,
+    table: sa.Table,
+    *,
+    equal: Mapping[str, Any],
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None,
+) -> tuple[list[RowMapping], bool]:
+    """Up to `limit` rows ordered by (created_at, id), after `after`, where each column of
+    `equal` whose value is not None equals it; and whether more rows follow."""
+    query = sa.select(table)
+    for column, value in equal.items():
+        if value is not None:
+            query = query.where(table.c[column] == value)
+    if after is not None:
+        query = query.where(sa.tuple_(table.c.created_at, table.c.id) > sa.tuple_(*after))
+    query = query.order_by(table.c.created_at, table.c.id).limit(limit + 1)
+    rows = [r._mapping for r in await session.execute(query)]
+    return rows[:limit], len(rows) > limit
+
+
+async def mark_cancelled(session: AsyncSession, table: sa.Table, order_id: uuid.UUID, reason: str) -> None:
+    """Remember that the order was cancelled (idempotent: a second mark, even a racing one, is a no-op)."""
+    if await is_marked_cancelled(session, table, order_id):
+        return
+    try:
+        async with session.begin_nested():
+            await session.execute(
+                table.insert().values(order_id=order_id, reason=reason[:100], cancelled_at=datetime.now(UTC))
+            )
+    except IntegrityError:
+        pass
+
+
+async def is_marked_cancelled(session: AsyncSession, table: sa.Table, order_id: uuid.UUID) -> bool:
+    row = await session.execute(sa.select(table.c.order_id).where(table.c.order_id == order_id))
+    return row.first() is not None
