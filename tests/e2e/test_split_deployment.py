@@ -3,6 +3,7 @@ and `shop gateway` in front — the same API as `shop run`, and faults isolated 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -142,8 +143,36 @@ class Deployment:
         return [i for i in self.services(client, admin)["modules"].get(module, []) if i["healthy"]]
 
 
+async def _pg(url: str, *statements: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite"])
+def split_backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The database URL of the split deployment: None for SQLite files; a private PostgreSQL
+    database (one schema per module) when parametrized with "postgres"."""
+    if request.param != "postgres":
+        yield None
+        return
+    server: str = request.getfixturevalue("postgres_url")
+    name = f"shop_e2e_split_{os.getpid()}"
+    drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    asyncio.run(_pg(server, drop, f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        asyncio.run(_pg(server, drop))
+
+
 @pytest.fixture
-def split(tmp_path: Path, redis_url: str) -> Iterator[Deployment]:
+def split(tmp_path: Path, redis_url: str, split_backend: str | None) -> Iterator[Deployment]:
     namespace = f"e2e{uuid.uuid4().hex[:8]}"
     base = redis_url.rsplit("/", 1)[0]
     env = {
@@ -158,6 +187,8 @@ def split(tmp_path: Path, redis_url: str) -> Iterator[Deployment]:
         "SHOP_LOG_LEVEL": "INFO",
         "SHOP_NAMESPACE": namespace,
     }
+    if split_backend is not None:
+        env["SHOP_DATABASE_URL"] = split_backend
     redis.Redis.from_url(f"{base}/14").flushdb()
     subprocess.run([SHOP, "migrate"], env=env, cwd=ROOT, check=True, capture_output=True, timeout=120)
     make_keys = "from shop.settings import Settings; from shop.security.keys import load_keys; " + (
@@ -275,6 +306,7 @@ def journey(split: Deployment) -> Iterator[Journey]:
         yield Journey(client, admin)
 
 
+@pytest.mark.parametrize("split_backend", ["sqlite", "postgres"], indirect=True)
 def test_the_whole_journey_through_the_gateway(split: Deployment, journey: Journey) -> None:
     customer = journey.customer()
     address = journey.address(customer)
