@@ -42,11 +42,22 @@ hops, SQL statements and transactions per order.
 project dependency) during the timed run, prints the hottest functions and keeps the raw
 stacks in bench/results/orders_pyspy.txt.
 
+--split runs the same measurement against the split deployment instead of `shop run`: Redis
+on 127.0.0.1:6379 db 11 (--redis-db; only that db is flushed, before and after), `shop migrate`,
+the signing key made once (`load_keys(Settings.from_env())`), then `shop serve users`, `shop
+serve catalog` twice, `shop serve orders`, `shop serve payments`, `shop serve delivery` and `shop
+gateway`, each on its own loopback port with SHOP_TRANSPORT=dramatiq and a fresh
+SHOP_DATA_DIR; the run starts once GET /api/v1/services (as the admin) lists every module
+healthy (catalog twice), and the orders go through the gateway's port. CPU is summed over every
+process of the deployment and its workers (not Redis); the bus figures are the services'
+/metrics summed. Every process and its workers are killed at the end, whatever happens.
+(--profile is not available with --split.)
+
 Figures are printed, never asserted. Every wait is bounded.
 
     .venv/bin/python bench/orders.py [--orders 400] [--concurrency 16] [--customers 20]
         [--products 20] [--mode open|closed] [--poll-interval 0.1] [--timeout 120] [--profile]
-        [--count-hops]
+        [--count-hops] [--split [--redis-db 11]]
 """
 
 from __future__ import annotations
@@ -539,13 +550,22 @@ def latency_line(label: str, values_ms: list[float]) -> str:
     )
 
 
+def deployment_label(args: argparse.Namespace) -> str:
+    if getattr(args, "split", False):
+        return (
+            f"the split deployment (gateway + users, catalog x2, orders, payments, delivery;"
+            f" {args.server}, SQLite, dramatiq on Redis db {args.redis_db})"
+        )
+    return f"`shop run` ({args.server}, SQLite, in-process bus)"
+
+
 def report(orders: list[Order], stats: Stats, args: argparse.Namespace, loadavg: tuple[str, str]) -> None:
     accepted = [o for o in orders if o.accepted is not None]
     terminal = [o for o in accepted if o.status in TERMINAL and o.updated_at is not None]
     refused = [o for o in orders if o.sent and o.accepted is None]
     never_sent = [o for o in orders if not o.sent]
     print(
-        f"\nOrders through HTTP on `shop run` (granian, SQLite, in-process bus): {len(orders)} orders of 1-"
+        f"\nOrders through HTTP on {deployment_label(args)}: {len(orders)} orders of 1-"
         f"{args.max_items} lines, tok_ok, {args.customers} customers, {args.products} products;\n"
         f"{args.concurrency} {'POSTs' if args.mode == 'open' else 'orders'} in flight (--mode {args.mode});"
         f" httpx on the same cores, loopback; load average {loadavg[0]} before, {loadavg[1]} after."
@@ -643,6 +663,236 @@ def summarize_profile(raw: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+# -- --split: the split deployment (Redis, the modules as services, the gateway) ----------
+
+SPLIT_SERVICES = (  # name, shop arguments
+    ("users", ("serve", "users")),
+    ("catalog-1", ("serve", "catalog")),
+    ("catalog-2", ("serve", "catalog")),
+    ("orders", ("serve", "orders")),
+    ("payments", ("serve", "payments")),
+    ("delivery", ("serve", "delivery")),
+)
+SPLIT_INSTANCES = {"users": 1, "catalog": 2, "orders": 1, "payments": 1, "delivery": 1}
+REDIS_BASE = "redis://127.0.0.1:6379"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (granian's workers do not stay in the server's process group)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """utime + stime of every live process in the trees below `roots` (the roots included)."""
+    total = 0
+    for pid in {p for root in roots for p in (root, *descendants(root))}:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Split:
+    """The split deployment's processes, each started in its own session; stop() kills them all."""
+
+    data_dir: Path
+    env: dict[str, str]
+    shop: str
+    gateway_port: int = 0
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    seen: set[int] = field(default_factory=set)  # every worker pid seen, for stop()
+
+    def log(self, name: str) -> Path:
+        return self.data_dir / f"{name}.log"
+
+    def start(self, name: str, *args: str) -> None:
+        port = hs.free_port()
+        self.ports[name] = port
+        with self.log(name).open("ab") as out:
+            self.processes[name] = subprocess.Popen(
+                [self.shop, *args, "--host", HOST, "--port", str(port)],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def start_all(self, server: str) -> None:
+        for name, args in SPLIT_SERVICES:
+            self.start(name, *args, "--server", server)
+        self.start("gateway", "gateway", "--server", server)
+        self.gateway_port = self.ports["gateway"]
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes.values()]
+
+    def cpu(self) -> float:
+        return tree_cpu_seconds(self.pids())
+
+    def service_ports(self) -> list[int]:
+        return [port for name, port in self.ports.items() if name != "gateway"]
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Bounded: the gateway answers, the admin logs in, and /api/v1/services lists every
+        module's instances healthy."""
+        deadline = time.monotonic() + timeout_s
+        last: Any = None
+        admin: dict[str, str] | None = None
+        with httpx.Client(base_url=f"http://{HOST}:{self.gateway_port}", timeout=5) as client:
+            while time.monotonic() < deadline:
+                for pid in self.pids():
+                    self.seen.update(descendants(pid))
+                dead = [n for n, p in self.processes.items() if p.poll() is not None]
+                if dead:
+                    raise RuntimeError(f"split: {', '.join(dead)} exited before the deployment was up")
+                try:
+                    if admin is None:
+                        r = client.post(
+                            "/api/v1/auth/token", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+                        )
+                        last = f"login {r.status_code}"
+                        if r.status_code == 200:
+                            admin = {"Authorization": f"Bearer {r.json()['access_token']}"}
+                    if admin is not None:
+                        r = client.get("/api/v1/services", headers=admin)
+                        last = f"services {r.status_code}"
+                        if r.status_code == 200:
+                            modules = r.json()["modules"]
+                            healthy = {
+                                m: sum(1 for i in modules.get(m, []) if i["healthy"]) for m in SPLIT_INSTANCES
+                            }
+                            last = f"healthy {healthy}"
+                            if all(healthy[m] >= n for m, n in SPLIT_INSTANCES.items()):
+                                return
+                except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
+                    last = repr(exc)
+                time.sleep(0.25)
+        raise RuntimeError(f"split: not up within {timeout_s:.0f}s (last: {last})")
+
+    def stop(self) -> None:
+        """SIGTERM every server, a bounded wait, then SIGKILL every process of every tree and every
+        worker ever seen (whether or not it left its server's process group)."""
+        for pid in self.pids():
+            self.seen.update(descendants(pid))
+        for process in self.processes.values():
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for process in self.processes.values():
+            for pid in [process.pid, *descendants(process.pid)]:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+        for pid in self.seen:  # none should be left; a stray one would heartbeat on
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+
+    def merged_log(self, target: Path) -> Path:
+        with target.open("wb") as out:
+            for name in self.processes:
+                with contextlib.suppress(OSError):
+                    out.write(self.log(name).read_bytes())
+        return target
+
+
+def flush_redis_db(db: int) -> None:
+    import redis  # a dependency of the shop's dramatiq transport
+
+    client = redis.Redis.from_url(f"{REDIS_BASE}/{db}", socket_timeout=5)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+def prepare_split(env: dict[str, str]) -> None:
+    """`shop migrate` and the signing key, once, before any service starts (bounded)."""
+    shop = str(Path(sys.executable).with_name("shop"))
+    subprocess.run([shop, "migrate"], env=env, check=True, capture_output=True, timeout=120)
+    make_keys = (
+        "from shop.settings import Settings; from shop.security.keys import load_keys; "
+        "load_keys(Settings.from_env())"
+    )
+    subprocess.run([sys.executable, "-c", make_keys], env=env, check=True, capture_output=True, timeout=60)
+
+
+def run_split(
+    args: argparse.Namespace, env: dict[str, str], work: Path, results: Path, hop_dir: Path | None
+) -> tuple[Outcome, tuple[str, str], collections.Counter[str]]:
+    env = {
+        **env,
+        "SHOP_REDIS_URL": f"{REDIS_BASE}/{args.redis_db}",
+        "SHOP_TRANSPORT": "dramatiq",
+        "SHOP_NAMESPACE": f"bench{os.getpid()}",
+    }
+    split = Split(Path(env["SHOP_DATA_DIR"]), env, str(Path(sys.executable).with_name("shop")))
+    log_problems: collections.Counter[str] = collections.Counter()
+    flush_redis_db(args.redis_db)
+    try:
+        prepare_split(env)
+        split.start_all(args.server)
+        try:
+            split.wait_ready(args.startup_timeout)
+        except Exception:
+            for name in split.processes:
+                tail = split.log(name).read_text(errors="replace").splitlines()[-8:]
+                print(f"--- last lines of {name}'s log ---\n" + "\n".join(tail), file=sys.stderr)
+            raise
+        print(
+            f"[split] up: gateway on :{split.gateway_port}, services "
+            + ", ".join(f"{n} :{p}" for n, p in split.ports.items() if n != "gateway"),
+            file=sys.stderr,
+            flush=True,
+        )
+        load_before = hs._loadavg()
+        outcome = asyncio.run(
+            drive(
+                args,
+                split.gateway_port,
+                0,
+                results,
+                hop_dir,
+                cpu=split.cpu,
+                metrics_ports=split.service_ports(),
+            )
+        )
+        load_after = hs._loadavg()
+    finally:
+        split.stop()
+        with contextlib.suppress(Exception):
+            flush_redis_db(args.redis_db)
+        with contextlib.suppress(OSError):
+            merged = split.merged_log(work / "orders-split.log")
+            hs._keep_head(split.log("gateway"), results / "orders-split-gateway.log.head", 30)
+            log_problems = problems(merged, results / f"orders-split-{args.mode}.warnings")
+    return outcome, (load_before, load_after), log_problems
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -682,9 +932,48 @@ class Outcome:
     hops: str = ""
 
 
+async def scrape_all(
+    client: httpx.AsyncClient, ports: list[int]
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics of several processes (the split deployment's services), samples summed; {} if any
+    of them does not answer (a partial sum would make the deltas lie)."""
+    total: dict[tuple[str, tuple[tuple[str, str], ...]], float] = collections.defaultdict(float)
+    for port in ports:
+        try:
+            response = await client.get(f"http://{HOST}:{port}/metrics", timeout=10)
+        except httpx.HTTPError:
+            return {}
+        if response.status_code != 200:
+            return {}
+        for line in response.text.splitlines():
+            match = _SAMPLE.match(line)
+            if not match or line.startswith("#"):
+                continue
+            labels = tuple(sorted(_LABEL.findall(match.group(2) or "")))
+            with contextlib.suppress(ValueError):
+                total[(match.group(1), labels)] += float(match.group(3))
+    return dict(total)
+
+
 async def drive(
-    args: argparse.Namespace, port: int, pgid: int, results: Path, hop_dir: Path | None
+    args: argparse.Namespace,
+    port: int,
+    pgid: int,
+    results: Path,
+    hop_dir: Path | None,
+    cpu: Any = None,
+    metrics_ports: list[int] | None = None,
 ) -> Outcome:
+    """`cpu()`: CPU seconds of the shop so far (default: the process group `pgid`);
+    `metrics_ports`: the processes whose /metrics are summed (default: the shop on `port`)."""
+    if cpu is None:
+        cpu = lambda: group_cpu_seconds(pgid)  # noqa: E731
+
+    async def metrics(client: httpx.AsyncClient) -> dict[Any, float]:
+        if metrics_ports is None:
+            return await scrape(client)
+        return await scrape_all(client, metrics_ports)
+
     limits = httpx.Limits(max_connections=args.concurrency + args.poll_concurrency + 4)
     timeout = httpx.Timeout(30.0)
     async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", limits=limits, timeout=timeout) as client:
@@ -725,17 +1014,17 @@ async def drive(
                     stderr=subprocess.DEVNULL,
                 )
                 await asyncio.sleep(1.0)  # py-spy attaches
-        metrics_before = await scrape(client)
+        metrics_before = await metrics(client)
         if hop_dir is not None:
             await asyncio.sleep(0.5)  # the counters are written every 0.2 s
         hops_before = hop_snapshot(hop_dir)
-        cpu_before = group_cpu_seconds(pgid)
+        cpu_before = cpu()
         stats = await timed_run(client, orders, customers, args)
-        stats.cpu_s = group_cpu_seconds(pgid) - cpu_before
+        stats.cpu_s = cpu() - cpu_before
         if hop_dir is not None:
             await asyncio.sleep(0.5)
         hops_after = hop_snapshot(hop_dir)
-        metrics_after = await scrape(client)
+        metrics_after = await metrics(client)
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes what it has and exits
             try:
@@ -783,6 +1072,17 @@ def main() -> int:
         help="count aiosqlite thread hand-offs in the shop (bench/hopcount/sitecustomize.py)",
     )
     parser.add_argument("--startup-timeout", type=float, default=90.0, help="seconds for the shop to come up")
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="measure the split deployment (Redis, the modules as services, the gateway) instead of shop run",
+    )
+    parser.add_argument(
+        "--redis-db",
+        type=int,
+        default=11,
+        help="--split: the Redis db on 127.0.0.1:6379 it uses and flushes (11)",
+    )
     args = parser.parse_args()
     if (
         min(
@@ -798,6 +1098,10 @@ def main() -> int:
         parser.error(
             "--orders, --concurrency, --customers, --products, --max-items, --poll-concurrency: >= 1"
         )
+    if args.split and args.profile:
+        parser.error("--profile is not available with --split")
+    if not 0 <= args.redis_db <= 15:
+        parser.error("--redis-db: 0 to 15")
 
     work = Path(tempfile.mkdtemp(prefix="shop-bench-orders-"))
     results = HERE / "results"
@@ -822,6 +1126,14 @@ def main() -> int:
         hop_dir.mkdir()
         env["SHOP_BENCH_HOPCOUNT_DIR"] = str(hop_dir)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE / "hopcount"), env.get("PYTHONPATH")) if p)
+    log_problems: collections.Counter[str] = collections.Counter()
+    warnings_name = f"orders-{'split' if args.split else 'shop'}-{args.mode}.warnings"
+    if args.split:
+        try:
+            outcome, (load_before, load_after), log_problems = run_split(args, env, work, results, hop_dir)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return finish(args, outcome, (load_before, load_after), log_problems, results, warnings_name)
     target = hs.Target(
         label=f"shop run / {args.server}",
         cmd=[
@@ -842,7 +1154,6 @@ def main() -> int:
         post=False,
     )
     proc = hs.start(target)
-    log_problems: collections.Counter[str] = collections.Counter()
     try:
         try:
             hs.wait_healthy(port, proc, timeout_s=args.startup_timeout)
@@ -859,10 +1170,21 @@ def main() -> int:
             hs._keep_head(target.log, results / "orders-shop.log.head", 30)
             log_problems = problems(target.log, results / f"orders-shop-{args.mode}.warnings")
         shutil.rmtree(work, ignore_errors=True)
-    report(outcome.orders, outcome.stats, args, (load_before, load_after))
+    return finish(args, outcome, (load_before, load_after), log_problems, results, warnings_name)
+
+
+def finish(
+    args: argparse.Namespace,
+    outcome: Outcome,
+    loadavg: tuple[str, str],
+    log_problems: collections.Counter[str],
+    results: Path,
+    warnings_name: str,
+) -> int:
+    report(outcome.orders, outcome.stats, args, loadavg)
     if log_problems:
         text = ", ".join(f"{event} {n}" for event, n in log_problems.most_common(8))
-        print(f"shop log warnings/errors (bench/results/orders-shop-{args.mode}.warnings): {text}")
+        print(f"shop log warnings/errors (bench/results/{warnings_name}): {text}")
     if outcome.unknown:
         text = ", ".join(f"{k} {v}" for k, v in outcome.unknown.most_common())
         print(

@@ -5,6 +5,8 @@
 #   bench/run.sh http       only the HTTP servers comparison
 #   bench/run.sh catalog    only the catalog read: shop run vs a bare Litestar app on the same catalog.db
 #   bench/run.sh orders     only orders per second through HTTP and the saga latency
+#   bench/run.sh orders-split  the same against the split deployment (Redis db 11 on 127.0.0.1:6379,
+#                           the modules as services, the gateway); not part of `all`
 # Extra arguments after the name go to that script, e.g. `bench/run.sh http --duration 4`.
 set -uo pipefail
 
@@ -63,10 +65,15 @@ if [[ "$what" == all || "$what" == orders ]]; then
     "$PY" bench/orders.py "$@" || status=1
     echo "   load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 fi
+if [[ "$what" == orders-split ]]; then
+    header "orders through HTTP on the split deployment: orders/s and saga latency (bench/orders.py --split)"
+    "$PY" bench/orders.py --split "$@" || status=1
+    echo "   load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+fi
 case "$what" in
-    all | ask | http | catalog | orders) ;;
+    all | ask | http | catalog | orders | orders-split) ;;
     *)
-        echo "usage: bench/run.sh [all|ask|http|catalog|orders] [args for that script]" >&2
+        echo "usage: bench/run.sh [all|ask|http|catalog|orders|orders-split] [args for that script]" >&2
         exit 2
         ;;
 esac
