@@ -19,25 +19,24 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
-from litestar import Litestar
 
 from shop.app import create_app
 from shop.modules.payments.service import PaymentProcessor
 from shop.modules.payments.simulated import SimulatedProvider
 from shop.settings import MODULE_NAMES, RateLimit, Settings
 
+from .apphost import serving
+
 pytestmark = pytest.mark.timeout(240, method="thread")  # a hang dumps every stack
 
 ADMIN = {"email": "admin@example.com", "password": "adminpassword"}
 PASSWORD = "password123"
-LIFESPAN_TIMEOUT_S = 60.0
 ORDERS = 40  # more than the in-process transport's 16 workers per module queue
 PLACING_AT_ONCE = 8
 PAYMENT_WORKERS = 16
@@ -48,35 +47,6 @@ HANG_S = 3600.0
 
 
 # -- the app on this test's event loop ---------------------------------------------------------
-
-
-@asynccontextmanager
-async def serving(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
-    """The app's lifespan (held by a task of its own: it must be entered and left by one task)
-    and an HTTP client calling the app on this event loop."""
-    started, stop = asyncio.Event(), asyncio.Event()
-
-    async def hold() -> None:
-        async with app.lifespan():
-            started.set()
-            await stop.wait()
-
-    holder = asyncio.create_task(hold(), name="app-lifespan")
-    ready = asyncio.create_task(started.wait())
-    await asyncio.wait({holder, ready}, timeout=LIFESPAN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
-    if not started.is_set():
-        ready.cancel()
-        if holder.done():
-            holder.result()  # the start-up error
-        holder.cancel()
-        raise AssertionError(f"the app did not start within {LIFESPAN_TIMEOUT_S}s")
-    try:
-        transport = httpx.ASGITransport(app=cast(Any, app), client=("127.0.0.1", 50000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://shop.test", timeout=60) as client:
-            yield client
-    finally:
-        stop.set()
-        await asyncio.wait_for(holder, LIFESPAN_TIMEOUT_S)
 
 
 async def until(check: Callable[[], Awaitable[Any]], *, timeout: float = 60.0, what: str) -> Any:

@@ -16,25 +16,24 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
-from litestar import Litestar
 from sqlalchemy.engine import make_url
 
 from shop.app import create_app
 from shop.settings import MODULE_NAMES, RateLimit, Settings
+
+from .apphost import serving
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
 
 ADMIN = {"email": "admin@example.com", "password": "adminpassword"}
 FINAL = ("COMPLETED", "FAILED", "CANCELLED")
 SETTLE_TIMEOUT_S = 60.0
-LIFESPAN_TIMEOUT_S = 60.0
 PRICE = 1250
 
 
@@ -98,35 +97,6 @@ async def database_url(private_postgres_url: str) -> AsyncIterator[str]:
 
 
 # -- the app on this test's event loop, and a client with the order journey's shortcuts ------
-
-
-@asynccontextmanager
-async def serving(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
-    """The app's lifespan and its requests on this test's event loop (held by a task of its
-    own: a lifespan must be entered and left by one task)."""
-    started, stop = asyncio.Event(), asyncio.Event()
-
-    async def hold() -> None:
-        async with app.lifespan():
-            started.set()
-            await stop.wait()
-
-    holder = asyncio.create_task(hold(), name="app-lifespan")
-    ready = asyncio.create_task(started.wait())
-    await asyncio.wait({holder, ready}, timeout=LIFESPAN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
-    if not started.is_set():
-        ready.cancel()
-        if holder.done():
-            holder.result()  # the start-up error
-        holder.cancel()
-        raise AssertionError(f"the app did not start within {LIFESPAN_TIMEOUT_S}s")
-    try:
-        transport = httpx.ASGITransport(app=cast(Any, app), client=("127.0.0.1", 50000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://shop.test", timeout=60) as client:
-            yield client
-    finally:
-        stop.set()
-        await asyncio.wait_for(holder, LIFESPAN_TIMEOUT_S)
 
 
 async def until(check: Callable[[], Awaitable[Any]], *, timeout: float = SETTLE_TIMEOUT_S, what: str) -> Any:
