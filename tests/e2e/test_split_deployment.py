@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import redis
 
@@ -380,3 +381,40 @@ def test_with_no_delivery_instance_only_delivery_answers_503(split: Deployment, 
     assert journey.client.get("/api/v1/products").status_code == 200
     assert journey.client.get("/api/v1/users/me", headers=customer).status_code == 200
     assert journey.client.get("/api/v1/orders", headers=customer).status_code == 200
+
+
+def test_operators_see_and_redrive_every_services_dead_letters_through_the_gateway(
+    split: Deployment, journey: Journey
+) -> None:
+    from shop.bus import inbox
+    from shop.bus.messages import new_envelope
+    from shop.contracts.users import RegisterUser
+    from shop.db import Database
+
+    email = f"dead-{uuid.uuid4().hex[:8]}@example.com"
+    envelope = new_envelope(RegisterUser(email=email, password="longenough1", name="Dee"))
+
+    async def bury() -> uuid.UUID:
+        database = Database("users", f"sqlite+aiosqlite:///{split.data_dir / 'users.db'}")
+        try:
+            dead = msgspec.structs.replace(envelope, consumer="users.register_user", attempt=5)
+            return await inbox.bury(database, "users", dead, "RuntimeError: the database was down")
+        finally:
+            await database.dispose()
+
+    entry_id = asyncio.run(bury())
+    listing = journey.client.get("/api/v1/admin/dead-letters", headers=journey.admin)
+    assert listing.status_code == 200, listing.text
+    assert [item["id"] for item in listing.json()["items"]] == [str(entry_id)]
+    shown = journey.client.get(f"/api/v1/admin/dead-letters/{entry_id}", headers=journey.admin)
+    assert shown.status_code == 200
+    assert shown.json()["envelope"]["body"]["email"] == email
+    customer = journey.customer()
+    assert journey.client.get("/api/v1/admin/dead-letters", headers=customer).status_code == 403
+
+    redriven = journey.client.post(f"/api/v1/admin/dead-letters/{entry_id}/redrive", headers=journey.admin)
+    assert redriven.status_code == 202
+    until(lambda: login(journey.client, email, "longenough1"), timeout=30, what="redriven sign-up handled")
+    assert journey.client.get("/api/v1/admin/dead-letters", headers=journey.admin).json()["items"] == []
+    again = journey.client.post(f"/api/v1/admin/dead-letters/{entry_id}/redrive", headers=journey.admin)
+    assert again.status_code == 404

@@ -27,6 +27,8 @@ from litestar.datastructures import State
 from shop.bus.breaker import BreakerConfig, BreakerRegistry, CircuitState
 from shop.discovery.base import DEFAULT_ROUTES, Registry
 from shop.discovery.factory import registry_for
+from shop.gateway.fanout_deadletters import PATH as DEAD_LETTERS
+from shop.gateway.fanout_deadletters import FanOutDeadLetterController
 from shop.gateway.middleware import GatewayMiddleware
 from shop.gateway.ops import OpsController
 from shop.gateway.problems import EXCEPTION_HANDLERS, problem
@@ -110,13 +112,14 @@ class Gateway:
         self._on_shutdown = list(on_shutdown)
         self._openapi: tuple[float, dict[str, Any]] | None = None
         self.ops = Litestar(
-            route_handlers=[OpsController, SchemaController],
+            route_handlers=[OpsController, SchemaController, FanOutDeadLetterController],
             lifespan=[self._lifespan],
             state=State(
                 {
                     "gateway": self,
                     "ready_checks": {"registry": registry.ping},
                     "describe_services": self.describe_services,
+                    "instances": self,
                 }
             ),
             exception_handlers=EXCEPTION_HANDLERS,
@@ -139,7 +142,7 @@ class Gateway:
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path.startswith("/api/") and path not in _SERVICES_PATHS:
+            if path.startswith("/api/") and path not in _SERVICES_PATHS and not path.startswith(DEAD_LETTERS):
                 await self.proxy(scope, receive, send)
                 return
         await self._ops_asgi(scope, receive, send)
@@ -180,6 +183,26 @@ class Gateway:
         for view in views:
             modules.setdefault(view.module, []).append(view.public())
         return {"modules": modules, "breakers": self.breakers.states()}
+
+    def service_urls(self) -> list[str]:
+        """One healthy instance URL per distinct service (a process serving several modules
+        counts once)."""
+        urls: dict[str, None] = {}
+        for module in self.proxy.table.modules:
+            for view in self.proxy.candidates(module)[:1]:
+                urls.setdefault(view.url, None)
+        return sorted(urls)
+
+    async def call(
+        self, url: str, method: str, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, bytes]:
+        """One upstream request (for the gateway's own fan-out endpoints)."""
+        idempotent = method == "GET"
+        response = await self.proxy.upstream.request(url, method, path, headers, b"", idempotent=idempotent)
+        try:
+            return response.status, await response.read()
+        finally:
+            await response.aclose()
 
     async def openapi(self) -> dict[str, Any] | None:
         """The modules' OpenAPI documents merged (one healthy instance asked per URL), cached."""

@@ -1,0 +1,99 @@
+"""Dead letters across every service, at the gateway (admin only).
+
+Each service keeps the dead letters of its own modules; the gateway lists them from one healthy
+instance per service URL and merges them, and sends show/redrive to the instances until one
+knows the entry — so operators get the same endpoints through `shop gateway` as on `shop run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.exceptions import NotFoundException, ServiceUnavailableException
+from litestar.params import FromPath
+
+from shop.security.guards import admin_only
+from shop.web.pagination import Cursor, Limit, decode_cursor, encode_cursor
+
+PATH = "/api/v1/admin/dead-letters"
+CALL_TIMEOUT_S = 3.0
+PAGE_SIZE = 100  # what is fetched from each service (its own limit)
+
+class Instances(Protocol):
+    def service_urls(self) -> Sequence[str]: ...
+
+    async def call(
+        self, url: str, method: str, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, bytes]: ...
+
+
+def _auth(request: Request[Any, Any, Any]) -> list[tuple[bytes, bytes]]:
+    headers = [(b"accept", b"application/json")]
+    authorization = request.headers.get("authorization")
+    if authorization:
+        headers.append((b"authorization", authorization.encode("latin-1")))
+    return headers
+
+
+async def _each(
+    instances: Instances, method: str, path: str, headers: list[tuple[bytes, bytes]]
+) -> list[tuple[int, bytes] | None]:
+    async def one(url: str) -> tuple[int, bytes] | None:
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                return await instances.call(url, method, path, headers)
+        except Exception:  # an instance that does not answer contributes nothing
+            return None
+
+    return list(await asyncio.gather(*(one(url) for url in instances.service_urls())))
+
+
+class FanOutDeadLetterController(Controller):
+    path = PATH
+    tags = ["operations"]
+    guards = [admin_only]
+
+    @get("/", summary="Dead letters of every service, oldest first")
+    async def list_all(
+        self, request: Request[Any, Any, Any], state: State, limit: Limit = 20, cursor: Cursor = None
+    ) -> dict[str, Any]:
+        instances: Instances = state["instances"]
+        answers = await _each(instances, "GET", f"{PATH}?limit={PAGE_SIZE}", _auth(request))
+        if answers and all(a is None for a in answers):
+            raise ServiceUnavailableException(detail="no service answered", headers={"Retry-After": "5"})
+        items: list[dict[str, Any]] = []
+        for answer in answers:
+            if answer is not None and answer[0] == 200:
+                items.extend(msgspec.json.decode(answer[1]).get("items", []))
+        items.sort(key=lambda item: (str(item.get("failed_at")), str(item.get("id"))))
+        start = int(decode_cursor(cursor, 1)[0]) if cursor else 0  # type: ignore[index]
+        window = items[start : start + limit]
+        more = start + limit < len(items)
+        return {"items": window, "next_cursor": encode_cursor(start + limit) if more else None}
+
+    @get("/{entry_id:uuid}", summary="One dead letter with its envelope")
+    async def show(
+        self, request: Request[Any, Any, Any], state: State, entry_id: FromPath[uuid.UUID]
+    ) -> Response[Any]:
+        return await _first(state["instances"], "GET", f"{PATH}/{entry_id}", _auth(request), 200)
+
+    @post("/{entry_id:uuid}/redrive", summary="Deliver a dead letter again", status_code=202)
+    async def redrive(
+        self, request: Request[Any, Any, Any], state: State, entry_id: FromPath[uuid.UUID]
+    ) -> Response[Any]:
+        return await _first(state["instances"], "POST", f"{PATH}/{entry_id}/redrive", _auth(request), 202)
+
+
+async def _first(
+    instances: Instances, method: str, path: str, headers: list[tuple[bytes, bytes]], ok: int
+) -> Response[Any]:
+    for answer in await _each(instances, method, path, headers):
+        if answer is not None and answer[0] == ok:
+            return Response(msgspec.json.decode(answer[1]), status_code=ok)
+    raise NotFoundException(detail="no such dead letter")
