@@ -1,14 +1,19 @@
-"""Serving a Shop app to a test on the test's own event loop (shared by integration tests)."""
+"""Shared by integration tests: serving a Shop app on the test's own event loop, and a private
+PostgreSQL database with the module schemas dropped around each test."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import concurrent.futures
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, cast
 
 import httpx
 from litestar import Litestar
+from sqlalchemy.engine import make_url
+
+from shop.settings import MODULE_NAMES
 
 LIFESPAN_TIMEOUT_S = 60.0
 
@@ -42,3 +47,50 @@ async def serving(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     finally:
         stop.set()
         await asyncio.wait_for(holder, LIFESPAN_TIMEOUT_S)
+
+
+def run_sync(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine to completion in a thread of its own (fixtures may be set up from inside
+    a running event loop)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coroutine).result()
+
+
+def _dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def pg_execute(url: str, *statements: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(_dsn(url))
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def pg_rows(url: str, query: str, *args: Any) -> list[dict[str, Any]]:
+    import asyncpg
+
+    conn = await asyncpg.connect(_dsn(url))
+    try:
+        return [dict(row) for row in await conn.fetch(query, *args)]
+    finally:
+        await conn.close()
+
+
+def drop_module_schemas() -> list[str]:
+    return [f'DROP SCHEMA IF EXISTS "{module}" CASCADE' for module in MODULE_NAMES]
+
+
+@contextmanager
+def private_database(server_url: str, name: str) -> Iterator[str]:
+    """A database of the test module's own on the server (others drop schemas in the shared one)."""
+    drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    run_sync(pg_execute(server_url, drop, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        run_sync(pg_execute(server_url, drop))

@@ -13,23 +13,21 @@ are dropped before and after each run, and the app migrates them on start.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from shop.app import create_app
-from shop.settings import MODULE_NAMES, RateLimit, Settings
+from shop.settings import RateLimit, Settings
 
-from .apphost import serving
+from .apphost import drop_module_schemas, pg_execute, private_database, serving
 
 pytestmark = [
     pytest.mark.parametrize(
@@ -48,37 +46,10 @@ CUSTOMERS = 30
 # -- PostgreSQL: a database of this module's own, its module schemas dropped around each run --
 
 
-def _run(coroutine: Coroutine[Any, Any, None]) -> None:
-    # In a thread of its own: fixtures may be set up from inside a running event loop.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, coroutine).result()
-
-
-async def _pg_execute(url: str, *statements: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
-def _drop_schemas() -> list[str]:
-    return [f'DROP SCHEMA IF EXISTS "{module}" CASCADE' for module in MODULE_NAMES]
-
-
 @pytest.fixture(scope="module")
 def private_postgres_url(postgres_url: str) -> Iterator[str]:
-    name = f"shop_test_order_race_{os.getpid()}"
-    _run(
-        _pg_execute(
-            postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'
-        )
-    )
-    yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    _run(_pg_execute(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with private_database(postgres_url, f"shop_test_order_race_{os.getpid()}") as url:
+        yield url
 
 
 @pytest.fixture
@@ -88,11 +59,11 @@ async def database_url(backend: str, request: pytest.FixtureRequest) -> AsyncIte
         yield None
         return
     url = str(request.getfixturevalue("private_postgres_url"))
-    await _pg_execute(url, *_drop_schemas())
+    await pg_execute(url, *drop_module_schemas())
     try:
         yield url
     finally:
-        await _pg_execute(url, *_drop_schemas())
+        await pg_execute(url, *drop_module_schemas())
 
 
 # -- a client with the shortcuts an order journey needs --------------------------------------

@@ -11,23 +11,21 @@ refunds, restocks and cancels the delivery. The rows are checked in PostgreSQL i
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from shop.app import create_app
-from shop.settings import MODULE_NAMES, RateLimit, Settings
+from shop.settings import RateLimit, Settings
 
-from .apphost import serving
+from .apphost import drop_module_schemas, pg_execute, pg_rows, private_database, serving
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
 
@@ -40,60 +38,19 @@ PRICE = 1250
 # -- PostgreSQL: a database of this module's own, its module schemas dropped around each test --
 
 
-def _run(coroutine: Coroutine[Any, Any, None]) -> None:
-    # In a thread of its own: fixtures may be set up from inside a running event loop.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, coroutine).result()
-
-
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
-
-
-async def _pg_execute(url: str, *statements: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    conn = await asyncpg.connect(_dsn(url))
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
-async def _pg_rows(url: str, query: str, *args: Any) -> list[dict[str, Any]]:
-    import asyncpg
-
-    conn = await asyncpg.connect(_dsn(url))
-    try:
-        return [dict(row) for row in await conn.fetch(query, *args)]
-    finally:
-        await conn.close()
-
-
-def _drop_schemas() -> list[str]:
-    return [f'DROP SCHEMA IF EXISTS "{module}" CASCADE' for module in MODULE_NAMES]
-
-
 @pytest.fixture(scope="module")
 def private_postgres_url(postgres_url: str) -> Iterator[str]:
-    name = f"shop_test_order_saga_{os.getpid()}"
-    _run(
-        _pg_execute(
-            postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'
-        )
-    )
-    yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    _run(_pg_execute(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with private_database(postgres_url, f"shop_test_order_saga_{os.getpid()}") as url:
+        yield url
 
 
 @pytest.fixture
 async def database_url(private_postgres_url: str) -> AsyncIterator[str]:
-    await _pg_execute(private_postgres_url, *_drop_schemas())
+    await pg_execute(private_postgres_url, *drop_module_schemas())
     try:
         yield private_postgres_url
     finally:
-        await _pg_execute(private_postgres_url, *_drop_schemas())
+        await pg_execute(private_postgres_url, *drop_module_schemas())
 
 
 # -- the app on this test's event loop, and a client with the order journey's shortcuts ------
@@ -211,7 +168,7 @@ class Shopper:
 
     async def rows(self, query: str, *args: Any) -> list[dict[str, Any]]:
         """Straight from PostgreSQL: proof the data lives in the module schemas there."""
-        return await _pg_rows(self.database_url, query, *args)
+        return await pg_rows(self.database_url, query, *args)
 
 
 @pytest.fixture
