@@ -26,6 +26,7 @@ from shop.contracts.orders import (
     TimelineItem,
 )
 from shop.contracts.payments import PaymentCaptured, PaymentDeclined
+from shop.db import Database, unit_of_work
 from shop.modules.orders import module, service
 from shop.modules.orders.saga import OrderSagas, cancel_saga_id, initial_data
 from shop.modules.orders.service import IdempotencyConflict, OrderBook
@@ -68,23 +69,28 @@ async def list_orders(query: ListOrders, book: OrderBook) -> OrderPage:
     return await book.page(query.customer_id, limit=query.limit, before=before)
 
 
-@module.handles(CancelOrder)
+@module.handles(CancelOrder, transactional=False)
 async def cancel_order(
-    cmd: CancelOrder, book: OrderBook, sagas: OrderSagas, bus: Bus
+    cmd: CancelOrder, database: Database, sagas: OrderSagas, bus: Bus
 ) -> OrderView | Rejected:
     """Before payment: cancel the running saga (void, release). After: refund, restock — unless
-    the delivery has shipped (409)."""
-    order = await book.visible(cmd.order_id, cmd.viewer_id, cmd.viewer_is_admin)
+    the delivery has shipped (409). Delivery is asked outside any orders transaction, so the
+    orders write slot is never held across a call to another module."""
+    async with unit_of_work(database, write=False) as uow:
+        order = await OrderBook(uow.session).visible(cmd.order_id, cmd.viewer_id, cmd.viewer_is_admin)
     if order is None:
         return NOT_FOUND
     if order.status in service.FINAL:
         return Rejected(code="ALREADY_FINAL", detail=f"the order is already {order.status}")
     if order.status != service.COMPLETED:
-        if not await sagas.engine.cancel(order.id, "CANCELLED_BY_CUSTOMER", CANCELLED):
+        async with unit_of_work(database) as uow:
+            cancelled = await sagas.engine.cancel(order.id, "CANCELLED_BY_CUSTOMER", CANCELLED)
+        if not cancelled:
             state = await sagas.engine.get(order.id)
             if state is None or state.status not in ("COMPLETED",):
                 return Rejected(code="ALREADY_FINAL", detail="the order is already being cancelled")
-        return await book.get(order.id) or order
+        async with unit_of_work(database, write=False) as uow:
+            return await OrderBook(uow.session).get(order.id) or order
     try:
         verdict = await bus.ask(CancelDelivery(order_id=order.id), timeout=5.0)
     except (BusError, CircuitOpenError, TimeoutError) as exc:
@@ -94,11 +100,12 @@ async def cancel_order(
     if not isinstance(verdict, DeliveryCancellation) or not verdict.cancelled:
         status = verdict.status if isinstance(verdict, DeliveryCancellation) else "unknown"
         return Rejected(code="ALREADY_SHIPPED", detail=f"the delivery is already {status}")
-    await sagas.engine.start(
-        sagas.cancel_completed,
-        cancel_saga_id(order.id),
-        {"order_id": str(order.id), "customer_id": str(order.customer_id)},
-    )
+    async with unit_of_work(database):
+        await sagas.engine.start(
+            sagas.cancel_completed,
+            cancel_saga_id(order.id),
+            {"order_id": str(order.id), "customer_id": str(order.customer_id)},
+        )
     return order
 
 
