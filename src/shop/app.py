@@ -37,6 +37,7 @@ from shop.gateway.problems import EXCEPTION_HANDLERS
 from shop.gateway.ratelimit import MemoryRateLimitStore, RateLimiter, RateLimitStore
 from shop.observability import logging as shop_logging
 from shop.observability import metrics
+from shop.observability.logcontext import enter_module, leave_module, set_process_module
 from shop.process import die_with_parent
 from shop.security.guards import provide_principal
 from shop.security.keys import load_keys
@@ -79,12 +80,14 @@ class Shop:
         for name in self.local:
             module = self.bus.modules[name]
             injector = self.bus.injector_for(name)
+            bound = enter_module(name)  # the hooks and background tasks log as their module
             for hook in module.startup_hooks:
                 await hook(**injector.plan(hook).arguments(_startup_scope()))
             for task in module.background_tasks:
                 arguments = injector.plan(task).arguments(_startup_scope())
                 coroutine = cast(Coroutine[Any, Any, None], task(**arguments))
                 self._tasks.append(asyncio.create_task(coroutine, name=f"{name}:{task.__name__}"))
+            leave_module(bound)
         log.info("shop.started", modules=list(self.local), transport=self.bus.transport.name)
 
     async def stop(self) -> None:
@@ -255,12 +258,14 @@ def build_app(
     )
     # Around the whole router (not per route), so unmatched paths get request ids, logs and
     # rate limits too; errors inside are still turned into problem details by Litestar.
+    service = "shop" if len(shop.local) > 1 else shop.local[0]
+    set_process_module(service)  # what lines outside any module's work say they are about
     app.asgi_handler = cast(Any, GatewayMiddleware)(
         app.asgi_handler,
         verifier=shop.verifier,
         limiter=shop.limiter if rate_limit else None,
         rate_limit=shop.settings.rate_limit,
-        service="shop" if len(shop.local) > 1 else shop.local[0],
+        service=service,
     )
     return app
 

@@ -40,6 +40,7 @@ from shop.modules.delivery import models as delivery_models
 from shop.modules.orders import models as orders_models
 from shop.modules.payments import models as payments_models
 from shop.modules.users import models as users_models
+from shop.observability.logcontext import bound_module
 from shop.settings import MODULE_NAMES, Settings
 
 __all__ = [
@@ -150,8 +151,9 @@ async def upgrade(settings: Settings, modules: Sequence[str] | None = None, revi
     module alone. Running it again when already there does nothing.
     """
     for module in _modules(modules):
-        log.info("migrating %s up to %s", module, revision)
-        await _run(settings, module, lambda config: command.upgrade(config, revision))
+        with bound_module(module):
+            log.info("migrating %s up to %s", module, revision)
+            await _run(settings, module, lambda config: command.upgrade(config, revision))
 
 
 async def downgrade(settings: Settings, modules: Sequence[str] | None = None, revision: str = "base") -> None:
@@ -160,8 +162,9 @@ async def downgrade(settings: Settings, modules: Sequence[str] | None = None, re
     Modules are taken in reverse order. The (then empty) version table stays behind.
     """
     for module in reversed(_modules(modules)):
-        log.info("migrating %s down to %s", module, revision)
-        await _run(settings, module, lambda config: command.downgrade(config, revision))
+        with bound_module(module):
+            log.info("migrating %s down to %s", module, revision)
+            await _run(settings, module, lambda config: command.downgrade(config, revision))
 
 
 async def current(settings: Settings, modules: Sequence[str] | None = None) -> dict[str, tuple[str, ...]]:

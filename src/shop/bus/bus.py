@@ -33,6 +33,7 @@ from shop.bus.transports.base import Outcome, Result, Transport
 from shop.bus.transports.inprocess import LocalRequests
 from shop.db import Database, current_unit_of_work, unit_of_work
 from shop.observability import metrics
+from shop.observability.logcontext import enter_module, leave_module
 
 log = structlog.get_logger("shop.bus")
 
@@ -250,6 +251,7 @@ class Bus:
             sender=sender,
             consumer=consumer,
             encode_body=encode_body,
+            request_id=ctx.request_id,
         )
 
     async def _deliver(self, queue: str, envelope: Envelope) -> Awaitable[None]:
@@ -273,34 +275,43 @@ class Bus:
             await bound.invoke(Call(queue, bound.spec.consumer, envelope, message))
             return Result(Outcome.DONE)
         except Exception as exc:
-            consumer = envelope.consumer or "?"
-            metrics.BUS_FAILED.labels(consumer, envelope.type).inc()
-            if self.retry.should_retry(envelope.attempt):
-                delay = self.retry.delay(envelope.attempt)
-                metrics.BUS_RETRIED.labels(consumer, envelope.type).inc()
-                log.warning(
-                    "bus.retry",
-                    consumer=consumer,
-                    type=envelope.type,
-                    attempt=envelope.attempt,
-                    delay=round(delay, 4),
-                    error=repr(exc),
-                )
-                return Result(Outcome.RETRY, delay)
-            database = self.databases.get(queue)
-            if database is None:
-                raise
-            entry = await inbox.bury(database, queue, envelope, "".join(traceback.format_exception(exc)))
-            metrics.BUS_DEAD.labels(consumer, envelope.type).inc()
-            log.error(
-                "bus.dead_lettered",
+            token, module = context.enter(_context_of(envelope)), enter_module(queue)
+            try:
+                return await self._failed(queue, envelope, exc)
+            finally:
+                leave_module(module)
+                context.leave(token)
+
+    async def _failed(self, queue: str, envelope: Envelope, exc: Exception) -> Result:
+        """Count a failed delivery; schedule it again, or dead-letter it after the last attempt."""
+        consumer = envelope.consumer or "?"
+        metrics.BUS_FAILED.labels(consumer, envelope.type).inc()
+        if self.retry.should_retry(envelope.attempt):
+            delay = self.retry.delay(envelope.attempt)
+            metrics.BUS_RETRIED.labels(consumer, envelope.type).inc()
+            log.warning(
+                "bus.retry",
                 consumer=consumer,
                 type=envelope.type,
-                attempts=envelope.attempt,
-                dead_letter_id=str(entry),
+                attempt=envelope.attempt,
+                delay=round(delay, 4),
                 error=repr(exc),
             )
-            return Result(Outcome.DEAD)
+            return Result(Outcome.RETRY, delay)
+        database = self.databases.get(queue)
+        if database is None:
+            raise exc
+        entry = await inbox.bury(database, queue, envelope, "".join(traceback.format_exception(exc)))
+        metrics.BUS_DEAD.labels(consumer, envelope.type).inc()
+        log.error(
+            "bus.dead_lettered",
+            consumer=consumer,
+            type=envelope.type,
+            attempts=envelope.attempt,
+            dead_letter_id=str(entry),
+            error=repr(exc),
+        )
+        return Result(Outcome.DEAD)
 
     def _lookup(self, envelope: Envelope) -> _Bound:
         consumer = envelope.consumer or self.router.owner(envelope.type).consumer
@@ -350,20 +361,23 @@ def _wrap(mw: Middleware, nxt: Next) -> Next:
     return call
 
 
-async def _context_middleware(call: Call, nxt: Next) -> Any:
-    """Handlers run in the context of the message: its trace, correlation and cause."""
-    env = call.envelope
-    token = context.enter(
-        context.MessageContext(
-            correlation_id=env.correlation_id,
-            causation_id=env.message_id,
-            traceparent=env.traceparent,
-            request_id=context.current().request_id,
-        )
+def _context_of(env: Envelope) -> context.MessageContext:
+    return context.MessageContext(
+        correlation_id=env.correlation_id,
+        causation_id=env.message_id,
+        traceparent=env.traceparent,
+        request_id=env.request_id or context.current().request_id,
     )
+
+
+async def _context_middleware(call: Call, nxt: Next) -> Any:
+    """Handlers run in the context of the message (its trace, correlation, cause and request)
+    and log as its module."""
+    token, module = context.enter(_context_of(call.envelope)), enter_module(call.module)
     try:
         return await nxt(call)
     finally:
+        leave_module(module)
         context.leave(token)
 
 

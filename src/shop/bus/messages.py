@@ -68,6 +68,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     deadline: float | None = None
     consumer: str | None = None
     sender: str | None = None
+    request_id: str | None = None  # the HTTP request that caused it (for logs), if any
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,6 +129,7 @@ def new_envelope(
     sender: str | None = None,
     consumer: str | None = None,
     encode_body: bool = True,
+    request_id: str | None = None,
 ) -> Envelope:
     """An envelope for `message`. `encode_body=False` leaves the body empty, for a message
     that is handed over as an object and never leaves the process (a local `ask`)."""
@@ -143,6 +145,7 @@ def new_envelope(
         deadline=deadline,
         consumer=consumer,
         sender=sender,
+        request_id=request_id,
     )
 
 

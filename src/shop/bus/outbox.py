@@ -18,10 +18,12 @@ import msgspec
 import sqlalchemy as sa
 import structlog
 
+from shop.bus import context
 from shop.bus.messages import Envelope, decode_envelope, encode
 from shop.bus.tables import outbox
 from shop.db import Database, UnitOfWork, unit_of_work
 from shop.observability import metrics
+from shop.observability.logcontext import enter_module
 
 log = structlog.get_logger("shop.bus.outbox")
 
@@ -114,6 +116,16 @@ class Relay:
             task.add_done_callback(self._tasks.discard)
 
     async def _deliver_one(self, module: str, envelope: Envelope) -> None:
+        # A task of its own: what it logs is about the sending module and this message.
+        enter_module(module)
+        context.enter(
+            context.MessageContext(
+                correlation_id=envelope.correlation_id,
+                causation_id=envelope.causation_id,
+                traceparent=envelope.traceparent,
+                request_id=envelope.request_id,
+            )
+        )
         try:
             receipts = [
                 await self.deliver(queue, msgspec.structs.replace(envelope, consumer=consumer))

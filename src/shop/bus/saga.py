@@ -52,6 +52,7 @@ from shop.bus.retry import RetryPolicy
 from shop.bus.tables import saga_instances, saga_steps
 from shop.db import Database, UnitOfWork, current_unit_of_work, unit_of_work
 from shop.observability import metrics
+from shop.observability.logcontext import bound_module
 
 __all__ = [
     "ABORTED",
@@ -736,12 +737,13 @@ class SagaEngine:
         """
         if self._joined() is not None:
             raise SagaError("advance() must not run inside a unit of work on the saga's database")
-        while True:
-            async with self._locked(saga_id):
-                progressed = await self._step_once(saga_id)
-            if not progressed:
-                break
-        return await self.get(saga_id)
+        with bound_module(self.database.module):  # timers advance sagas outside any handler
+            while True:
+                async with self._locked(saga_id):
+                    progressed = await self._step_once(saga_id)
+                if not progressed:
+                    break
+            return await self.get(saga_id)
 
     async def _step_once(self, saga_id: uuid.UUID) -> bool:
         row = await self._load(saga_id)

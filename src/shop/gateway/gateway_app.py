@@ -44,6 +44,7 @@ from shop.gateway.ratelimit import RateLimiter, RedisRateLimitStore
 from shop.gateway.upstream import HttpxUpstream, UpstreamError
 from shop.observability import logging as shop_logging
 from shop.observability import metrics
+from shop.observability.logcontext import set_process_module
 from shop.security.keys import load_keys
 from shop.security.tokens import TokenVerifier
 from shop.settings import Settings
@@ -315,6 +316,7 @@ def create_gateway_app(settings: Settings | None = None, *, service_urls: str | 
     Redis rate limits shared by every gateway, the public key from the settings or data dir."""
     settings = settings or Settings.from_env()
     shop_logging.configure(settings.log_level)
+    set_process_module("gateway")
     keys = load_keys(settings, generate=False)
     registry = registry_for(settings, service_urls)
     store = RedisRateLimitStore(settings.redis_url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO, cast
@@ -12,6 +13,10 @@ import structlog
 
 from shop.bus import context
 from shop.bus.middleware import set_debug
+from shop.observability.logcontext import current_module
+
+#: The keys every line carries (None where nothing is known, e.g. at start-up).
+CONTEXT_KEYS = ("module", "trace_id", "span_id", "correlation_id", "request_id")
 
 
 def _add_message_context(
@@ -26,16 +31,27 @@ def _add_message_context(
         event["correlation_id"] = str(ctx.correlation_id)
     if ctx.request_id and "request_id" not in event:
         event["request_id"] = ctx.request_id
+    if event.get("module") is None:
+        event["module"] = current_module()
+    for key in CONTEXT_KEYS:
+        event.setdefault(key, None)
     return event
 
 
-_SECRET_KEYS = ("password", "token", "authorization", "secret", "private_key")
+_SECRET_KEYS = ("password", "token", "authorization", "secret", "private_key", "cookie")
+# A JWT (three base64url parts, the first a JSON header) or the credential of a bearer header.
+_SECRET_VALUES = re.compile(
+    r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*|(?i:bearer\s+)[^\s'\",;]+"
+)
 
 
 def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in list(event):
+    """Blank values under secret-sounding keys, and tokens wherever they appear in a string."""
+    for key, value in event.items():
         if any(s in key.lower() for s in _SECRET_KEYS):
             event[key] = "[redacted]"
+        elif isinstance(value, str) and ("eyJ" in value or "earer" in value):
+            event[key] = _SECRET_VALUES.sub("[redacted]", value)
     return event
 
 
@@ -65,8 +81,8 @@ def configure(level: str = "INFO", *, stream: Any = None) -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _add_message_context,
-        _redact,
         structlog.processors.format_exc_info,
+        _redact,
         structlog.processors.JSONRenderer(serializer=_dumps),
     ]
     structlog.configure(
@@ -84,11 +100,12 @@ def configure(level: str = "INFO", *, stream: Any = None) -> None:
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
                 _add_message_context,
+                structlog.processors.format_exc_info,
                 _redact,
             ],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.JSONRenderer(),
+                structlog.processors.JSONRenderer(serializer=_dumps),
             ],
         )
     )
