@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,32 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / f'{module}.db').resolve()}"
+
+
+def known_variables() -> frozenset[str]:
+    """Every environment variable `Settings.from_env` reads (deployment manifests are checked
+    against it). Derived from the parser itself: it runs `from_env` on an empty environment that
+    records each name looked up, so a new variable is known as soon as `from_env` reads it."""
+    seen = _LookupRecorder()
+    Settings.from_env(seen)
+    return frozenset(seen.names)
+
+
+class _LookupRecorder(Mapping[str, str]):
+    """An empty environment that remembers every name asked for."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.names.add(name)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
 
 
 def _port(raw: str) -> int:
