@@ -88,9 +88,18 @@ class Shop:
                 coroutine = cast(Coroutine[Any, Any, None], task(**arguments))
                 self._tasks.append(asyncio.create_task(coroutine, name=f"{name}:{task.__name__}"))
             leave_module(bound)
+        metrics.on_scrape(f"shop:{id(self)}", self._report)
         log.info("shop.started", modules=list(self.local), transport=self.bus.transport.name)
 
+    async def _report(self) -> None:
+        """At each scrape: the depth of the queues this process consumes, every breaker's state."""
+        for queue, depth in (await self.bus.transport.depths(self.local)).items():
+            metrics.BUS_QUEUE_DEPTH.labels(queue).set(depth)
+        for name, state in self.breakers.states().items():
+            metrics.set_breaker_state(name, state)
+
     async def stop(self) -> None:
+        metrics.off_scrape(f"shop:{id(self)}")
         for name in self.local:
             injector = self.bus.injector_for(name)
             for hook in self.bus.modules[name].shutdown_hooks:
@@ -280,6 +289,9 @@ def create_app(settings: Settings | None = None, *, local: Sequence[str] = MODUL
     die_with_parent()
     settings = settings or Settings.from_env()
     shop_logging.configure(settings.log_level)
+    for name in local:  # no registry: each module is its one local instance
+        metrics.REGISTRY_INSTANCES.labels(name, "true").set(1)
+        metrics.REGISTRY_INSTANCES.labels(name, "false").set(0)
     return build_app(build_shop(settings, local=local, migrate_on_start=True))
 
 

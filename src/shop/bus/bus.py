@@ -266,6 +266,7 @@ class Bus:
         try:
             return await bound.invoke(Call(queue, bound.spec.consumer, envelope, message))
         except Exception as exc:
+            metrics.BUS_FAILED.labels(bound.spec.consumer, envelope.type).inc()
             raise HandlerFailed(f"{bound.spec.consumer}: {exc!r}", error_type=type(exc).__name__) from exc
 
     async def process(self, queue: str, envelope: Envelope) -> Result:

@@ -1183,14 +1183,51 @@ class SagaEngine:
             rows = (await uow.session.execute(query)).all()
         return [TimelineEntry(step, status, _utc(at), detail) for step, status, at, detail in rows]
 
+    def _overdue(self) -> sa.ColumnElement[bool]:
+        """Not final, and the step's or the saga's deadline has passed."""
+        c, now = saga_instances.c, self._now()
+        return sa.and_(c.status.in_(_NOT_FINAL), sa.or_(c.step_deadline <= now, c.deadline <= now))
+
+    async def counts(self, *, final: bool = True) -> dict[tuple[str, str], int]:
+        """How many sagas there are per (type, status); only the not-final ones if not ``final``."""
+        c = saga_instances.c
+        query = sa.select(c.type, c.status, sa.func.count()).group_by(c.type, c.status)
+        if not final:
+            query = query.where(c.status.in_(_NOT_FINAL))
+        async with unit_of_work(self.database, write=False) as uow:
+            rows = (await uow.session.execute(query)).all()
+        return {(saga_type, status): int(count) for saga_type, status, count in rows}
+
+    async def overdue_counts(self) -> dict[str, int]:
+        """How many sagas per type are past a deadline without being final (the timers have not
+        caught up with them: the engine is not running, or a step keeps failing)."""
+        c = saga_instances.c
+        query = sa.select(c.type, sa.func.count()).where(self._overdue()).group_by(c.type)
+        async with unit_of_work(self.database, write=False) as uow:
+            rows = (await uow.session.execute(query)).all()
+        return {saga_type: int(count) for saga_type, count in rows}
+
+    @property
+    def saga_types(self) -> builtins.list[str]:
+        """The names of the registered saga definitions."""
+        return sorted(self._definitions)
+
     async def list(
-        self, status: str | None = None, limit: int = 20, after: uuid.UUID | None = None
+        self,
+        status: str | None = None,
+        limit: int = 20,
+        after: uuid.UUID | None = None,
+        *,
+        overdue: bool = False,
     ) -> builtins.list[SagaState]:
-        """Sagas, newest first; ``after`` is the id of the last saga of the previous page."""
+        """Sagas, newest first; ``after`` is the id of the last saga of the previous page;
+        ``overdue``: only those not final and past their step's or their own deadline."""
         c = saga_instances.c
         query = sa.select(saga_instances)
         if status is not None:
             query = query.where(c.status == status)
+        if overdue:
+            query = query.where(self._overdue())
         async with unit_of_work(self.database, write=False) as uow:
             if after is not None:
                 anchor = (

@@ -159,10 +159,12 @@ class Gateway:
     async def running(self) -> AsyncIterator[Gateway]:
         """Start the registry refresh and the upstream client; stop them (and `on_shutdown`)."""
         await self.proxy.start()
+        metrics.on_scrape(f"gateway:{id(self)}", self._report)
         log.info("gateway.started", modules=self.proxy.table.modules)
         try:
             yield self
         finally:
+            metrics.off_scrape(f"gateway:{id(self)}")
             await self.proxy.stop()
             for close in self._on_shutdown:
                 try:
@@ -172,6 +174,11 @@ class Gateway:
             log.info("gateway.stopped")
 
     # -- ops -------------------------------------------------------------------------------------
+
+    async def _report(self) -> None:
+        """At each scrape: the state of every breaker (one per upstream instance)."""
+        for name, state in self.breakers.states().items():
+            metrics.set_breaker_state(name, state)
 
     async def describe_services(self) -> dict[str, Any]:
         """`GET /api/v1/services`: the registry now (else the last snapshot) and the breakers."""

@@ -12,6 +12,7 @@ from litestar.datastructures import State
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from shop.gateway.problems import problem
+from shop.observability import metrics as shop_metrics
 from shop.security.guards import admin_only
 
 Check = Callable[[], Awaitable[None]]
@@ -38,6 +39,7 @@ class OpsController(Controller):
 
     @get("/metrics", tags=["operations"], summary="Prometheus exposition", media_type=CONTENT_TYPE_LATEST)
     async def metrics(self) -> Response[bytes]:
+        await shop_metrics.refresh()  # the gauges read at scrape time (queues, sagas, breakers)
         # The header as given: Litestar would append a second `charset` to a text/* media type,
         # and a Content-Type with a duplicate parameter is rejected by strict scrapers.
         return Response(

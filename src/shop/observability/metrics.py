@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+
+import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter("shop_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
@@ -34,3 +38,69 @@ SAGAS = Counter("shop_sagas_finished_total", "Sagas that reached a final state",
 SAGAS_ACTIVE = Gauge("shop_sagas_active", "Sagas not yet final, by state", ["type", "status"])
 REGISTRY_INSTANCES = Gauge("shop_registry_instances", "Registered instances by module", ["module", "healthy"])
 RATE_LIMITED = Counter("shop_rate_limited_total", "Requests refused by the rate limiter", ["scope"])
+BUS_QUEUE_DEPTH = Gauge("shop_bus_queue_depth", "Messages waiting in a module's queue", ["queue"])
+SAGAS_OVERDUE = Gauge(
+    "shop_sagas_overdue", "Sagas not final whose step or saga deadline has passed", ["type"]
+)
+
+BREAKER_VALUES = {"CLOSED": 0, "HALF_OPEN": 1, "OPEN": 2}
+
+
+def set_breaker_state(name: str, state: str) -> None:
+    """The gauge of one breaker (`state` is a CircuitState value)."""
+    BREAKER_STATE.labels(name).set(BREAKER_VALUES[state])
+
+
+# -- gauges read at scrape time -----------------------------------------------------------------
+# What is cheap to read but not worth updating on every change (queue depths, sagas per state
+# from the database, breaker states) is read by "scrape hooks" that /metrics awaits before it
+# renders: each under a timeout, never blocking the event loop; one that fails leaves the last
+# values in place and logs why.
+
+ScrapeHook = Callable[[], Awaitable[None]]
+SCRAPE_TIMEOUT_S = 1.0
+_scrape_hooks: dict[str, ScrapeHook] = {}
+_log = structlog.get_logger("shop.metrics")
+
+
+def on_scrape(key: str, hook: ScrapeHook) -> None:
+    """Await `hook` before every /metrics answer of this process (replacing any under `key`)."""
+    _scrape_hooks[key] = hook
+
+
+def off_scrape(key: str) -> None:
+    _scrape_hooks.pop(key, None)
+
+
+async def refresh() -> None:
+    """Run every scrape hook (concurrently, each bounded by SCRAPE_TIMEOUT_S)."""
+    hooks = list(_scrape_hooks.items())
+    if hooks:
+        await asyncio.gather(*(_run_hook(key, hook) for key, hook in hooks))
+
+
+async def _run_hook(key: str, hook: ScrapeHook) -> None:
+    try:
+        await asyncio.wait_for(hook(), SCRAPE_TIMEOUT_S)
+    except Exception as exc:  # a gauge that cannot be read keeps its last value
+        _log.warning("metrics.scrape_hook_failed", hook=key, error=repr(exc))
+
+
+class LabelledGauge:
+    """Sets a gauge from a complete reading: label sets missing from it since the last reading
+    go to 0 instead of keeping a stale value."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self._seen: set[tuple[str, ...]] = set()
+
+    def set_all(self, values: Mapping[tuple[str, ...], float]) -> None:
+        for labels in self._seen - values.keys():
+            self.gauge.labels(*labels).set(0)
+        for labels, value in values.items():
+            self.gauge.labels(*labels).set(value)
+        self._seen |= values.keys()
+
+
+SAGAS_ACTIVE_READING = LabelledGauge(SAGAS_ACTIVE)
+SAGAS_OVERDUE_READING = LabelledGauge(SAGAS_OVERDUE)

@@ -930,3 +930,32 @@ async def test_engine_rejects_duplicate_and_empty_definitions(db: Database, trip
         SagaEngine(db, [trip_saga(trip), trip_saga(trip)])
     with pytest.raises(ValueError, match="no steps"):
         SagaEngine(db, [Saga("empty")])
+
+
+@BOTH
+async def test_overdue_sagas_are_listed_and_counted_until_the_timers_catch_up(
+    engine: SagaEngine, db: Database, trip: Trip, clock: FakeClock
+) -> None:
+    waiting = []
+    for _ in range(2):
+        waiting.append(await start(engine, db))
+        clock.advance(1)
+    trip.fail("book_flight", StepFailed("NO_SEATS"))
+    failed = await start(engine, db)
+    assert await engine.counts(final=False) == {("trip", "WAITING"): 2}
+    assert await engine.counts() == {("trip", "WAITING"): 2, ("trip", "FAILED"): 1}
+    assert await engine.list(overdue=True) == []
+    assert await engine.overdue_counts() == {}
+
+    clock.advance(60)  # past both payment steps' deadlines; no tick yet (the timers are behind)
+    overdue = await engine.list(overdue=True)
+    assert sorted(saga.id for saga in overdue) == sorted(waiting)
+    assert failed not in [saga.id for saga in overdue]
+    assert [saga.id for saga in await engine.list(overdue=True, limit=1)] == [waiting[1]]
+    assert await engine.overdue_counts() == {"trip": 2}
+
+    assert await engine.tick() == 2
+    assert await engine.list(overdue=True) == []
+    assert await engine.overdue_counts() == {}
+    assert await engine.counts() == {("trip", "CANCELLED"): 2, ("trip", "FAILED"): 1}
+    assert engine.saga_types == ["trip"]

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client.parser import text_string_to_metric_families
 
 from shop.bus.breaker import BreakerConfig, BreakerRegistry, CircuitState
 from shop.discovery import Instance, MemoryRegistry
@@ -333,6 +334,27 @@ async def test_an_instance_whose_breaker_opens_is_skipped(open_gateway: OpenGate
             assert (await gw.client.get("/api/v1/products")).json()["instance"] == "catalog-b"
 
         assert len(gw.upstreams.hits_of("catalog-a")) == tried_a  # not tried while OPEN
+
+
+async def test_each_instance_breaker_and_the_registry_are_on_the_gateway_metrics(
+    open_gateway: OpenGateway,
+) -> None:
+    async with open_gateway() as gw:
+        await gw.add("catalog", "catalog-a")
+        await gw.add("catalog", "catalog-b")
+        gw.upstreams.behaviour["catalog-a"] = "refuse"
+        for _ in range(8):
+            assert (await gw.client.get("/api/v1/products")).status_code == 200
+
+        exposition = (await gw.client.get("/metrics")).text
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(exposition)
+            for s in family.samples
+        }
+        assert samples[("shop_breaker_state", (("breaker", "upstream:catalog-a"),))] == 2
+        assert samples[("shop_breaker_state", (("breaker", "upstream:catalog-b"),))] == 0
+        assert samples[("shop_registry_instances", (("healthy", "true"), ("module", "catalog")))] == 2
 
 
 async def test_every_breaker_open_is_503_without_calling_anyone(open_gateway: OpenGateway) -> None:

@@ -57,3 +57,8 @@ class Transport(Protocol):
     ) -> Any:
         """Ask the queue's owner; return its reply or raise HandlerFailed / AskTimeout."""
         ...
+
+    async def depths(self, queues: Collection[str]) -> dict[str, int]:
+        """How many messages wait in each of these queues, not yet taken by a consumer; cheap
+        enough to ask at every metrics scrape."""
+        ...

@@ -552,6 +552,19 @@ class DramatiqTransport:
         assert isinstance(raw, bytes)
         return result_of(decode_reply(raw))
 
+    async def depths(self, queues: Collection[str]) -> dict[str, int]:
+        """LLEN of each queue's Redis list (one pipelined round trip; delayed retries and
+        messages a consumer has fetched but not finished are not counted)."""
+        names = sorted(queues)
+        if not names:
+            return {}
+        client = await self._clients()
+        async with client.pipeline(transaction=False) as pipe:
+            for queue in names:
+                pipe.llen(self.broker.enqueue_keys(queue)[1])
+            lengths = await pipe.execute()
+        return {queue: int(length) for queue, length in zip(names, lengths, strict=True)}
+
     def _flush(self) -> None:
         batch, self._batch = self._batch, None
         if batch is None:

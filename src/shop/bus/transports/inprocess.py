@@ -131,6 +131,9 @@ class InProcessTransport:
             elif not receipt.done():
                 receipt.set_result(None)
 
+    async def depths(self, queues: Collection[str]) -> dict[str, int]:
+        return {name: self._queues[name].qsize() for name in queues if name in self._queues}
+
     async def request(
         self, queue: str, envelope: Envelope, *, timeout: float, message: Message | None = None
     ) -> Any:

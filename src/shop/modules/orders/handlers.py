@@ -10,7 +10,14 @@ from shop.bus.breaker import CircuitOpenError
 from shop.bus.bus import Bus
 from shop.bus.errors import BusError
 from shop.bus.messages import Rejected
-from shop.bus.saga import CANCELLED, SagaEngine
+from shop.bus.saga import (
+    CANCELLED,
+    COMPENSATING,
+    COMPENSATION_FAILED,
+    RUNNING,
+    WAITING,
+    SagaEngine,
+)
 from shop.contracts.delivery import CancelDelivery, DeliveryCancellation
 from shop.contracts.orders import (
     CancelOrder,
@@ -30,6 +37,7 @@ from shop.db import Database, unit_of_work
 from shop.modules.orders import module, service
 from shop.modules.orders.saga import OrderSagas, cancel_saga_id, initial_data
 from shop.modules.orders.service import IdempotencyConflict, OrderBook
+from shop.observability import metrics
 
 STARTUP_GRACE_S = 5.0
 NOT_FOUND = Rejected(code="NOT_FOUND", detail="no such order")
@@ -139,6 +147,26 @@ async def list_sagas(query: ListSagas, sagas: OrderSagas) -> tuple[SagaSummary, 
     )
 
 
+ACTIVE_STATUSES = (RUNNING, WAITING, COMPENSATING, COMPENSATION_FAILED)
+
+
+async def report_sagas(engine: SagaEngine) -> None:
+    """The saga gauges, read from the orders database when /metrics is scraped."""
+    active, overdue = await engine.counts(final=False), await engine.overdue_counts()
+    types = sorted({*engine.saga_types, *(t for t, _ in active), *overdue})
+    by_state: dict[tuple[str, ...], float] = {(t, s): 0 for t in types for s in ACTIVE_STATUSES}
+    for (saga_type, status), count in active.items():
+        by_state[(saga_type, status)] = count
+    metrics.SAGAS_ACTIVE_READING.set_all(by_state)
+    metrics.SAGAS_OVERDUE_READING.set_all({(t,): overdue.get(t, 0) for t in types})
+
+
+@module.on_startup
+async def report_sagas_at_scrape(sagas: OrderSagas) -> None:
+    engine = sagas.engine
+    metrics.on_scrape(f"sagas:{id(engine)}", lambda: report_sagas(engine))
+
+
 @module.on(PaymentCaptured)
 async def when_payment_captured_complete_order(event: PaymentCaptured, sagas: OrderSagas) -> None:
     await sagas.engine.complete_step(
@@ -171,6 +199,7 @@ async def resume_sagas_and_run_timers(sagas: OrderSagas) -> None:
 
 @module.on_shutdown
 async def close_saga_engine(sagas: OrderSagas) -> None:
+    metrics.off_scrape(f"sagas:{id(sagas.engine)}")
     await sagas.engine.close()
 
 
