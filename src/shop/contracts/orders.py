@@ -125,11 +125,29 @@ class TimelineItem(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ListSagas(Query, frozen=True, kw_only=True):
-    """Operator view. Replies tuple[SagaSummary, ...], newest first."""
+    """Operator view. Replies tuple[SagaSummary, ...], newest first; `overdue`: only sagas not
+    final whose step or saga deadline has passed."""
 
     status: str | None = None
     limit: int = 20
     after: uuid.UUID | None = None
+    overdue: bool = False
+
+
+class CountSagas(Query, frozen=True, kw_only=True):
+    """Operator view. Replies SagaCounts."""
+
+
+class SagaCounts(msgspec.Struct, frozen=True, kw_only=True):
+    by_type: dict[str, dict[str, int]]  # saga type -> status -> how many
+    overdue: int
+
+
+class RetrySaga(Command, frozen=True, kw_only=True):
+    """Operator: resume a COMPENSATION_FAILED saga (or run a step waiting to be retried now).
+    Replies SagaSummary, or Rejected("NOT_FOUND" | "NOT_RETRYABLE")."""
+
+    saga_id: uuid.UUID
 
 
 class SagaSummary(msgspec.Struct, frozen=True, kw_only=True):

@@ -80,7 +80,14 @@ async def test_a_dead_letter_is_listed_shown_and_redriven_over_the_api(tmp_path:
 async def test_dead_letter_endpoints_are_for_admins_only(tmp_path: Path) -> None:
     app = create_app(settings(tmp_path))
     async with AsyncTestClient(app=app) as client:
-        assert (await client.get("/api/v1/admin/dead-letters")).status_code == 401
+        entry_id = await inbox.bury(
+            app.state["shop"].databases["users"], "users", dead_registration("x@example.com"), "boom"
+        )
+        endpoints = [
+            ("GET", "/api/v1/admin/dead-letters"),
+            ("GET", f"/api/v1/admin/dead-letters/{entry_id}"),
+            ("POST", f"/api/v1/admin/dead-letters/{entry_id}/redrive"),
+        ]
         await client.post(
             "/api/v1/users", json={"email": "c@example.com", "password": "password12", "name": "C"}
         )
@@ -88,7 +95,11 @@ async def test_dead_letter_endpoints_are_for_admins_only(tmp_path: Path) -> None
             await client.post("/api/v1/auth/token", json={"email": "c@example.com", "password": "password12"})
         ).json()
         customer = {"Authorization": f"Bearer {token['access_token']}"}
-        assert (await client.get("/api/v1/admin/dead-letters", headers=customer)).status_code == 403
+        for method, path in endpoints:
+            assert (await client.request(method, path)).status_code == 401, path
+            assert (await client.request(method, path, headers=customer)).status_code == 403, path
+        shown = await client.get(endpoints[1][1], headers=await admin_headers(client))
+        assert shown.status_code == 200, "still there: nobody but an admin got to redrive it"
         unknown = "/api/v1/admin/dead-letters/00000000-0000-0000-0000-000000000000"
         assert (await client.get(unknown, headers=await admin_headers(client))).status_code == 404
 

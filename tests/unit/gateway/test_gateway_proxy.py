@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shop.bus.breaker import BreakerConfig, BreakerRegistry, CircuitState
 from shop.discovery import Instance, MemoryRegistry
+from shop.discovery.base import DEFAULT_ROUTES
 from shop.gateway.gateway_app import Gateway, build_gateway_app
 from shop.gateway.proxy import ProxyConfig
 from shop.gateway.ratelimit import MemoryRateLimitStore, RateLimiter
@@ -172,6 +173,20 @@ async def test_a_request_goes_to_the_module_of_the_longest_matching_prefix(open_
         }
         # a prefix matches whole segments only
         problem(await gw.client.get("/api/v1/productsx"), 404)
+
+
+async def test_the_operator_saga_views_go_to_orders(open_gateway: OpenGateway) -> None:
+    async with open_gateway() as gw:
+        await gw.add("orders", "orders-a", DEFAULT_ROUTES["orders"])
+        await gw.add("users", "users-a", DEFAULT_ROUTES["users"])
+        saga = "/api/v1/admin/sagas/9c3e8a52-5d3f-4f4e-9a38-4a55a1e0a9a1"
+        for method, path in [
+            ("GET", "/api/v1/admin/sagas?overdue=true"),
+            ("GET", "/api/v1/admin/sagas/summary"),
+            ("POST", f"{saga}/retry"),
+        ]:
+            answer = (await gw.client.request(method, path)).json()
+            assert (answer["instance"], answer["method"]) == ("orders-a", method), path
 
 
 async def test_an_unknown_route_is_a_404_problem(open_gateway: OpenGateway) -> None:

@@ -15,6 +15,7 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody
 from shop.contracts.catalog import Line
 from shop.contracts.orders import (
     CancelOrder,
+    CountSagas,
     GetOrder,
     GetTimeline,
     ListOrders,
@@ -23,6 +24,8 @@ from shop.contracts.orders import (
     OrderPlaced,
     OrderView,
     PlaceOrder,
+    RetrySaga,
+    SagaCounts,
     SagaSummary,
     TimelineItem,
 )
@@ -37,6 +40,7 @@ STATUSES = {
     "ALREADY_SHIPPED": 409,
     "IDEMPOTENCY_CONFLICT": 409,
     "DEPENDENCY_UNAVAILABLE": 503,
+    "NOT_RETRYABLE": 409,
 }
 
 
@@ -84,6 +88,16 @@ class SagaOut(msgspec.Struct):
     step: str | None
     deadline: datetime | None
     updated_at: datetime
+
+
+class SagaSummaryOut(msgspec.Struct):
+    by_status: dict[str, int]
+    by_type: dict[str, dict[str, int]]
+    overdue: int
+
+
+def _saga(s: SagaSummary) -> SagaOut:
+    return SagaOut(str(s.id), s.type, s.status, s.step, s.deadline, s.updated_at)
 
 
 def _order(view: OrderView) -> OrderOut:
@@ -208,20 +222,48 @@ class SagaAdminController(Controller):
     tags = ["operations"]
     guards = [admin_only]
 
-    @get("/", summary="Sagas by state (operators)")
+    @get("/", summary="Sagas by state, or past their deadline (operators)")
     async def list_sagas(
-        self, bus: BusDep, status: FromQuery[str | None] = None, limit: Limit = 20, cursor: Cursor = None
+        self,
+        bus: BusDep,
+        status: FromQuery[str | None] = None,
+        overdue: FromQuery[bool] = False,
+        limit: Limit = 20,
+        cursor: Cursor = None,
     ) -> Page[SagaOut]:
+        """`status` filters by state (e.g. `COMPENSATION_FAILED`); `overdue=true` keeps the sagas
+        not final whose step or saga deadline has passed."""
         after = decode_cursor(cursor, 1)
         sagas: tuple[SagaSummary, ...] = await bus.ask(
-            ListSagas(status=status, limit=limit + 1, after=uuid.UUID(str(after[0])) if after else None)
+            ListSagas(
+                status=status,
+                limit=limit + 1,
+                after=uuid.UUID(str(after[0])) if after else None,
+                overdue=overdue,
+            )
         )
         window = sagas[:limit]
         more = len(sagas) > limit
         return Page(
-            items=[SagaOut(str(s.id), s.type, s.status, s.step, s.deadline, s.updated_at) for s in window],
+            items=[_saga(s) for s in window],
             next_cursor=encode_cursor(str(window[-1].id)) if more and window else None,
         )
+
+    @get("/summary", summary="How many sagas are in each state, and how many are overdue")
+    async def summary(self, bus: BusDep) -> SagaSummaryOut:
+        counts: SagaCounts = await bus.ask(CountSagas())
+        by_status: dict[str, int] = {}
+        for statuses in counts.by_type.values():
+            for status, count in statuses.items():
+                by_status[status] = by_status.get(status, 0) + count
+        return SagaSummaryOut(by_status=dict(sorted(by_status.items())), by_type=counts.by_type,
+                              overdue=counts.overdue)  # fmt: skip
+
+    @post("/{saga_id:uuid}/retry", summary="Resume a COMPENSATION_FAILED saga", status_code=202)
+    async def retry(self, saga_id: FromPath[uuid.UUID], bus: BusDep) -> SagaOut:
+        """202 with the saga as it is now (it goes on in the background); 404 for an unknown
+        saga; 409 for a saga that has nothing to retry."""
+        return _saga(unwrap(await bus.ask(RetrySaga(saga_id=saga_id), timeout=15.0), STATUSES))
 
 
 __all__: list[Any] = ["OrdersController", "SagaAdminController", "State"]

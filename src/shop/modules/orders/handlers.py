@@ -17,10 +17,12 @@ from shop.bus.saga import (
     RUNNING,
     WAITING,
     SagaEngine,
+    SagaState,
 )
 from shop.contracts.delivery import CancelDelivery, DeliveryCancellation
 from shop.contracts.orders import (
     CancelOrder,
+    CountSagas,
     GetOrder,
     GetTimeline,
     ListOrders,
@@ -29,6 +31,8 @@ from shop.contracts.orders import (
     OrderPlaced,
     OrderView,
     PlaceOrder,
+    RetrySaga,
+    SagaCounts,
     SagaSummary,
     TimelineItem,
 )
@@ -130,21 +134,50 @@ async def get_timeline(
     return tuple(TimelineItem(step=e.step, status=e.status, at=e.at, detail=e.detail) for e in entries)
 
 
+def _summary(s: SagaState) -> SagaSummary:
+    return SagaSummary(
+        id=s.id,
+        type=s.type,
+        status=s.status,
+        step=s.step,
+        deadline=s.step_deadline or s.deadline,
+        updated_at=s.updated_at,
+        failure_reason=s.failure_reason,
+    )
+
+
 @module.handles(ListSagas)
 async def list_sagas(query: ListSagas, sagas: OrderSagas) -> tuple[SagaSummary, ...]:
-    states = await sagas.engine.list(status=query.status, limit=query.limit, after=query.after)
-    return tuple(
-        SagaSummary(
-            id=s.id,
-            type=s.type,
-            status=s.status,
-            step=s.step,
-            deadline=s.step_deadline or s.deadline,
-            updated_at=s.updated_at,
-            failure_reason=s.failure_reason,
-        )
-        for s in states
+    states = await sagas.engine.list(
+        status=query.status, limit=query.limit, after=query.after, overdue=query.overdue
     )
+    return tuple(_summary(s) for s in states)
+
+
+@module.handles(CountSagas)
+async def count_sagas(query: CountSagas, sagas: OrderSagas) -> SagaCounts:
+    by_type: dict[str, dict[str, int]] = {}
+    for (saga_type, status), count in sorted((await sagas.engine.counts()).items()):
+        by_type.setdefault(saga_type, {})[status] = count
+    overdue = sum((await sagas.engine.overdue_counts()).values())
+    return SagaCounts(by_type=by_type, overdue=overdue)
+
+
+@module.handles(RetrySaga, transactional=False)
+async def retry_saga(cmd: RetrySaga, database: Database, sagas: OrderSagas) -> SagaSummary | Rejected:
+    """Operator: resume a parked saga; it advances in the background once this commits."""
+    async with unit_of_work(database):
+        retried = await sagas.engine.retry(cmd.saga_id)
+    state = await sagas.engine.get(cmd.saga_id)
+    if state is None:
+        return Rejected(code="NOT_FOUND", detail="no such saga")
+    if not retried:
+        return Rejected(
+            code="NOT_RETRYABLE",
+            detail=f"the saga is {state.status}: only COMPENSATION_FAILED sagas (or steps waiting "
+            "to be retried) can be retried",
+        )
+    return _summary(state)
 
 
 ACTIVE_STATUSES = (RUNNING, WAITING, COMPENSATING, COMPENSATION_FAILED)
