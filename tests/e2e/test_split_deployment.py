@@ -20,6 +20,7 @@ import httpx
 import msgspec
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = str(ROOT / ".venv" / "bin" / "shop")
@@ -142,6 +143,24 @@ class Deployment:
         self, client: httpx.Client, admin: dict[str, str], module: str
     ) -> list[dict[str, Any]]:
         return [i for i in self.services(client, admin)["modules"].get(module, []) if i["healthy"]]
+
+    def metrics(self, name: str) -> Samples:
+        """One process's /metrics, parsed."""
+        port = self.gateway_port if name == "gateway" else self.ports[name]
+        response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert response.status_code == 200, response.text
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        }
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 async def _pg(url: str, *statements: str) -> None:
@@ -328,6 +347,29 @@ def test_the_whole_journey_through_the_gateway(split: Deployment, journey: Journ
     assert refused.headers["content-type"].startswith("application/problem+json")
     assert refused.headers["x-request-id"]
 
+    # Every process's /metrics shows its part of the journey (each process is new: exact counts).
+    placed = {"method": "POST", "route": "/api/v1/orders", "status": "202"}
+    gateway = split.metrics("gateway")
+    assert metric(gateway, "shop_http_requests_total", **placed) == 1
+    assert metric(gateway, "shop_registry_instances", module="catalog", healthy="true") == 2
+    assert {v for (name, _), v in gateway.items() if name == "shop_breaker_state"} == {0.0}
+    orders = until(
+        lambda: (m := split.metrics("orders"))
+        and metric(m, "shop_sagas_finished_total", type="place_order", status="COMPLETED") == 1
+        and m,
+        timeout=20, what="the saga counted finished",
+    )  # fmt: skip
+    assert metric(orders, "shop_http_requests_total", **placed) == 1
+    placing = {"consumer": "orders.place_order", "type": "PlaceOrder"}
+    assert metric(orders, "shop_bus_messages_handled_total", **placing) == 1
+    assert metric(orders, "shop_sagas_active", type="place_order", status="WAITING") == 0
+    assert ("shop_bus_queue_depth", frozenset({("queue", "orders")})) in orders
+    reserved = {"consumer": "catalog.reserve_stock", "type": "ReserveStock"}
+    catalogs = [split.metrics(name) for name in ("catalog-1", "catalog-2")]
+    assert sum(metric(m, "shop_bus_messages_handled_total", **reserved) for m in catalogs) == 1
+    assert metric(split.metrics("delivery"), "shop_bus_messages_handled_total",
+                  consumer="delivery.prepare_delivery", type="PaymentCaptured") == 1  # fmt: skip
+
 
 def test_payments_down_mid_saga_keeps_the_rest_serving_and_the_order_completes_once_it_is_back(
     split: Deployment, journey: Journey
@@ -410,7 +452,13 @@ def test_operators_see_and_redrive_every_services_dead_letters_through_the_gatew
     assert shown.status_code == 200
     assert shown.json()["envelope"]["body"]["email"] == email
     customer = journey.customer()
-    assert journey.client.get("/api/v1/admin/dead-letters", headers=customer).status_code == 403
+    for method, path in [
+        ("GET", "/api/v1/admin/dead-letters"),
+        ("GET", f"/api/v1/admin/dead-letters/{entry_id}"),
+        ("POST", f"/api/v1/admin/dead-letters/{entry_id}/redrive"),
+    ]:
+        assert journey.client.request(method, path).status_code == 401, path
+        assert journey.client.request(method, path, headers=customer).status_code == 403, path
 
     redriven = journey.client.post(f"/api/v1/admin/dead-letters/{entry_id}/redrive", headers=journey.admin)
     assert redriven.status_code == 202
