@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import importlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -26,6 +26,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from shop import migrate as migrations
 from shop.bus.breaker import BreakerConfig, BreakerRegistry, CircuitState
 from shop.bus.bus import Bus
+from shop.bus.clock import Clock
 from shop.bus.module import Module
 from shop.bus.transports.base import Transport
 from shop.bus.transports.inprocess import InProcessTransport
@@ -73,7 +74,9 @@ class Shop:
     migrate_on_start: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    async def start(self) -> None:
+    async def start(self, *, background: bool = True) -> None:
+        """Start the bus, run the modules' start-up hooks and (unless `background=False`, for a
+        harness that drives timers itself) their background tasks."""
         if self.migrate_on_start:
             await migrations.upgrade(self.settings, self.local)
         await self.bus.start()
@@ -83,7 +86,7 @@ class Shop:
             bound = enter_module(name)  # the hooks and background tasks log as their module
             for hook in module.startup_hooks:
                 await hook(**injector.plan(hook).arguments(_startup_scope()))
-            for task in module.background_tasks:
+            for task in module.background_tasks if background else ():
                 arguments = injector.plan(task).arguments(_startup_scope())
                 coroutine = cast(Coroutine[Any, Any, None], task(**arguments))
                 self._tasks.append(asyncio.create_task(coroutine, name=f"{name}:{task.__name__}"))
@@ -155,13 +158,18 @@ def build_shop(
     transport: Transport | None = None,
     rate_limit_store: RateLimitStore | None = None,
     migrate_on_start: bool = False,
+    clock: Clock | None = None,
+    overrides: Mapping[type[Any], Any] | None = None,
 ) -> Shop:
+    """The shop for `local` modules. `clock` replaces the system clock (deadlines, breakers);
+    `overrides` replace singletons a module would build (e.g. its payment provider)."""
     modules = [load_module(name) for name in MODULE_NAMES]
+    clock = clock or Clock()
     local = tuple(local)
     databases = {name: Database(name, settings.database_url_for(name)) for name in local}
     keys = load_keys(settings, generate="users" in local)
     verifier = TokenVerifier(keys.public_pem)
-    breakers = BreakerRegistry(on_state_change=_on_breaker_change)
+    breakers = BreakerRegistry(clock=clock.monotonic, on_state_change=_on_breaker_change)
     # Asks between modules: open on real failure rates over a meaningful window, not on a burst
     # that only queued (a timeout still counts); probe again soon.
     breakers.configure(
@@ -179,6 +187,8 @@ def build_shop(
         Settings: settings,
         BreakerRegistry: breakers,
         TokenVerifier: verifier,
+        Clock: clock,
+        **(overrides or {}),
     }
     if keys.private_pem is not None and "users" in local:
         singletons[TokenIssuer] = TokenIssuer(keys.private_pem)

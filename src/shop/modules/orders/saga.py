@@ -21,6 +21,7 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shop.bus.bus import Bus
+from shop.bus.clock import Clock
 from shop.bus.saga import CANCELLED, COMPLETED, FAILED, Saga, SagaContext, SagaEngine, StepFailed, Wait
 from shop.contracts.catalog import (
     CommitStock,
@@ -70,7 +71,7 @@ def initial_data(
 class OrderSagas:
     """The order sagas bound to this process's bus, settings and database; and their engine."""
 
-    def __init__(self, bus: Bus, settings: Settings, database: Database) -> None:
+    def __init__(self, bus: Bus, settings: Settings, database: Database, clock: Clock) -> None:
         self.bus = bus
         self.settings = settings
         self.database = database
@@ -106,7 +107,7 @@ class OrderSagas:
             .step("refund_payment", self.refund_payment)
             .step("restock", self.restock)
         )
-        self.engine = SagaEngine(database, [self.place_order, self.cancel_completed])
+        self.engine = SagaEngine(database, [self.place_order, self.cancel_completed], clock=clock.now)
 
     # -- place_order's steps ---------------------------------------------------------------
 
