@@ -37,7 +37,7 @@ from shop.gateway.ops import OpsController, now_rfc3339
 from shop.gateway.problems import EXCEPTION_HANDLERS
 from shop.gateway.ratelimit import MemoryRateLimitStore, RateLimiter, RateLimitStore
 from shop.observability import logging as shop_logging
-from shop.observability import metrics
+from shop.observability import metrics, tracing
 from shop.observability.logcontext import enter_module, leave_module, set_process_module
 from shop.process import die_with_parent
 from shop.security.guards import provide_principal
@@ -167,6 +167,8 @@ def build_shop(
     clock = clock or Clock()
     local = tuple(local)
     databases = {name: Database(name, settings.database_url_for(name)) for name in local}
+    for database in databases.values():  # SQL spans, when tracing is on
+        tracing.instrument_engine(database.engine)
     keys = load_keys(settings, generate="users" in local)
     verifier = TokenVerifier(keys.public_pem)
     breakers = BreakerRegistry(clock=clock.monotonic, on_state_change=_on_breaker_change)
@@ -245,6 +247,7 @@ def build_app(
                     yield
         finally:
             await shop.stop()
+            await tracing.ashutdown_tracing()  # flush this process's last spans to the collector
 
     app = Litestar(
         route_handlers=controllers,
@@ -299,6 +302,7 @@ def create_app(settings: Settings | None = None, *, local: Sequence[str] = MODUL
     die_with_parent()
     settings = settings or Settings.from_env()
     shop_logging.configure(settings.log_level)
+    tracing.configure_tracing(settings, "shop")
     for name in local:  # no registry: each module is its one local instance
         metrics.REGISTRY_INSTANCES.labels(name, "true").set(1)
         metrics.REGISTRY_INSTANCES.labels(name, "false").set(0)
@@ -328,6 +332,7 @@ def create_service_app(settings: Settings | None = None, modules: Sequence[str] 
     names = list(modules or [m for m in os.environ.get("SHOP_SERVE_MODULES", "").split(",") if m])
     if not names:
         raise ValueError("shop serve needs at least one module")
+    tracing.configure_tracing(settings, "shop-" + "-".join(names))
     transport: Transport = (
         InProcessTransport()
         if os.environ.get("SHOP_TRANSPORT", "").lower() == "inprocess"

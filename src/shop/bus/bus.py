@@ -7,6 +7,7 @@ module's database, with the inbox making every effect happen once.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 import types
@@ -32,7 +33,7 @@ from shop.bus.retry import RetryPolicy
 from shop.bus.transports.base import Outcome, Result, Transport
 from shop.bus.transports.inprocess import LocalRequests
 from shop.db import Database, current_unit_of_work, unit_of_work
-from shop.observability import metrics
+from shop.observability import metrics, tracing
 from shop.observability.logcontext import enter_module, leave_module
 
 log = structlog.get_logger("shop.bus")
@@ -192,7 +193,15 @@ class Bus:
         if not breaker.try_acquire():
             raise CircuitOpenError(breaker.name)
         local = spec.module in self._local_set
-        envelope = self._envelope(message, consumer=spec.consumer, encode_body=not local)
+        span: tracing.Span | None = None
+        if tracing.state.tracer is None:
+            envelope = self._envelope(message, consumer=spec.consumer, encode_body=not local)
+        else:  # a producer span for the whole request/reply; the handler's span is its child
+            span = _producer_span("ask", message, spec.module)
+            traceparent = tracing.traceparent_of(span)
+            envelope = self._envelope(
+                message, consumer=spec.consumer, encode_body=not local, traceparent=traceparent
+            )
         started = time.monotonic()
         try:
             if local:
@@ -206,8 +215,16 @@ class Bus:
                 reply = coerce_reply(reply, self._reply_type(spec))
         except (HandlerFailed, AskTimeout) as exc:
             breaker.on_error(time.monotonic() - started, exc)
+            if span is not None:
+                tracing.end(span, exc)
+            raise
+        except BaseException as exc:
+            if span is not None:
+                tracing.end(span, exc)
             raise
         breaker.on_success(time.monotonic() - started)
+        if span is not None:
+            span.end()
         return reply
 
     def _reply_type(self, spec: HandlerSpec) -> Any:
@@ -228,8 +245,30 @@ class Bus:
         uow = current_unit_of_work()
         if uow is None:
             raise NoUnitOfWork(f"{type(message).__name__} must be sent inside a unit of work")
-        envelope = self._envelope(message, message_id=message_id, sender=uow.database.module)
-        await write_outbox(uow, envelope, self.relay)
+        if tracing.state.tracer is None:
+            envelope = self._envelope(message, message_id=message_id, sender=uow.database.module)
+            await write_outbox(uow, envelope, self.relay)
+            return envelope.message_id
+        # The producer span ends with the write; the envelope (and so the outbox row) carries its
+        # traceparent, so the handlers' spans are its children whenever the row is relayed.
+        operation = "send" if isinstance(message, Command) else "publish"
+        owner = self.router.owners.get(type(message).type_name())
+        span = _producer_span(operation, message, owner.module if owner else None)
+        error: BaseException | None = None
+        try:
+            envelope = self._envelope(
+                message,
+                message_id=message_id,
+                sender=uow.database.module,
+                traceparent=tracing.traceparent_of(span),
+            )
+            span.set_attribute("messaging.message.id", str(envelope.message_id))
+            await write_outbox(uow, envelope, self.relay)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            tracing.end(span, error)
         return envelope.message_id
 
     def _envelope(
@@ -240,14 +279,17 @@ class Bus:
         consumer: str | None = None,
         sender: str | None = None,
         encode_body: bool = True,
+        traceparent: str | None = None,
     ) -> Envelope:
+        """A new envelope in the current context; `traceparent`: the producer span's (tracing
+        on), else a fresh span id in the current trace."""
         ctx = context.current()
         return new_envelope(
             message,
             message_id=message_id,
             correlation_id=ctx.correlation_id,
             causation_id=ctx.causation_id,
-            traceparent=context.child_traceparent(ctx.traceparent),
+            traceparent=traceparent or context.child_traceparent(ctx.traceparent),
             sender=sender,
             consumer=consumer,
             encode_body=encode_body,
@@ -374,12 +416,54 @@ def _context_of(env: Envelope) -> context.MessageContext:
 async def _context_middleware(call: Call, nxt: Next) -> Any:
     """Handlers run in the context of the message (its trace, correlation, cause and request)
     and log as its module."""
+    if tracing.state.tracer is not None:
+        return await _traced_handling(call, nxt)
     token, module = context.enter(_context_of(call.envelope)), enter_module(call.module)
     try:
         return await nxt(call)
     finally:
         leave_module(module)
         context.leave(token)
+
+
+async def _traced_handling(call: Call, nxt: Next) -> Any:
+    """`_context_middleware` with tracing on: the handler runs in a CONSUMER span, current while
+    it runs, whose parent is the envelope's traceparent -- the producer span, however late or
+    how often the message is delivered (relayed after commit, swept after a restart, retried)."""
+    env = call.envelope
+    # Few attributes: the SDK checks and copies each one (a few us apiece on a slow vCPU).
+    span = tracing.start(
+        f"handle {env.type}",
+        tracing.SpanKind.CONSUMER,
+        env.traceparent,
+        {
+            "shop.consumer": call.consumer,
+            "messaging.message.id": str(env.message_id),
+            "shop.attempt": env.attempt,
+        },
+    )
+    ctx = dataclasses.replace(_context_of(env), traceparent=tracing.traceparent_of(span))
+    token, module = context.enter(ctx), enter_module(call.module)
+    otel_token = tracing.attach(span)
+    error: BaseException | None = None
+    try:
+        return await nxt(call)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        tracing.detach(otel_token)
+        leave_module(module)
+        context.leave(token)
+        tracing.end(span, error)
+
+
+def _producer_span(operation: str, message: Message, destination: str | None) -> tracing.Span:
+    """A PRODUCER span for `ask`, `send` or `publish`, child of the current context's span,
+    named after the operation and the message type; the destination module as its attribute."""
+    attributes = None if destination is None else {"messaging.destination.name": destination}
+    name = f"{operation} {type(message).type_name()}"
+    return tracing.start(name, tracing.SpanKind.PRODUCER, context.current().traceparent, attributes)
 
 
 class _ReplyBox(msgspec.Struct, frozen=True):

@@ -26,7 +26,10 @@ Concurrency: optimistic (``version`` column) across processes, and an :class:`as
 per saga within one process. Time comes from an injectable clock, so tests never sleep.
 
 The engine keeps a little bookkeeping of its own inside the persisted ``data`` under the key
-``"__saga__"``; it is never shown to actions, hooks or :class:`SagaState`.
+``"__saga__"``; it is never shown to actions, hooks or :class:`SagaState`. Among it, ``"trace"``:
+the traceparent and correlation id of the context that started the saga. Steps run after that
+context is gone (in a task after commit, from a timer, after a restart); each runs in a span of
+the starter's trace (see :meth:`SagaEngine._traced`), so the saga's messages belong to it too.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ import copy
 import inspect
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, cast
@@ -48,10 +51,11 @@ import structlog
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shop.bus import context
 from shop.bus.retry import RetryPolicy
 from shop.bus.tables import saga_instances, saga_steps
 from shop.db import Database, UnitOfWork, current_unit_of_work, unit_of_work
-from shop.observability import metrics
+from shop.observability import metrics, tracing
 from shop.observability.logcontext import bound_module
 
 __all__ = [
@@ -109,6 +113,7 @@ _MAX_NAME = 100
 _MAX_STATUS = 32
 _MAX_REASON = 100
 META_KEY = "__saga__"
+_TRACE_KEY = "trace"
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:shop:bus:saga")
 
 
@@ -337,11 +342,14 @@ class _Row:
     version: int
     created_at: datetime
     updated_at: datetime
+    trace: dict[str, Any] = field(default_factory=dict)  # kept in meta, across its resets
 
     @classmethod
     def from_mapping(cls, row: sa.RowMapping) -> _Row:
         data = dict(row["data"] or {})
         meta = data.pop(META_KEY, None)
+        meta = dict(meta) if isinstance(meta, dict) else {}
+        trace = meta.pop(_TRACE_KEY, None)
         return cls(
             id=row["id"],
             type=row["type"],
@@ -349,7 +357,7 @@ class _Row:
             step=row["step"],
             step_index=row["step_index"],
             data=data,
-            meta=dict(meta) if isinstance(meta, dict) else {},
+            meta=meta,
             failure_reason=row["failure_reason"],
             step_deadline=_utc_or_none(row["step_deadline"]),
             deadline=_utc_or_none(row["deadline"]),
@@ -358,12 +366,14 @@ class _Row:
             version=row["version"],
             created_at=_utc(row["created_at"]),
             updated_at=_utc(row["updated_at"]),
+            trace=dict(trace) if isinstance(trace, dict) else {},
         )
 
     def stored_data(self) -> dict[str, Any]:
         stored = dict(self.data)
-        if self.meta:
-            stored[META_KEY] = self.meta
+        meta = {**self.meta, _TRACE_KEY: self.trace} if self.trace else self.meta
+        if meta:
+            stored[META_KEY] = meta
         return stored
 
     def state(self) -> SagaState:
@@ -423,6 +433,23 @@ def _merge(data: dict[str, Any], result: Mapping[str, Any] | None) -> dict[str, 
         raise ValueError(f"the data key {META_KEY!r} is reserved for the saga engine")
     json.dumps(merged)  # raises TypeError/ValueError when not JSON-able
     return merged
+
+
+def _trace_of(ctx: context.MessageContext) -> dict[str, str]:
+    """What a saga keeps of the context that starts it (JSON)."""
+    trace: dict[str, str] = {}
+    if ctx.traceparent:
+        trace["traceparent"] = ctx.traceparent
+    if ctx.correlation_id:
+        trace["correlation_id"] = str(ctx.correlation_id)
+    return trace
+
+
+def _uuid_or_none(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value)) if value else None
+    except ValueError:
+        return None
 
 
 def _detail(reason: str, detail: str | None) -> str:
@@ -758,18 +785,57 @@ class SagaEngine:
             expired = self._expired(definition, row, now)
             if expired is not None:
                 status, reason = expired
-                log.warning("saga.deadline_passed", saga_id=str(saga_id), step=row.step, reason=reason)
-                return await self._save(
-                    definition, row, self._abandon(definition, row, status, reason, TIMED_OUT)
-                )
+                with self._traced(row, "timeout"):
+                    log.warning("saga.deadline_passed", saga_id=str(saga_id), step=row.step, reason=reason)
+                    return await self._save(
+                        definition, row, self._abandon(definition, row, status, reason, TIMED_OUT)
+                    )
             if row.status == WAITING:
                 return False
             if row.next_attempt_at is not None and row.next_attempt_at > now:
                 return False
-            return await self._run_step(definition, row, now)
+            with self._traced(row, "action"):
+                return await self._run_step(definition, row, now)
         if row.next_attempt_at is not None and row.next_attempt_at > now:
             return False
-        return await self._undo_next(definition, row)
+        with self._traced(row, "undo"):
+            return await self._undo_next(definition, row)
+
+    @contextmanager
+    def _traced(self, row: _Row, phase: str) -> Iterator[None]:
+        """One step's work (its call, its save, the hooks' messages) in the trace of the context
+        that started the saga: the current context when it is of that trace (the handler that
+        started it or that reported the step's outcome), else the stored one (a timer, a
+        restart, an operator's retry). With tracing on, inside a span of its own."""
+        stored = row.trace.get("traceparent")
+        current = context.current()
+        resume = (
+            isinstance(stored, str)
+            and context.parse_traceparent(stored) is not None
+            and context.trace_id_of(current.traceparent) != context.trace_id_of(stored)
+        )
+        token = None
+        if resume:
+            token = context.enter(
+                context.MessageContext(
+                    correlation_id=_uuid_or_none(row.trace.get("correlation_id")), traceparent=stored
+                )
+            )
+        try:
+            with tracing.child_span(
+                f"saga {row.type} {row.step}",
+                attributes={
+                    "shop.saga.id": str(row.id),
+                    "shop.saga.type": row.type,
+                    "shop.saga.step": row.step or "",
+                    "shop.saga.phase": phase,
+                    "shop.saga.attempt": row.attempts + 1,
+                },
+            ):
+                yield
+        finally:
+            if token is not None:
+                context.leave(token)
 
     async def _run_step(self, definition: Saga, row: _Row, now: datetime) -> bool:
         if row.step_index >= len(definition.steps):  # cannot happen with this engine's writes
@@ -939,6 +1005,7 @@ class SagaEngine:
         if definition.deadline is not None:
             ctx = SagaContext(saga_id, definition.name, first, copy.deepcopy(initial))
             deadline = now + _resolve_deadline(definition.deadline, ctx)
+        trace = _trace_of(context.current())
         await uow.session.execute(
             saga_instances.insert().values(
                 id=saga_id,
@@ -946,7 +1013,7 @@ class SagaEngine:
                 status=RUNNING,
                 step=first,
                 step_index=0,
-                data=initial,
+                data={**initial, META_KEY: {_TRACE_KEY: trace}} if trace else initial,
                 failure_reason=None,
                 step_deadline=None,
                 deadline=deadline,
