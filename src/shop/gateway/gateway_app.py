@@ -43,7 +43,7 @@ from shop.gateway.proxy import (
 from shop.gateway.ratelimit import RateLimiter, RedisRateLimitStore
 from shop.gateway.upstream import HttpxUpstream, UpstreamError
 from shop.observability import logging as shop_logging
-from shop.observability import metrics
+from shop.observability import metrics, tracing
 from shop.observability.logcontext import set_process_module
 from shop.security.keys import load_keys
 from shop.security.tokens import TokenVerifier
@@ -204,13 +204,21 @@ class Gateway:
     async def call(
         self, url: str, method: str, path: str, headers: list[tuple[bytes, bytes]]
     ) -> tuple[int, bytes]:
-        """One upstream request (for the gateway's own fan-out endpoints)."""
+        """One upstream request (for the gateway's own fan-out endpoints), in a CLIENT span."""
         idempotent = method == "GET"
-        response = await self.proxy.upstream.request(url, method, path, headers, b"", idempotent=idempotent)
-        try:
-            return response.status, await response.read()
-        finally:
-            await response.aclose()
+        attributes = {"http.request.method": method, "server.address": url}
+        with tracing.child_span(method, tracing.SpanKind.CLIENT, attributes) as span:
+            if span is not None:
+                headers = [*headers, (b"traceparent", tracing.traceparent_of(span).encode())]
+            response = await self.proxy.upstream.request(
+                url, method, path, headers, b"", idempotent=idempotent
+            )
+            try:
+                if span is not None:
+                    span.set_attribute("http.response.status_code", response.status)
+                return response.status, await response.read()
+            finally:
+                await response.aclose()
 
     async def openapi(self) -> dict[str, Any] | None:
         """The modules' OpenAPI documents merged (one healthy instance asked per URL), cached."""
@@ -323,6 +331,7 @@ def create_gateway_app(settings: Settings | None = None, *, service_urls: str | 
     Redis rate limits shared by every gateway, the public key from the settings or data dir."""
     settings = settings or Settings.from_env()
     shop_logging.configure(settings.log_level)
+    tracing.configure_tracing(settings, "shop-gateway")
     set_process_module("gateway")
     keys = load_keys(settings, generate=False)
     registry = registry_for(settings, service_urls)
@@ -335,5 +344,5 @@ def create_gateway_app(settings: Settings | None = None, *, service_urls: str | 
         verifier=TokenVerifier(keys.public_pem),
         limiter=RateLimiter(store),
         breakers=breakers,
-        on_shutdown=[registry.aclose, store.aclose],
+        on_shutdown=[registry.aclose, store.aclose, tracing.ashutdown_tracing],
     )

@@ -1,8 +1,9 @@
 """The gateway middleware every HTTP entry point runs behind (pure ASGI, one pass).
 
-Per request: a request id (echoed if the client sent a sane one), the W3C trace context,
-the bearer token verified once, the rate limit (per token subject, else per peer address;
-forwarding headers are not trusted), an access log line and the HTTP metrics.
+Per request: a request id (echoed if the client sent a sane one), the W3C trace context (with
+tracing on, a SERVER span that continues the caller's `traceparent`), the bearer token verified
+once, the rate limit (per token subject, else per peer address; forwarding headers are not
+trusted), an access log line and the HTTP metrics.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import structlog
 
 from shop.bus import context
 from shop.gateway.ratelimit import RateLimiter
-from shop.observability import metrics
+from shop.observability import metrics, tracing
 from shop.security.guards import AUTH_ERROR_KEY, PRINCIPAL_KEY
 from shop.security.tokens import InvalidToken, TokenVerifier
 from shop.settings import RateLimit
@@ -32,6 +33,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = structlog.get_logger("shop.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 UNLIMITED_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# Probes and scrapes: no server span (a trace every few seconds per instance, about nothing).
+UNTRACED_PATHS = UNLIMITED_PATHS
 
 
 class GatewayMiddleware:
@@ -60,7 +63,25 @@ class GatewayMiddleware:
         if not _REQUEST_ID.match(request_id):
             request_id = uuid.uuid4().hex
         incoming = headers.get("traceparent")
-        traceparent = context.child_traceparent(incoming if context.parse_traceparent(incoming) else None)
+        parent = incoming if context.parse_traceparent(incoming) else None
+        span: tracing.Span | None = None
+        otel_token: object = None
+        if tracing.state.tracer is None or scope["path"] in UNTRACED_PATHS:
+            traceparent = context.child_traceparent(parent)
+        else:  # a SERVER span continuing the caller's trace; current for the whole request
+            span = tracing.start(
+                scope["method"],
+                tracing.SpanKind.SERVER,
+                parent,
+                {
+                    "http.request.method": scope["method"],
+                    "url.path": scope["path"],
+                    "url.scheme": str(scope.get("scheme", "http")),
+                    "shop.request_id": request_id,
+                },
+            )
+            traceparent = tracing.traceparent_of(span)
+            otel_token = tracing.attach(span)
         token = context.enter(
             context.MessageContext(
                 correlation_id=uuid.uuid4(), traceparent=traceparent, request_id=request_id
@@ -103,6 +124,8 @@ class GatewayMiddleware:
                 duration_ms=round(elapsed * 1000, 3),
             )
             context.leave(token)
+            if span is not None:
+                _end_server_span(span, otel_token, scope["method"], route, status)
 
     def _authenticate(self, scope: Scope, headers: dict[str, str]) -> str | None:
         authorization = headers.get("authorization")
@@ -119,6 +142,17 @@ class GatewayMiddleware:
             return None
         scope[PRINCIPAL_KEY] = principal
         return f"sub:{principal.user_id}"
+
+
+def _end_server_span(span: tracing.Span, otel_token: object, method: str, route: str, status: int) -> None:
+    tracing.detach(otel_token)
+    if route != "unmatched":
+        span.update_name(f"{method} {route}")
+        span.set_attribute("http.route", route)
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_status(tracing.Status(tracing.StatusCode.ERROR))
+    span.end()
 
 
 _WANTED = frozenset({b"x-request-id", b"traceparent", b"authorization"})

@@ -17,10 +17,10 @@
   relayed as it is.
 
 Request headers are forwarded minus hop-by-hop ones, with the gateway's `X-Request-ID` and
-`traceparent` (the middleware's context), `X-Forwarded-For` (the peer appended), `-Proto` and
-`-Host`. The request body is read whole (bounded): it is what makes a retry possible. Responses
-up to `buffer_response_bytes` with a Content-Length are read whole and sent in one message;
-others are streamed.
+`traceparent` (the middleware's context; with tracing on, the CLIENT span of each attempt),
+`X-Forwarded-For` (the peer appended), `-Proto` and `-Host`. The request body is read whole
+(bounded): it is what makes a retry possible. Responses up to `buffer_response_bytes` with a
+Content-Length are read whole and sent in one message; others are streamed.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from shop.gateway.upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from shop.observability import metrics
+from shop.observability import metrics, tracing
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -251,7 +251,9 @@ class Proxy:
             await send_problem(send, 413, "the request body is too large")
             return
         method: str = scope["method"]
-        headers, idempotency_key = _upstream_headers(scope)
+        traced = tracing.state.tracer is not None
+        # With tracing on, each attempt sends its own CLIENT span's traceparent.
+        headers, idempotency_key = _upstream_headers(scope, traceparent=not traced)
         idempotent = method in IDEMPOTENT_METHODS or (method == "POST" and idempotency_key)
         target = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         if scope.get("query_string"):
@@ -265,48 +267,62 @@ class Proxy:
             if not breaker.try_acquire():
                 continue
             tried += 1
-            started = time.monotonic()
+            span = _client_span(method, module, view.instance_id, view.url) if traced else None
+            sent = (
+                headers
+                if span is None
+                else [*headers, (b"traceparent", tracing.traceparent_of(span).encode())]
+            )
+            failure: BaseException | None = None
             try:
-                response = await self.upstream.request(
-                    view.url, method, target, headers, body, idempotent=idempotent
-                )
-            except UpstreamError as exc:
-                breaker.on_error(time.monotonic() - started, exc)
-                error = exc
-                log.warning(
-                    "gateway.upstream_failed",
-                    module=module,
-                    instance=view.instance_id,
-                    error=repr(exc),
-                    sent=exc.sent,
-                )
-                if (idempotent or not exc.sent) and tried <= self.config.retries:
-                    continue
-                break
-            except BaseException as exc:  # cancelled (the client went away): not the instance's fault
-                breaker.on_error(time.monotonic() - started, exc)
-                raise
-            status = response.status
-            if status in _FAILURE_STATUS:
-                breaker.on_error(time.monotonic() - started, UpstreamStatusError(status))
-            else:
-                breaker.on_success(time.monotonic() - started)
-            if (
-                status in _RETRYABLE_STATUS
-                and idempotent
-                and tried <= self.config.retries
-                and index + 1 < len(candidates)
-            ):
+                started = time.monotonic()
                 try:
-                    held = (status, _relayed_headers(response.headers), await response.read())
-                except UpstreamError:
-                    held = None
-                finally:
-                    await response.aclose()
-                error = None
-                continue
-            await self._relay(response, send)
-            return
+                    response = await self.upstream.request(
+                        view.url, method, target, sent, body, idempotent=idempotent
+                    )
+                except UpstreamError as exc:
+                    breaker.on_error(time.monotonic() - started, exc)
+                    error = failure = exc
+                    log.warning(
+                        "gateway.upstream_failed",
+                        module=module,
+                        instance=view.instance_id,
+                        error=repr(exc),
+                        sent=exc.sent,
+                    )
+                    if (idempotent or not exc.sent) and tried <= self.config.retries:
+                        continue
+                    break
+                except BaseException as exc:  # cancelled (the client went away): not the instance's fault
+                    breaker.on_error(time.monotonic() - started, exc)
+                    failure = exc
+                    raise
+                status = response.status
+                if span is not None:
+                    span.set_attribute("http.response.status_code", status)
+                if status in _FAILURE_STATUS:
+                    breaker.on_error(time.monotonic() - started, UpstreamStatusError(status))
+                else:
+                    breaker.on_success(time.monotonic() - started)
+                if (
+                    status in _RETRYABLE_STATUS
+                    and idempotent
+                    and tried <= self.config.retries
+                    and index + 1 < len(candidates)
+                ):
+                    try:
+                        held = (status, _relayed_headers(response.headers), await response.read())
+                    except UpstreamError:
+                        held = None
+                    finally:
+                        await response.aclose()
+                    error = None
+                    continue
+                await self._relay(response, send)
+                return
+            finally:
+                if span is not None:
+                    tracing.end(span, failure)
         if held is not None:
             status, response_headers, content = held
             await send({"type": "http.response.start", "status": status, "headers": response_headers})
@@ -347,8 +363,24 @@ class Proxy:
             await response.aclose()
 
 
-def _upstream_headers(scope: Scope) -> tuple[list[tuple[bytes, bytes]], bool]:
-    """The headers to forward, and whether the request carries an Idempotency-Key."""
+def _client_span(method: str, module: str, instance_id: str, url: str) -> tracing.Span:
+    """A CLIENT span for one attempt at an instance, child of the request's SERVER span."""
+    return tracing.start(
+        method,
+        tracing.SpanKind.CLIENT,
+        context.current().traceparent,
+        {
+            "http.request.method": method,
+            "server.address": url,
+            "shop.module": module,
+            "shop.instance_id": instance_id,
+        },
+    )
+
+
+def _upstream_headers(scope: Scope, *, traceparent: bool = True) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """The headers to forward, and whether the request carries an Idempotency-Key.
+    `traceparent=False`: without the context's traceparent (the caller adds its span's)."""
     out: list[tuple[bytes, bytes]] = []
     forwarded_for: bytes | None = None
     host: bytes | None = None
@@ -373,7 +405,7 @@ def _upstream_headers(scope: Scope) -> tuple[list[tuple[bytes, bytes]], bool]:
     ctx = context.current()
     if ctx.request_id:
         out.append((b"x-request-id", ctx.request_id.encode()))
-    if ctx.traceparent:
+    if traceparent and ctx.traceparent:
         out.append((b"traceparent", ctx.traceparent.encode()))
     client = scope.get("client")
     peer = (client[0] if client else "unknown").encode()

@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 
-from shop.bus.breaker import BreakerRegistry, CircuitBreaker
+from shop.bus.breaker import BreakerRegistry, CircuitBreaker, CircuitOpenError
 from shop.bus.retry import RetryPolicy, retry_async
+from shop.observability import tracing
 from shop.settings import Settings
-
-T = TypeVar("T")
 
 # Decline reasons the payments module acts on (anything else is just reported).
 INVALID_TOKEN = "invalid_token"
@@ -73,7 +72,10 @@ CALL_RETRY = RetryPolicy(max_attempts=3, base_delay=0.05, max_delay=0.5)
 class GuardedProvider:
     """The provider behind its circuit breaker (`provider:<name>`), a timeout per call and
     retries with backoff. Only server errors and timeouts count as failures and are retried
-    (every operation is idempotent by key); an open breaker fails at once."""
+    (every operation is idempotent by key); an open breaker fails at once.
+
+    With tracing on, each operation is a CLIENT span `payment_provider <operation>` with the
+    provider, the operation, its outcome and the attempts made -- never the card token."""
 
     def __init__(
         self,
@@ -88,27 +90,49 @@ class GuardedProvider:
         self.timeout = timeout
         self.retry = retry
 
-    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        async def once() -> T:
+    async def _call(self, operation: str, fn: Callable[[], Awaitable[ProviderResult]]) -> ProviderResult:
+        attempts = 0
+
+        async def once() -> ProviderResult:
+            nonlocal attempts
+            attempts += 1
             async with asyncio.timeout(self.timeout):
                 return await fn()
 
-        async def guarded() -> T:
+        async def guarded() -> ProviderResult:
             return await self.breaker.call(once)
 
-        return await retry_async(guarded, self.retry, retry_on=(ProviderError, TimeoutError))
+        attributes = {"payment.provider": self.provider.name, "payment.operation": operation}
+        with tracing.child_span(f"payment_provider {operation}", tracing.SpanKind.CLIENT, attributes) as span:
+            outcome = "error"
+            try:
+                result = await retry_async(guarded, self.retry, retry_on=(ProviderError, TimeoutError))
+                outcome = "approved" if result.approved else "declined"
+                if span is not None and result.reason:
+                    span.set_attribute("payment.decline_reason", result.reason)
+                return result
+            except CircuitOpenError:
+                outcome = "circuit_open"
+                raise
+            except TimeoutError:
+                outcome = "timeout"
+                raise
+            finally:
+                if span is not None:
+                    span.set_attribute("payment.outcome", outcome)
+                    span.set_attribute("payment.attempts", attempts)
 
     async def authorize(self, key: str, amount: int, currency: str, token: str) -> ProviderResult:
-        return await self._call(lambda: self.provider.authorize(key, amount, currency, token))
+        return await self._call("authorize", lambda: self.provider.authorize(key, amount, currency, token))
 
     async def capture(self, key: str, ref: str) -> ProviderResult:
-        return await self._call(lambda: self.provider.capture(key, ref))
+        return await self._call("capture", lambda: self.provider.capture(key, ref))
 
     async def void(self, key: str, ref: str) -> ProviderResult:
-        return await self._call(lambda: self.provider.void(key, ref))
+        return await self._call("void", lambda: self.provider.void(key, ref))
 
     async def refund(self, key: str, ref: str, amount: int) -> ProviderResult:
-        return await self._call(lambda: self.provider.refund(key, ref, amount))
+        return await self._call("refund", lambda: self.provider.refund(key, ref, amount))
 
 
 def guarded_provider(
