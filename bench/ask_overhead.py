@@ -14,7 +14,11 @@ with cProfile: top 15 by tottime to stderr, the full listing to bench/results/as
 
 Figures are printed, never asserted. Every loop is bounded by a count and a wall-clock budget.
 
-    .venv/bin/python bench/ask_overhead.py [--n 200000] [--budget 10] [--no-profile]
+    .venv/bin/python bench/ask_overhead.py [--n 200000] [--budget 10] [--no-profile] [--tracing]
+
+`--tracing` measures with OpenTelemetry tracing on (as with OTEL_EXPORTER_OTLP_ENDPOINT set):
+a producer and a consumer span per ask, batched by the SDK's BatchSpanProcessor to an exporter
+that drops them (the export itself happens on the processor's thread, off the measured path).
 """
 
 from __future__ import annotations
@@ -265,6 +269,23 @@ def report(results: dict[str, list[float]], per_round: int) -> None:
     print(f"  default middleware (observe: metrics + filtered debug log) costs {mw:.2f} us per ask")
 
 
+def _trace_to_nowhere() -> None:
+    """Tracing on, every span batched and then dropped."""
+    from collections.abc import Sequence
+
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from shop.observability import tracing
+    from shop.settings import Settings
+
+    class Discard(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracing.configure_tracing(Settings(), "bench", processor=BatchSpanProcessor(Discard()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -274,9 +295,13 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=10.0, help="seconds for the timed part (default 10)")
     parser.add_argument("--profile-n", type=int, default=50_000, help="asks under cProfile (default 50000)")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--tracing", action="store_true", help="with OpenTelemetry tracing on")
     args = parser.parse_args()
 
     shop_logging.configure("WARNING")
+    if args.tracing:
+        _trace_to_nowhere()
+        print("tracing: ON (spans batched to a discarding exporter)")
     print(f"python {sys.version.split()[0]}, uvloop {importlib.metadata.version('uvloop')}")
     results = uvloop.run(measure(args.n, args.budget, args.rounds))
     report(results, max(1, args.n // args.rounds))
