@@ -1,6 +1,7 @@
 # Shop: everything from a fresh clone with only python3 on PATH.
 #   make run     migrate the embedded databases and run the whole shop in one process
 #   make test    lint, type-check, import contracts, then the test suite
+#   make test-deep  the property tests with the deep profile (thousands of programs; long)
 #   make split   the split deployment on this machine: Redis, five services (catalog twice), gateway
 #   make lint    ruff + mypy + import contracts only
 #   make bench   benchmarks (bench/run.sh) if there are any
@@ -20,7 +21,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: help install run split test lint typecheck imports pytest format bench clean distclean
+.PHONY: help install run split test test-deep lint typecheck imports pytest format bench clean distclean
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -52,6 +53,10 @@ pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint pytest
+
+# SHOP_PROPERTY_SEED=<seed> replays a failing run's programs.
+test-deep: $(STAMP)
+	SHOP_PROPERTY_PROFILE=deep $(BIN)/pytest tests/property -o timeout=0 -s $(PYTEST_ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests migrations

@@ -109,6 +109,7 @@ class OrderSagaMachine(RuleBasedStateMachine):
             for n, value in enumerate(ids):
                 self.names[str(value)] = f"{prefix}{n}"
         self.crashes = 0
+        self.run_statuses: list[str] = []
         self.steps = 0
         self.failed = False
         self.poisoned = False
@@ -396,7 +397,8 @@ class OrderSagaMachine(RuleBasedStateMachine):
             if not self.failed:
                 try:
                     self.run(self.quiesce())
-                    self.log("quiescent: " + " ".join(self.run(self.world.statuses())))
+                    self.run_statuses = self.run(self.world.statuses())
+                    self.log("quiescent: " + " ".join(self.run_statuses))
                     found = self.run(self.world.violations()) + self.run(self.world.quiescence_violations())
                 except BaseException:
                     self.failed = True

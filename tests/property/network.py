@@ -312,7 +312,7 @@ class Network:
                     poisoned=item.poisoned,
                 )
             )
-            return "failed, retry"
+            return f"failed, retry in {result.delay:.2f}s"
         if result.outcome is Outcome.DEAD:
             self.stats.dead += 1
         if item.receipt is not None and not item.receipt.done():

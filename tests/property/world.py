@@ -552,10 +552,12 @@ class World:
             left = await self._rows(module, sa.select(sa.func.count()).select_from(outbox))
             if left[0][0]:
                 found.append(f"{module}'s outbox still holds {left[0][0]} messages")
-            dead = await self._rows(module, sa.select(dead_letters.c.message_id, dead_letters.c.message_type))
+            c = dead_letters.c
+            dead = await self._rows(module, sa.select(c.message_id, c.message_type, c.error))
             for row in dead:
                 if row.message_id not in self.poisoned:
-                    found.append(f"{module} dead-lettered {row.message_type} {row.message_id}")
+                    error = row.error.strip().splitlines()[-1]
+                    found.append(f"{module} dead-lettered {row.message_type} {row.message_id}: {error}")
         return found
 
     async def parked(self) -> list[uuid.UUID]:

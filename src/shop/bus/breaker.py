@@ -153,10 +153,13 @@ class BreakerMetrics:
 class CircuitOpenError(Exception):
     """Raised instead of making a call the breaker does not permit."""
 
-    def __init__(self, breaker: str, state: CircuitState = CircuitState.OPEN) -> None:
+    def __init__(
+        self, breaker: str, state: CircuitState = CircuitState.OPEN, retry_after: float | None = None
+    ) -> None:
         super().__init__(breaker, state)
         self.breaker = breaker
         self.state = state
+        self.retry_after = retry_after  # seconds until the breaker lets a probe through, if known
 
     def __str__(self) -> str:
         return f"circuit breaker {self.breaker!r} is {self.state.value} and does not permit further calls"
@@ -233,6 +236,17 @@ class CircuitBreaker:
         ):
             self._transition(CircuitState.HALF_OPEN)
         return self._state
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until an OPEN breaker lets probes through (None when not OPEN)."""
+        if self._state is not CircuitState.OPEN:
+            return None
+        return max(0.0, self._opened_at + self.config.wait_duration_in_open_state - self._clock())
+
+    def rejection(self) -> CircuitOpenError:
+        """The error for a call this breaker does not permit."""
+        return CircuitOpenError(self.name, self._state, self.retry_after)
 
     def _new_window(self, state: CircuitState) -> _Window:
         if state is CircuitState.HALF_OPEN:
@@ -349,7 +363,7 @@ class CircuitBreaker:
         and exceptions counted as success always propagate and never reach the fallback.
         """
         if not self.try_acquire():
-            error = CircuitOpenError(self.name, self._state)
+            error = self.rejection()
             if fallback is None:
                 raise error
             return await fallback(error)

@@ -191,7 +191,7 @@ class Bus:
         if breaker is None:
             breaker = self._breaker_cache[spec.module] = self.breakers.get(f"module:{spec.module}")
         if not breaker.try_acquire():
-            raise CircuitOpenError(breaker.name)
+            raise breaker.rejection()
         local = spec.module in self._local_set
         span: tracing.Span | None = None
         if tracing.state.tracer is None:
@@ -330,7 +330,9 @@ class Bus:
         consumer = envelope.consumer or "?"
         metrics.BUS_FAILED.labels(consumer, envelope.type).inc()
         if self.retry.should_retry(envelope.attempt):
-            delay = self.retry.delay(envelope.attempt)
+            # A dependency behind an open breaker: come back when it takes calls again, so that
+            # an outage shorter than the breaker's waits does not dead-letter anything.
+            delay = max(self.retry.delay(envelope.attempt), _breaker_wait(exc))
             metrics.BUS_RETRIED.labels(consumer, envelope.type).inc()
             log.warning(
                 "bus.retry",
@@ -395,6 +397,18 @@ class Bus:
         for mw in reversed((_context_middleware, *self.middleware)):
             invoke = _wrap(mw, invoke)
         return invoke
+
+
+def _breaker_wait(exc: BaseException) -> float:
+    """The wait of an open breaker that caused `exc` (anywhere in its chain), else 0."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, CircuitOpenError) and current.retry_after is not None:
+            return current.retry_after
+        current = current.__cause__ or current.__context__
+    return 0.0
 
 
 def _wrap(mw: Middleware, nxt: Next) -> Next:
