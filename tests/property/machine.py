@@ -58,6 +58,7 @@ class Totals:
     faults: Counter[str] = field(default_factory=Counter)
     violations: int = 0
     hashes: list[str] = field(default_factory=list)
+    logs: list[list[str]] = field(default_factory=list)
 
     def line(self) -> str:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()))
@@ -423,6 +424,7 @@ class OrderSagaMachine(RuleBasedStateMachine):
                 }
             )
             totals.hashes.append(digest)
+            totals.logs.append(self.events)
             with contextlib.suppress(Exception):
                 self.run(self.world.stop_all())
             leftover = asyncio.all_tasks(self.loop)

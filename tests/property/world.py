@@ -39,7 +39,7 @@ from shop.modules.orders.models import orders
 from shop.modules.orders.saga import OrderSagas, reservation_id
 from shop.modules.payments.models import payments
 from shop.modules.payments.provider import PaymentProvider, ProviderError, ProviderResult
-from shop.modules.payments.simulated import SimulatedProvider
+from shop.modules.payments.simulated import REF_PREFIX, SimulatedProvider
 from shop.observability.logging import configure as configure_logging
 from shop.settings import MODULE_NAMES, Settings
 
@@ -634,6 +634,8 @@ def canonical(envelope: Envelope, names: dict[str, str]) -> str:
             return [rename(v) for v in value]
         if isinstance(value, str) and len(value) == 36 and value.count("-") == 4:
             return names.get(value, "?")
+        if isinstance(value, str) and value.startswith(REF_PREFIX):
+            return value.rsplit("_", 1)[0]  # the provider's counter, without its random part
         return value
 
     return f"{envelope.consumer or ''}:{envelope.type}#{envelope.attempt}:{rename(body)}"
