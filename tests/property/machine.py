@@ -172,9 +172,15 @@ class OrderSagaMachine(RuleBasedStateMachine):
         ),
         token=st.sampled_from(["tok_ok", "tok_ok", "tok_ok", "tok_decline"]),
         others_address=st.booleans(),
+        provider=st.lists(st.sampled_from(["ok", "ok", "fail", "hang", "lost_reply"]), max_size=3),
     )
     def place_order(
-        self, customer: int, lines: list[tuple[int, int]], token: str, others_address: bool
+        self,
+        customer: int,
+        lines: list[tuple[int, int]],
+        token: str,
+        others_address: bool,
+        provider: list[str] | None = None,
     ) -> None:
         self.step()
         seed = self.seed
@@ -182,7 +188,8 @@ class OrderSagaMachine(RuleBasedStateMachine):
         items = tuple(Line(product_id=seed.products[p], quantity=q) for p, q in lines)
         total = sum(seed.prices[p] * q for p, q in lines)
         label = f"place c{customer} {lines} {token} {'foreign' if others_address else 'own'} address"
-        self.log(label)
+        self.log(label + (f", provider next: {provider}" if provider else ""))
+        self.world.provider.faults.extend(provider or [])
         bus = self.world.shops["orders"].bus
 
         async def place() -> Any:
@@ -259,16 +266,6 @@ class OrderSagaMachine(RuleBasedStateMachine):
         self.log(f"provider next: {faults}")
         self.world.provider.faults.extend(faults)
 
-    @precondition(lambda self: self.world.up("orders"))
-    @rule()
-    def operator_retries_parked_sagas(self) -> None:
-        self.step()
-        parked = self.run(self.world.parked())
-        self.log(f"operator retries {len(parked)} parked sagas")
-        for saga_id in parked:
-            self.run_client(self.world.sagas.engine.retry(saga_id), "retry", self.log)
-        self.settle()
-
     @precondition(lambda self: not self.poisoned)
     @rule()
     def poison(self) -> None:
@@ -282,12 +279,27 @@ class OrderSagaMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.network.deliverable()))
     @rule(
         which=st.integers(0, 63),
-        how=st.sampled_from(["once", "once", "once", "once", "duplicate", "lose_reply"]),
+        how=st.sampled_from(
+            [
+                "once",
+                "once",
+                "once",
+                "duplicate",
+                "lose_reply",
+                "provider fail",
+                "provider hang",
+                "provider lost_reply",
+            ]
+        ),
     )
     def deliver(self, which: int, how: str) -> None:
+        """Deliver one due message: plainly, twice, losing its reply, or (to payments) with the
+        provider failing, hanging or losing its answer on the first call it makes."""
         self.step()
         items = self.pending()
         item = items[which % len(items)]
+        if how.startswith("provider "):
+            self.world.provider.faults.insert(0, how.split()[1])
         outcome = self.run(
             self.network.deliver(
                 item, duplicate=how == "duplicate", lose_reply=how == "lose_reply" and item.is_request
@@ -303,6 +315,20 @@ class OrderSagaMachine(RuleBasedStateMachine):
         self.deliver(which, "once")
 
     @precondition(lambda self: bool(self.network.deliverable()))
+    @rule(picks=st.lists(st.integers(0, 63), min_size=1, max_size=8))
+    def run_smoothly(self, picks: list[int]) -> None:
+        """A calm stretch: several due messages delivered, no fault."""
+        self.step()
+        for which in picks:
+            items = self.pending()
+            if not items:
+                break
+            item = items[which % len(items)]
+            outcome = self.run(self.network.deliver(item))
+            self.log(f"deliver {self.describe(item)} -> {outcome}")
+            self.settle()
+
+    @precondition(lambda self: bool(self.network.deliverable()))
     @rule(which=st.integers(0, 63))
     def drop(self, which: int) -> None:
         self.step()
@@ -313,32 +339,35 @@ class OrderSagaMachine(RuleBasedStateMachine):
         self.settle()
 
     @precondition(lambda self: self.crashes < MAX_CRASHES and len(self.world.shops) > 0)
-    @rule(module=st.sampled_from(MODULE_NAMES))
-    def crash(self, module: str) -> None:
+    @rule(data=st.data())
+    def crash(self, data: st.DataObject) -> None:
         self.step()
-        if not self.world.up(module):
-            self.log(f"crash {module}: already down")
-            return
+        module = data.draw(st.sampled_from(sorted(self.world.shops)), label="module")
         self.crashes += 1
         self.log(f"crash {module}")
         self.run(self.world.crash(module))
         self.settle()
 
-    @rule(module=st.sampled_from(MODULE_NAMES))
-    def restart(self, module: str) -> None:
+    @precondition(lambda self: len(self.world.shops) < len(MODULE_NAMES))
+    @rule(data=st.data())
+    def restart(self, data: st.DataObject) -> None:
         self.step()
-        if self.world.up(module):
-            self.log(f"restart {module}: already up")
-            return
+        down = sorted(set(MODULE_NAMES) - set(self.world.shops))
+        module = data.draw(st.sampled_from(down), label="module")
         self.log(f"restart {module}")
         self.run(self.world.start(module))
         self.settle()
 
-    @rule(seconds=st.sampled_from(ADVANCES))
-    def advance(self, seconds: float) -> None:
+    @rule(seconds=st.sampled_from(ADVANCES), operator=st.booleans())
+    def advance(self, seconds: float, operator: bool) -> None:
+        """Time passes (timeouts, retries, deadlines, breaker waits, the outbox sweep); with
+        `operator`, an operator also retries every parked (COMPENSATION_FAILED) saga."""
         self.step()
-        self.log(f"advance {seconds}s")
+        self.log(f"advance {seconds}s" + (", operator retries parked sagas" if operator else ""))
         self.run(self.time_passes(seconds))
+        if operator and self.world.up("orders"):
+            for saga_id in self.run(self.world.parked()):
+                self.run_client(self.world.sagas.engine.retry(saga_id), "operator retry", self.log)
         self.settle()
 
     async def time_passes(self, seconds: float) -> None:
@@ -385,7 +414,13 @@ class OrderSagaMachine(RuleBasedStateMachine):
                 await self.network.settle()
                 continue
             due = self.network.next_due()
-            busy = await self.world.unfinished() or self.world.clients or self.network.pending or due
+            busy = (
+                await self.world.unfinished()
+                or await self.world.outbox_rows()
+                or self.world.clients
+                or self.network.pending
+                or due
+            )
             if not busy:
                 return
             gap = due - self.network.clock.elapsed if due is not None else 10.0
@@ -419,8 +454,8 @@ class OrderSagaMachine(RuleBasedStateMachine):
                     "lost replies": self.network.stats.lost_replies,
                     "timeouts": self.network.stats.timed_out,
                     "crashes": self.crashes,
-                    "interrupted": self.network.stats.interrupted,
                     **{f"provider {k}": v for k, v in self.world.provider.injected.items() if k != "ok"},
+                    "provider calls": sum(self.world.provider.inner.calls.values()),
                 }
             )
             totals.hashes.append(digest)

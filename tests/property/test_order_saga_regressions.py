@@ -21,7 +21,7 @@ def test_a_provider_outage_that_opens_its_breaker_does_not_dead_letter_take_paym
             if machine.network.deliverable():
                 machine.deliver(which=0, how="once")
             else:
-                machine.advance(seconds=1.0)
+                machine.advance(seconds=1.0, operator=False)
             machine.invariants_hold()
         assert any("TakePayment" in line and "retry in" in line for line in machine.events)
         assert not any(line.endswith("-> dead") for line in machine.events)

@@ -560,6 +560,14 @@ class World:
                     found.append(f"{module} dead-lettered {row.message_type} {row.message_id}: {error}")
         return found
 
+    async def outbox_rows(self) -> int:
+        """Messages still in any outbox (a live module's sweep relays them)."""
+        total = 0
+        for module in MODULE_NAMES:
+            rows = await self._rows(module, sa.select(sa.func.count()).select_from(outbox))
+            total += rows[0][0]
+        return total
+
     async def parked(self) -> list[uuid.UUID]:
         rows = await self._rows(
             "orders", sa.select(saga_instances.c.id).where(saga_instances.c.status == COMPENSATION_FAILED)
