@@ -53,6 +53,7 @@ class Settings:
     login_rate_limit: RateLimit = RateLimit(10, 60.0)
     payment_deadline_s: float = 900.0
     payment_provider_timeout_s: float = 2.0
+    payment_provider_breaker_wait_s: float = 10.0
     jwt_private_key: str | None = None
     jwt_public_key: str | None = None
     log_level: str = "INFO"
@@ -85,6 +86,7 @@ class Settings:
         read("SHOP_LOGIN_RATE_LIMIT", "login_rate_limit", RateLimit.parse)
         read("SHOP_PAYMENT_DEADLINE_S", "payment_deadline_s", _positive_float)
         read("SHOP_PAYMENT_PROVIDER_TIMEOUT_S", "payment_provider_timeout_s", _positive_float)
+        read("SHOP_PAYMENT_PROVIDER_BREAKER_WAIT_S", "payment_provider_breaker_wait_s", _positive_float)
         read("SHOP_JWT_PRIVATE_KEY", "jwt_private_key")
         read("SHOP_JWT_PUBLIC_KEY", "jwt_public_key")
         read("SHOP_LOG_LEVEL", "log_level", _choice(LOG_LEVELS, upper=True))

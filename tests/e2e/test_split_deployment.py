@@ -274,7 +274,8 @@ class Journey:
 
     def address(self, headers: dict[str, str]) -> str:
         response = self.client.post(
-            "/api/v1/users/me/addresses", headers=headers,
+            "/api/v1/users/me/addresses",
+            headers=headers,
             json=ADDRESS,
         )
         assert response.status_code == 201, response.text

@@ -17,9 +17,9 @@ from hypothesis.stateful import run_state_machine_as_test
 from .machine import DramatiqOrderSagaMachine, OrderSagaMachine, Totals
 
 DEEP = os.environ.get("SHOP_PROPERTY_PROFILE") == "deep"
-PROGRAMS = 2000 if DEEP else 12
-STEPS = 60 if DEEP else 30
-DRAMATIQ_PROGRAMS = 200 if DEEP else 4
+PROGRAMS = 1500 if DEEP else 12
+STEPS = 40 if DEEP else 30
+DRAMATIQ_PROGRAMS = 150 if DEEP else 4
 DRAMATIQ_STEPS = 40 if DEEP else 25
 
 

@@ -40,7 +40,6 @@ from shop.modules.orders.saga import OrderSagas, reservation_id
 from shop.modules.payments.models import payments
 from shop.modules.payments.provider import PaymentProvider, ProviderError, ProviderResult
 from shop.modules.payments.simulated import REF_PREFIX, SimulatedProvider
-from shop.observability.logging import configure as configure_logging
 from shop.settings import MODULE_NAMES, Settings
 
 from .network import Network, VirtualClock
@@ -167,7 +166,6 @@ def settings_for(data_dir: Path) -> Settings:
 async def build_template(data_dir: Path) -> Seed:
     """Migrate every module's database into `data_dir` and seed it, through the bus."""
     settings = settings_for(data_dir)
-    configure_logging(settings.log_level)
     await migrate.upgrade(settings, MODULE_NAMES)
     shop = build_shop(settings)
     await shop.start(background=False)

@@ -38,6 +38,7 @@ from shop.settings import Settings
 ADMIN_EMAIL = "admin@example.com"
 PASSWORD = "correct horse battery"
 PROVIDER_TIMEOUT_S = 0.05
+PROVIDER_BREAKER_WAIT_S = 0.2  # a message that met the open breaker comes back this soon
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 
@@ -252,6 +253,7 @@ def open_shop(
     async def open_(**overrides: Any) -> AsyncIterator[S]:
         overrides.setdefault("data_dir", tmp_path / "data")
         overrides.setdefault("payment_provider_timeout_s", PROVIDER_TIMEOUT_S)
+        overrides.setdefault("payment_provider_breaker_wait_s", PROVIDER_BREAKER_WAIT_S)
         settings = Settings.from_env({}, admin_email=ADMIN_EMAIL, admin_password=PASSWORD, **overrides)
         app = shop_app.create_app(settings)
         async with AsyncTestClient(app=app) as client:

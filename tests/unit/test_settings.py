@@ -46,6 +46,8 @@ def test_every_shop_variable_is_read() -> None:
         "SHOP_RATE_LIMIT": "50/minute",
         "SHOP_LOGIN_RATE_LIMIT": "5/hour",
         "SHOP_PAYMENT_DEADLINE_S": "30.5",
+        "SHOP_PAYMENT_PROVIDER_TIMEOUT_S": "1.5",
+        "SHOP_PAYMENT_PROVIDER_BREAKER_WAIT_S": "20",
         "SHOP_JWT_PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----x",
         "SHOP_JWT_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----y",
         "SHOP_LOG_LEVEL": "debug",
@@ -66,6 +68,8 @@ def test_every_shop_variable_is_read() -> None:
     assert settings.rate_limit == RateLimit(50, 60.0)
     assert settings.login_rate_limit == RateLimit(5, 3600.0)
     assert settings.payment_deadline_s == 30.5
+    assert settings.payment_provider_timeout_s == 1.5
+    assert settings.payment_provider_breaker_wait_s == 20.0
     assert settings.jwt_private_key == "-----BEGIN PRIVATE KEY-----x"
     assert settings.jwt_public_key == "-----BEGIN PUBLIC KEY-----y"
     assert settings.log_level == "DEBUG"
@@ -119,6 +123,11 @@ def test_rate_limits_are_count_per_period(text: str, expected: RateLimit) -> Non
         pytest.param({"SHOP_PAYMENT_DEADLINE_S": "soon"}, "SHOP_PAYMENT_DEADLINE_S", id="deadline-text"),
         pytest.param({"SHOP_PAYMENT_DEADLINE_S": "nan"}, "SHOP_PAYMENT_DEADLINE_S", id="deadline-nan"),
         pytest.param({"SHOP_PAYMENT_DEADLINE_S": "inf"}, "SHOP_PAYMENT_DEADLINE_S", id="deadline-inf"),
+        pytest.param(
+            {"SHOP_PAYMENT_PROVIDER_BREAKER_WAIT_S": "0"},
+            "SHOP_PAYMENT_PROVIDER_BREAKER_WAIT_S",
+            id="provider-breaker-wait-zero",
+        ),
         pytest.param({"SHOP_DATABASE_URL": "mysql://x"}, "SHOP_DATABASE_URL", id="database-mysql"),
         pytest.param(
             {"SHOP_PAYMENTS_DATABASE_URL": "oracle://x"}, "SHOP_PAYMENTS_DATABASE_URL", id="module-database"

@@ -49,6 +49,19 @@ class DeadLetter:
     envelope: Envelope
 
 
+ERROR_LIMIT = 4000
+
+
+def _bounded(error: str) -> str:
+    """A traceback cut to ERROR_LIMIT characters around the middle: its first frames and its end,
+    where the exception that finally failed the message is named."""
+    if len(error) <= ERROR_LIMIT:
+        return error
+    head = ERROR_LIMIT // 4
+    tail = ERROR_LIMIT - head - 5
+    return f"{error[:head]}\n...\n{error[-tail:]}"
+
+
 async def bury(database: Database, queue: str, envelope: Envelope, error: str) -> uuid.UUID:
     """Store a message that failed for the last time."""
     entry_id = uuid.uuid4()
@@ -61,7 +74,7 @@ async def bury(database: Database, queue: str, envelope: Envelope, error: str) -
                 consumer=envelope.consumer or "",
                 queue=queue,
                 envelope=encode(envelope),
-                error=error[:4000],
+                error=_bounded(error),
                 attempts=envelope.attempt,
                 failed_at=datetime.now(UTC),
             )

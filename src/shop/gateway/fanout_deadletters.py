@@ -25,6 +25,7 @@ PATH = "/api/v1/admin/dead-letters"
 CALL_TIMEOUT_S = 3.0
 PAGE_SIZE = 100  # what is fetched from each service (its own limit)
 
+
 class Instances(Protocol):
     def service_urls(self) -> Sequence[str]: ...
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from shop.bus.breaker import BreakerRegistry, CircuitBreaker, CircuitOpenError
@@ -138,5 +138,13 @@ class GuardedProvider:
 def guarded_provider(
     provider: PaymentProvider, breakers: BreakerRegistry, settings: Settings
 ) -> GuardedProvider:
-    """The module's provider guard; SHOP_PAYMENT_PROVIDER_TIMEOUT_S bounds each call."""
+    """The module's provider guard; SHOP_PAYMENT_PROVIDER_TIMEOUT_S bounds each call, and its
+    breaker stays open SHOP_PAYMENT_PROVIDER_BREAKER_WAIT_S before it lets probes through."""
+    name = f"provider:{provider.name}"
+    breakers.configure(
+        name,
+        replace(
+            breakers.config_for(name), wait_duration_in_open_state=settings.payment_provider_breaker_wait_s
+        ),
+    )
     return GuardedProvider(provider, breakers, timeout=settings.payment_provider_timeout_s)
