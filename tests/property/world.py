@@ -40,6 +40,7 @@ from shop.modules.orders.saga import OrderSagas, reservation_id
 from shop.modules.payments.models import payments
 from shop.modules.payments.provider import PaymentProvider, ProviderError, ProviderResult
 from shop.modules.payments.simulated import REF_PREFIX, SimulatedProvider
+from shop.observability import metrics
 from shop.settings import MODULE_NAMES, Settings
 
 from .network import Network, VirtualClock
@@ -307,6 +308,10 @@ class World:
         await asyncio.gather(*tasks, return_exceptions=True)
         for database in shop.databases.values():
             await database.dispose()
+        # The process's /metrics dies with it: drop the readers it registered.
+        metrics.off_scrape(f"shop:{id(shop)}")
+        if module == "orders":
+            metrics.off_scrape(f"sagas:{id(self._sagas_of(shop).engine)}")
 
     async def stop_all(self) -> None:
         for module in list(self.shops):
