@@ -32,6 +32,7 @@ from shop.contracts.delivery import RecordDeliveryEvent
 from shop.contracts.orders import CancelOrder, OrderPlaced, PlaceOrder
 from shop.modules.delivery.models import deliveries
 from shop.modules.orders.saga import cancel_saga_id, payment_id, reservation_id
+from shop.observability import metrics
 from shop.settings import MODULE_NAMES
 
 from .network import (
@@ -109,6 +110,7 @@ class OrderSagaMachine(RuleBasedStateMachine):
         ):
             for n, value in enumerate(ids):
                 self.names[str(value)] = f"{prefix}{n}"
+        self.scrape_hooks_before = set(metrics._scrape_hooks)
         self.crashes = 0
         self.run_statuses: list[str] = []
         self.steps = 0
@@ -462,6 +464,9 @@ class OrderSagaMachine(RuleBasedStateMachine):
             totals.logs.append(self.events)
             with contextlib.suppress(Exception):
                 self.run(self.world.stop_all())
+            # Whatever this program's processes registered for /metrics goes with them.
+            for key in set(metrics._scrape_hooks) - self.scrape_hooks_before:
+                metrics.off_scrape(key)
             leftover = asyncio.all_tasks(self.loop)
             for task in leftover:
                 task.cancel()

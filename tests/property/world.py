@@ -315,7 +315,8 @@ class World:
 
     async def stop_all(self) -> None:
         for module in list(self.shops):
-            await self.crash(module)
+            with contextlib.suppress(Exception):
+                await self.crash(module)
         for database in self.readers.values():
             await database.dispose()
 
