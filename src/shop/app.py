@@ -24,7 +24,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from shop import migrate as migrations
-from shop.bus.breaker import BreakerConfig, BreakerRegistry, CircuitState
+from shop.bus.breaker import BreakerConfig, BreakerRegistry
 from shop.bus.bus import Bus
 from shop.bus.clock import Clock
 from shop.bus.module import Module
@@ -38,7 +38,7 @@ from shop.gateway.problems import EXCEPTION_HANDLERS
 from shop.gateway.ratelimit import MemoryRateLimitStore, RateLimiter, RateLimitStore
 from shop.observability import logging as shop_logging
 from shop.observability import metrics, tracing
-from shop.observability.logcontext import enter_module, leave_module, set_process_module
+from shop.observability.logcontext import bound_module, set_process_module
 from shop.process import die_with_parent
 from shop.security.guards import provide_principal
 from shop.security.keys import load_keys
@@ -83,14 +83,13 @@ class Shop:
         for name in self.local:
             module = self.bus.modules[name]
             injector = self.bus.injector_for(name)
-            bound = enter_module(name)  # the hooks and background tasks log as their module
-            for hook in module.startup_hooks:
-                await hook(**injector.plan(hook).arguments(_startup_scope()))
-            for task in module.background_tasks if background else ():
-                arguments = injector.plan(task).arguments(_startup_scope())
-                coroutine = cast(Coroutine[Any, Any, None], task(**arguments))
-                self._tasks.append(asyncio.create_task(coroutine, name=f"{name}:{task.__name__}"))
-            leave_module(bound)
+            with bound_module(name):  # the hooks and background tasks log as their module
+                for hook in module.startup_hooks:
+                    await hook(**injector.plan(hook).arguments(_startup_scope()))
+                for task in module.background_tasks if background else ():
+                    arguments = injector.plan(task).arguments(_startup_scope())
+                    coroutine = cast(Coroutine[Any, Any, None], task(**arguments))
+                    self._tasks.append(asyncio.create_task(coroutine, name=f"{name}:{task.__name__}"))
         metrics.on_scrape(f"shop:{id(self)}", self._report)
         log.info("shop.started", modules=list(self.local), transport=self.bus.transport.name)
 
@@ -143,14 +142,6 @@ def _startup_scope() -> Any:
     return Scope()
 
 
-_STATE_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
-
-
-def _on_breaker_change(name: str, old: CircuitState, new: CircuitState) -> None:
-    metrics.BREAKER_STATE.labels(name).set(_STATE_VALUE[new])
-    log.warning("breaker.state_changed", breaker=name, old=old.value, new=new.value)
-
-
 def build_shop(
     settings: Settings,
     *,
@@ -171,7 +162,7 @@ def build_shop(
         tracing.instrument_engine(database.engine)
     keys = load_keys(settings, generate="users" in local)
     verifier = TokenVerifier(keys.public_pem)
-    breakers = BreakerRegistry(clock=clock.monotonic, on_state_change=_on_breaker_change)
+    breakers = BreakerRegistry(clock=clock.monotonic, on_state_change=metrics.on_breaker_change)
     # Asks between modules: open on real failure rates over a meaningful window, not on a burst
     # that only queued (a timeout still counts); probe again soon.
     breakers.configure(

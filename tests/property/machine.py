@@ -302,12 +302,17 @@ class OrderSagaMachine(RuleBasedStateMachine):
         item = items[which % len(items)]
         if how.startswith("provider "):
             self.world.provider.faults.insert(0, how.split()[1])
-        outcome = self.run(
-            self.network.deliver(
-                item, duplicate=how == "duplicate", lose_reply=how == "lose_reply" and item.is_request
-            )
+        self.deliver_and_settle(
+            item, f"deliver {how}", duplicate=how == "duplicate", lose_reply=how == "lose_reply"
         )
-        self.log(f"deliver {how} {self.describe(item)} -> {outcome}")
+
+    def deliver_and_settle(
+        self, item: Any, label: str, *, duplicate: bool = False, lose_reply: bool = False
+    ) -> None:
+        outcome = self.run(
+            self.network.deliver(item, duplicate=duplicate, lose_reply=lose_reply and item.is_request)
+        )
+        self.log(f"{label} {self.describe(item)} -> {outcome}")
         self.settle()
 
     # Delivering is what a network mostly does: two more ways to pick the same rule.
@@ -325,10 +330,7 @@ class OrderSagaMachine(RuleBasedStateMachine):
             items = self.pending()
             if not items:
                 break
-            item = items[which % len(items)]
-            outcome = self.run(self.network.deliver(item))
-            self.log(f"deliver {self.describe(item)} -> {outcome}")
-            self.settle()
+            self.deliver_and_settle(items[which % len(items)], "deliver")
 
     @precondition(lambda self: bool(self.network.deliverable()))
     @rule(which=st.integers(0, 63))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Awaitable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -122,7 +122,6 @@ class Pending:
     receipt: asyncio.Future[None] | None = None  # sends: resolves when safe to forget
     reply: asyncio.Future[Any] | None = None  # requests: the asker waits on it
     expires: float | None = None  # requests: the asker's timeout, virtual
-    poisoned: bool = False
 
     @property
     def is_request(self) -> bool:
@@ -138,7 +137,6 @@ class Stats:
     timed_out: int = 0
     retried: int = 0
     dead: int = 0
-    interrupted: int = 0
 
 
 @dataclass
@@ -196,7 +194,6 @@ class Network:
         self.io = _IoCounter()
         self.up: set[str] = set()
         self._seq = 0
-        self._handling: dict[str, set[asyncio.Task[Any]]] = {}
         self.asks: list[Pending] = []  # requests whose asker still waits, delivered or not
 
     # -- what endpoints call ----------------------------------------------------------------
@@ -209,12 +206,9 @@ class Network:
         self.up.add(module)
 
     async def detach(self, module: str) -> None:
-        """The module is gone (crash or stop): its handlers and its requests die with it."""
+        """The module is gone (crash or stop): its requests die with it. (Nothing is being handled
+        there: a delivery is handled to its end within the rule that delivers it.)"""
         self.up.discard(module)
-        tasks = self._handling.pop(module, set())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         for item in list(self.pending):
             if item.is_request and item.origin == module:
                 self.pending.remove(item)
@@ -254,7 +248,7 @@ class Network:
     # -- what the test does ------------------------------------------------------------------
 
     def deliverable(self) -> list[Pending]:
-        """Messages that may be delivered now, in a canonical order (see `sort_key`)."""
+        """Messages that may be delivered now (the test puts them in a canonical order)."""
         return [p for p in self.pending if p.not_before <= self.clock.elapsed and p.queue in self.up]
 
     async def deliver(self, item: Pending, *, duplicate: bool = False, lose_reply: bool = False) -> str:
@@ -265,20 +259,7 @@ class Network:
         else:
             self.stats.duplicated += 1
         self.stats.delivered += 1
-        task = asyncio.get_running_loop().create_task(self._handle(item, lose_reply=lose_reply))
-        self._handling.setdefault(item.queue, set()).add(task)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if not task.cancelled():
-                raise
-            # The destination crashed while handling it: nobody acknowledged the delivery.
-            self.stats.interrupted += 1
-            if not duplicate:
-                self._requeue_lost(item)
-            return "crashed while handling"
-        finally:
-            self._handling.get(item.queue, set()).discard(task)
+        return await self._handle(item, lose_reply=lose_reply)
 
     async def _handle(self, item: Pending, *, lose_reply: bool) -> str:
         if item.is_request:
@@ -309,7 +290,6 @@ class Network:
                     again,
                     self.clock.elapsed + result.delay,
                     receipt=item.receipt,
-                    poisoned=item.poisoned,
                 )
             )
             return f"failed, retry in {result.delay:.2f}s"
@@ -339,7 +319,6 @@ class Network:
                     item.envelope,
                     self.clock.elapsed + REDELIVERY_AFTER_S,
                     receipt=item.receipt,
-                    poisoned=item.poisoned,
                 )
             )
         elif item.receipt is not None and not item.receipt.done():
@@ -391,10 +370,6 @@ class Network:
                 quiet_rounds = 0
                 await asyncio.sleep(max(near, 0.0) + 0.001)
                 continue
-            if any(self._handling.values()):
-                quiet_rounds = 0
-                await asyncio.sleep(0.001)
-                continue
             quiet_rounds += 1
 
 
@@ -427,6 +402,3 @@ class Endpoint:
         self, queue: str, envelope: Envelope, *, timeout: float, message: Message | None = None
     ) -> Any:
         return await self.network.request(self.module, queue, envelope, timeout)
-
-
-Factory = Callable[[], Awaitable[Any]]

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from shop import migrate
 from shop.app import Shop, build_shop
 from shop.bus import inbox as inbox_module
-from shop.bus.messages import Envelope, new_envelope
+from shop.bus.messages import Envelope, decode_body, new_envelope
 from shop.bus.saga import COMPENSATION_FAILED, is_final
 from shop.bus.tables import dead_letters, outbox, saga_instances, saga_steps
 from shop.contracts.catalog import CreateProduct, Line, ProductView, ReserveStock
@@ -632,8 +632,6 @@ def summarize(result: Any) -> str:
 def canonical(envelope: Envelope, names: dict[str, str]) -> str:
     """An envelope as the event log and the delivery order see it: ids replaced by names the
     program gave them, anything else random left out."""
-    from shop.bus.messages import decode_body
-
     try:
         body = msgspec.to_builtins(decode_body(envelope.type, envelope.body))
     except Exception:

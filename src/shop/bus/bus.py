@@ -213,12 +213,9 @@ class Bus:
                     spec.module, envelope, timeout=timeout or self.default_timeout
                 )
                 reply = coerce_reply(reply, self._reply_type(spec))
-        except (HandlerFailed, AskTimeout) as exc:
-            breaker.on_error(time.monotonic() - started, exc)
-            if span is not None:
-                tracing.end(span, exc)
-            raise
         except BaseException as exc:
+            if isinstance(exc, (HandlerFailed, AskTimeout)):
+                breaker.on_error(time.monotonic() - started, exc)
             if span is not None:
                 tracing.end(span, exc)
             raise

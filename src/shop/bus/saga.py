@@ -67,6 +67,7 @@ __all__ = [
     "COMPLETED",
     "DONE",
     "FAILED",
+    "NOT_FINAL",
     "RETRY",
     "RUNNING",
     "STARTED",
@@ -108,7 +109,7 @@ RESUMED = "RESUMED"
 
 DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
 
-_NOT_FINAL = frozenset({RUNNING, WAITING, COMPENSATING, COMPENSATION_FAILED})
+NOT_FINAL = frozenset({RUNNING, WAITING, COMPENSATING, COMPENSATION_FAILED})
 _MAX_NAME = 100
 _MAX_STATUS = 32
 _MAX_REASON = 100
@@ -119,13 +120,13 @@ _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:shop:bus:saga")
 
 def is_final(status: str) -> bool:
     """Whether a saga in ``status`` has ended (COMPENSATION_FAILED is parked, not final)."""
-    return status not in _NOT_FINAL
+    return status not in NOT_FINAL
 
 
 def _check_final_status(status: str) -> None:
     if not isinstance(status, str) or not status or len(status) > _MAX_STATUS:
         raise ValueError(f"a saga status must be a non-empty string of at most {_MAX_STATUS} characters")
-    if status in _NOT_FINAL:
+    if status in NOT_FINAL:
         raise ValueError(f"{status!r} is not a final status; use e.g. {FAILED!r} or {CANCELLED!r}")
 
 
@@ -1253,14 +1254,14 @@ class SagaEngine:
     def _overdue(self) -> sa.ColumnElement[bool]:
         """Not final, and the step's or the saga's deadline has passed."""
         c, now = saga_instances.c, self._now()
-        return sa.and_(c.status.in_(_NOT_FINAL), sa.or_(c.step_deadline <= now, c.deadline <= now))
+        return sa.and_(c.status.in_(NOT_FINAL), sa.or_(c.step_deadline <= now, c.deadline <= now))
 
     async def counts(self, *, final: bool = True) -> dict[tuple[str, str], int]:
         """How many sagas there are per (type, status); only the not-final ones if not ``final``."""
         c = saga_instances.c
         query = sa.select(c.type, c.status, sa.func.count()).group_by(c.type, c.status)
         if not final:
-            query = query.where(c.status.in_(_NOT_FINAL))
+            query = query.where(c.status.in_(NOT_FINAL))
         async with unit_of_work(self.database, write=False) as uow:
             rows = (await uow.session.execute(query)).all()
         return {(saga_type, status): int(count) for saga_type, status, count in rows}

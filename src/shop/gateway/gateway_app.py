@@ -24,7 +24,7 @@ import structlog
 from litestar import Controller, Litestar, Response, get
 from litestar.datastructures import State
 
-from shop.bus.breaker import BreakerConfig, BreakerRegistry, CircuitState
+from shop.bus.breaker import BreakerConfig, BreakerRegistry
 from shop.discovery.base import DEFAULT_ROUTES, Registry
 from shop.discovery.factory import registry_for
 from shop.gateway.fanout_deadletters import PATH as DEAD_LETTERS
@@ -63,14 +63,6 @@ UPSTREAM_BREAKER = BreakerConfig(
 OPENAPI_CACHE_S = 30.0
 OPENAPI_TIMEOUT_S = 2.0
 _SERVICES_PATHS = frozenset({"/api/v1/services", "/api/v1/services/"})
-
-_STATE_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
-
-
-def on_breaker_change(name: str, old: CircuitState, new: CircuitState) -> None:
-    """A BreakerRegistry listener: the breaker-state gauge and a log line."""
-    metrics.BREAKER_STATE.labels(name).set(_STATE_VALUE[new])
-    log.warning("breaker.state_changed", breaker=name, old=old.value, new=new.value)
 
 
 class SchemaController(Controller):
@@ -336,7 +328,7 @@ def create_gateway_app(settings: Settings | None = None, *, service_urls: str | 
     keys = load_keys(settings, generate=False)
     registry = registry_for(settings, service_urls)
     store = RedisRateLimitStore(settings.redis_url)
-    breakers = BreakerRegistry(on_state_change=on_breaker_change)
+    breakers = BreakerRegistry(on_state_change=metrics.on_breaker_change)
     breakers.configure(UPSTREAM_BREAKER_PREFIX, UPSTREAM_BREAKER)
     return build_gateway_app(
         settings,

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from shop.bus.breaker import CircuitState
 
 HTTP_REQUESTS = Counter("shop_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
 HTTP_LATENCY = Histogram(
@@ -49,6 +53,12 @@ BREAKER_VALUES = {"CLOSED": 0, "HALF_OPEN": 1, "OPEN": 2}
 def set_breaker_state(name: str, state: str) -> None:
     """The gauge of one breaker (`state` is a CircuitState value)."""
     BREAKER_STATE.labels(name).set(BREAKER_VALUES[state])
+
+
+def on_breaker_change(name: str, old: CircuitState, new: CircuitState) -> None:
+    """A BreakerRegistry listener: the breaker-state gauge and a log line."""
+    set_breaker_state(name, new.value)
+    _log.warning("breaker.state_changed", breaker=name, old=old.value, new=new.value)
 
 
 # -- gauges read at scrape time -----------------------------------------------------------------

@@ -10,15 +10,7 @@ from shop.bus.breaker import CircuitOpenError
 from shop.bus.bus import Bus
 from shop.bus.errors import BusError
 from shop.bus.messages import Rejected
-from shop.bus.saga import (
-    CANCELLED,
-    COMPENSATING,
-    COMPENSATION_FAILED,
-    RUNNING,
-    WAITING,
-    SagaEngine,
-    SagaState,
-)
+from shop.bus.saga import CANCELLED, NOT_FINAL, SagaEngine, SagaState
 from shop.contracts.delivery import CancelDelivery, DeliveryCancellation
 from shop.contracts.orders import (
     CancelOrder,
@@ -180,14 +172,11 @@ async def retry_saga(cmd: RetrySaga, database: Database, sagas: OrderSagas) -> S
     return _summary(state)
 
 
-ACTIVE_STATUSES = (RUNNING, WAITING, COMPENSATING, COMPENSATION_FAILED)
-
-
 async def report_sagas(engine: SagaEngine) -> None:
     """The saga gauges, read from the orders database when /metrics is scraped."""
     active, overdue = await engine.counts(final=False), await engine.overdue_counts()
     types = sorted({*engine.saga_types, *(t for t, _ in active), *overdue})
-    by_state: dict[tuple[str, ...], float] = {(t, s): 0 for t in types for s in ACTIVE_STATUSES}
+    by_state: dict[tuple[str, ...], float] = {(t, s): 0 for t in types for s in sorted(NOT_FINAL)}
     for (saga_type, status), count in active.items():
         by_state[(saga_type, status)] = count
     metrics.SAGAS_ACTIVE_READING.set_all(by_state)
