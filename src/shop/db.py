@@ -17,8 +17,11 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+
+from shop.sqlite_onloop import onloop_url
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -33,17 +36,21 @@ class Database:
         self.schema: str | None = None if self.is_sqlite else module
         translate = {module: None} if self.is_sqlite else {None: module}
         kwargs: dict[str, Any] = {"echo": echo}
+        engine_url: Any = url
         if self.is_sqlite:
             database = make_url(url).database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-            # Keep connections (each is a thread with its own PRAGMAs): the default pool closes
-            # every connection above 5 when it is returned, so bursts kept opening new ones.
+            # stdlib sqlite3 on the event loop (no thread hand-off per call); never a busy wait
+            # inside the driver: unit_of_work awaits another process's write lock instead.
+            engine_url = onloop_url(url)
+            kwargs["connect_args"] = {"timeout": 0}
+            # Keep connections (each with its own PRAGMAs): the default pool closes every
+            # connection above 5 when it is returned, so bursts kept opening new ones.
             kwargs.update(pool_size=20, max_overflow=20)
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs).execution_options(
+        self.engine: AsyncEngine = create_async_engine(engine_url, **kwargs).execution_options(
             schema_translate_map=translate
         )
         if self.is_sqlite:
@@ -71,7 +78,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
     for pragma in (
         "PRAGMA journal_mode=WAL",
         "PRAGMA foreign_keys=ON",
-        f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+        "PRAGMA busy_timeout=0",
         "PRAGMA synchronous=NORMAL",
     ):
         cursor.execute(pragma)
@@ -80,7 +87,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
 
 def _sqlite_begin_immediate(conn: Any) -> None:
     # A read-only unit of work runs without an explicit transaction (each SELECT is atomic
-    # under WAL): no BEGIN/COMMIT round trips through aiosqlite's thread.
+    # under WAL): no BEGIN/COMMIT statements.
     if conn.get_execution_options().get("shop_write", True):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -118,31 +125,60 @@ def current_unit_of_work() -> UnitOfWork | None:
 async def unit_of_work(database: Database, *, write: bool = True) -> AsyncIterator[UnitOfWork]:
     """Open a transaction; commit on success, roll back on error; then run after-commit hooks.
 
-    On SQLite a writing unit of work takes the write lock at BEGIN (IMMEDIATE), so concurrent
-    writers queue on the busy timeout; a read-only one (`write=False`) begins deferred and
-    never blocks writers in WAL mode.
+    On SQLite a writing unit of work takes this process's write lock, then SQLite's at BEGIN
+    (IMMEDIATE); another process holding SQLite's is waited for with asyncio sleeps, never in
+    the driver. A read-only one (`write=False`) begins deferred and never blocks writers (WAL).
     """
     lock = database.write_lock if write else None
+    deadline = asyncio.get_running_loop().time() + SQLITE_BUSY_TIMEOUT_MS / 1000
     if lock is not None:
         try:
-            async with asyncio.timeout(SQLITE_BUSY_TIMEOUT_MS / 1000):
+            async with asyncio.timeout_at(deadline):
                 await lock.acquire()
         except TimeoutError:
             raise DatabaseBusy(f"{database.module}: no write slot within the busy timeout") from None
-    uow = UnitOfWork(database)
-    token = _current.set(uow)
     try:
-        async with uow.session.begin():
-            await uow.session.connection(execution_options={"shop_write": write})
-            yield uow
-    finally:
-        _current.reset(token)
+        uow = await _begin(database, write, deadline)
+        token = _current.set(uow)
         try:
-            await uow.session.close()
+            try:
+                yield uow
+            except BaseException:
+                await uow.session.rollback()
+                raise
+            await uow.session.commit()
         finally:
-            if lock is not None:
-                lock.release()
+            _current.reset(token)
+            await uow.session.close()
+    finally:
+        if lock is not None:
+            lock.release()
     await uow.run_after_commit()
+
+
+async def _begin(database: Database, write: bool, deadline: float) -> UnitOfWork:
+    """A unit of work whose transaction has begun; SQLite's write lock held by another process
+    is waited for here, with backoff, until `deadline` (loop time)."""
+    delay = 0.001
+    loop = asyncio.get_running_loop()
+    while True:
+        uow = UnitOfWork(database)
+        try:
+            await uow.session.connection(execution_options={"shop_write": write})
+            return uow
+        except OperationalError as exc:
+            await uow.session.close()
+            if not (database.is_sqlite and _is_busy(exc)):
+                raise
+            if loop.time() + delay > deadline:
+                raise DatabaseBusy(f"{database.module}: the database stayed locked") from exc
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _is_busy(exc: OperationalError) -> bool:
+    message = str(exc.orig).lower()
+    return "database is locked" in message or "database is busy" in message
 
 
 class DatabaseBusy(TimeoutError):
