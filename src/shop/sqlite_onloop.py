@@ -1,7 +1,7 @@
 """SQLite for the async engine without a thread hand-off: stdlib sqlite3 called on the event loop.
 
 aiosqlite hands every call (execute, fetch, commit) to a thread of its own and back, ~100 µs a
-hop on this machine class, for statements that take 4–10 µs. This dialect is pysqlite declared
+hop on this machine class, for statements that take 4 to 10 µs. This dialect is pysqlite declared
 async: SQLAlchemy's asyncio layer runs it inside its greenlet as usual, and since the driver
 never awaits, each statement runs to completion on the loop, in microseconds.
 
