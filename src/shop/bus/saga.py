@@ -159,6 +159,10 @@ class SagaError(Exception):
     """Base of the saga engine's own errors."""
 
 
+class _RollBack(Exception):
+    """Roll a local step's transaction back (its action failed, or the saga changed meanwhile)."""
+
+
 class NoUnitOfWorkForSaga(SagaError):
     """`start` was awaited outside a unit of work on the saga's database."""
 
@@ -204,6 +208,7 @@ class SagaContext:
     data: dict[str, Any]
     attempt: int = 1
     phase: str = "action"
+    uow: UnitOfWork | None = None  # a local step's unit of work (see Saga.step)
 
     @property
     def idempotency_key(self) -> str:
@@ -246,6 +251,7 @@ class Step:
     deadline: Deadline | None = None
     timeout_reason: str = DEADLINE_EXCEEDED
     timeout_status: str = FAILED
+    local: bool = False  # the action only writes the saga's own database: see Saga.step
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,14 +281,20 @@ class Saga:
         deadline: Deadline | None = None,
         timeout_reason: str = DEADLINE_EXCEEDED,
         timeout_status: str = FAILED,
+        local: bool = False,
     ) -> Saga:
-        """A copy of this definition with a step appended."""
+        """A copy of this definition with a step appended.
+
+        ``local=True``: the action only changes the saga's own database (through
+        ``ctx.uow``, and messages through that unit of work's outbox). It runs inside the
+        transaction that records its outcome, so its effect and the saga's progress commit
+        together, in one transaction and without a claim of their own."""
         _check_name("step", name)
         _check_reason(timeout_reason)
         _check_final_status(timeout_status)
         if any(existing.name == name for existing in self.steps):
             raise ValueError(f"saga {self.name!r} already has a step named {name!r}")
-        new = Step(name, action, compensate, abort, deadline, timeout_reason, timeout_status)
+        new = Step(name, action, compensate, abort, deadline, timeout_reason, timeout_status, local)
         return replace(self, steps=(*self.steps, new))
 
     def index_of(self, name: str) -> int | None:
@@ -344,6 +356,7 @@ class _Row:
     created_at: datetime
     updated_at: datetime
     trace: dict[str, Any] = field(default_factory=dict)  # kept in meta, across its resets
+    stale: bool = False  # a save found the stored saga changed by someone else: reload
 
     @classmethod
     def from_mapping(cls, row: sa.RowMapping) -> _Row:
@@ -413,6 +426,7 @@ class _Finish:
 class _Change:
     events: list[_Event] = field(default_factory=list)
     finish: _Finish | None = None
+    claims_next: bool = False  # the save also claims (starts) the step that comes next
 
 
 @dataclass(slots=True)
@@ -492,6 +506,8 @@ class SagaEngine:
         self._stale_after = stale_after
         self._batch_size = batch_size
         self._locks: dict[uuid.UUID, _LockEntry] = {}
+        # saga id -> the version whose save claimed the current step on the way (see _claim_next)
+        self._preclaimed: dict[uuid.UUID, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -563,7 +579,9 @@ class SagaEngine:
         except Exception:
             log.exception("saga.advance_failed", saga_id=str(saga_id))
 
-    def _context(self, row: _Row, step: str, phase: str = "action") -> SagaContext:
+    def _context(
+        self, row: _Row, step: str, phase: str = "action", uow: UnitOfWork | None = None
+    ) -> SagaContext:
         return SagaContext(
             saga_id=row.id,
             saga_type=row.type,
@@ -571,6 +589,7 @@ class SagaEngine:
             data=copy.deepcopy(row.data),
             attempt=row.attempts + 1,
             phase=phase,
+            uow=uow,
         )
 
     # -- persistence --------------------------------------------------------------------
@@ -611,14 +630,19 @@ class SagaEngine:
         )
         if result.rowcount != 1:
             log.info("saga.concurrent_change", saga_id=str(row.id), version=expected)
+            row.stale = True
             return False
         row.version = expected + 1
         row.updated_at = now
-        for event in change.events:
+        if change.claims_next:
+            self._preclaimed[row.id] = row.version
+        if change.events:
             await session.execute(
-                saga_steps.insert().values(
-                    saga_id=row.id, step=event.step, status=event.status, detail=event.detail, at=now
-                )
+                saga_steps.insert(),
+                [
+                    {"saga_id": row.id, "step": e.step, "status": e.status, "detail": e.detail, "at": now}
+                    for e in change.events
+                ],
             )
         if definition.on_step is not None:
             for event in change.events:
@@ -705,7 +729,9 @@ class SagaEngine:
         self._enter_compensation(definition, row, change, status, reason, abort)
         return change
 
-    def _step_done(self, definition: Saga, row: _Row, step: Step, data: dict[str, Any]) -> _Change:
+    def _step_done(
+        self, definition: Saga, row: _Row, step: Step, data: dict[str, Any], *, claim_next: bool = False
+    ) -> _Change:
         change = _Change([_Event(step.name, DONE)])
         row.data = data
         row.meta = {}
@@ -721,7 +747,21 @@ class SagaEngine:
         else:
             row.status = RUNNING
             row.step = definition.steps[row.step_index].name
+            if claim_next:
+                self._claim_next(definition, row, change)
         return change
+
+    def _claim_next(self, definition: Saga, row: _Row, change: _Change) -> None:
+        """Record the start of the next step in the save that completes the previous one, when
+        the advancing loop runs it right away (no cancel can come in between: the loop holds
+        the saga's lock), so the step needs no save of its own first. A crash before it really
+        starts looks like a crash just after: it counts as started (aborts are idempotent)."""
+        step = definition.steps[row.step_index]
+        row.meta["started"] = True
+        if step.deadline is not None:
+            row.step_deadline = self._now() + _resolve_deadline(step.deadline, self._context(row, step.name))
+        change.events.append(_Event(step.name, STARTED, "attempt 1"))
+        change.claims_next = True
 
     def _step_failed(
         self,
@@ -766,16 +806,20 @@ class SagaEngine:
         if self._joined() is not None:
             raise SagaError("advance() must not run inside a unit of work on the saga's database")
         with bound_module(self.database.module):  # timers advance sagas outside any handler
-            while True:
-                async with self._locked(saga_id):
-                    progressed = await self._step_once(saga_id)
-                if not progressed:
-                    break
+            async with self._locked(saga_id):
+                # Loaded once: after each successful save the row in memory is the stored one
+                # (the version check of the next save catches any other writer).
+                row = await self._load(saga_id)
+                while row is not None and await self._step_once(row):
+                    pass
+                self._preclaimed.pop(saga_id, None)
+                if row is not None and not row.stale:
+                    return row.state()
             return await self.get(saga_id)
 
-    async def _step_once(self, saga_id: uuid.UUID) -> bool:
-        row = await self._load(saga_id)
-        if row is None or row.status not in (RUNNING, WAITING, COMPENSATING):
+    async def _step_once(self, row: _Row) -> bool:
+        saga_id = row.id
+        if row.status not in (RUNNING, WAITING, COMPENSATING):
             return False
         definition = self._definitions.get(row.type)
         if definition is None:
@@ -848,14 +892,18 @@ class SagaEngine:
         if row.step != step.name:
             log.error("saga.step_mismatch", saga_id=str(row.id), stored=row.step, expected=step.name)
             return False
-        if not row.meta.get("started"):
-            row.meta["started"] = True
-            if step.deadline is not None:
-                row.step_deadline = now + _resolve_deadline(step.deadline, self._context(row, step.name))
-        row.next_attempt_at = None
-        claim = _Change([_Event(step.name, STARTED, f"attempt {row.attempts + 1}")])
-        if not await self._save(definition, row, claim):
-            return False
+        preclaimed = self._preclaimed.pop(row.id, None) == row.version and bool(row.meta.get("started"))
+        if step.local:
+            return await self._run_local_step(definition, row, step, now, preclaimed)
+        if not preclaimed:
+            if not row.meta.get("started"):
+                row.meta["started"] = True
+                if step.deadline is not None:
+                    row.step_deadline = now + _resolve_deadline(step.deadline, self._context(row, step.name))
+            row.next_attempt_at = None
+            claim = _Change([_Event(step.name, STARTED, f"attempt {row.attempts + 1}")])
+            if not await self._save(definition, row, claim):
+                return False
         ctx = self._context(row, step.name)
         log.debug("saga.step_started", saga_id=str(row.id), step=step.name, attempt=ctx.attempt)
         try:
@@ -874,15 +922,65 @@ class SagaEngine:
         except Exception as error:
             return await self._save(definition, row, self._retry_later(row, step.name, error))
         if isinstance(result, Wait):
-            row.data = data
-            row.status = WAITING
-            row.attempts = 0
-            row.next_attempt_at = None
-            if step.deadline is not None:
-                ctx = self._context(row, step.name)
-                row.step_deadline = self._now() + _resolve_deadline(step.deadline, ctx)
-            return await self._save(definition, row, _Change([_Event(step.name, WAITING)]))
-        return await self._save(definition, row, self._step_done(definition, row, step, data))
+            return await self._save(definition, row, self._waiting(definition, row, step, data))
+        return await self._save(
+            definition, row, self._step_done(definition, row, step, data, claim_next=True)
+        )
+
+    async def _run_local_step(
+        self, definition: Saga, row: _Row, step: Step, now: datetime, preclaimed: bool
+    ) -> bool:
+        """A local step: its action and the record of its outcome in one transaction. When
+        the action fails, its transaction is rolled back (its effect with it) and the failure
+        is recorded as for any step."""
+        started = [] if preclaimed else [_Event(step.name, STARTED, f"attempt {row.attempts + 1}")]
+        failed: Exception | None = None
+        try:
+            async with unit_of_work(self.database) as uow:
+                ctx = self._context(row, step.name, uow=uow)
+                log.debug("saga.step_started", saga_id=str(row.id), step=step.name, attempt=ctx.attempt)
+                try:
+                    result = await step.action(ctx)
+                    data = _merge(ctx.data, result.data if isinstance(result, Wait) else result)
+                except Exception as error:
+                    failed = error
+                    raise _RollBack from error
+                if isinstance(result, Wait):
+                    change = self._waiting(definition, row, step, data)
+                else:
+                    change = self._step_done(definition, row, step, data, claim_next=True)
+                change.events[:0] = started
+                try:
+                    if not await self._write(uow, definition, row, change):
+                        raise _RollBack
+                except BaseException:
+                    row.stale = True  # mutated for a save that did not happen
+                    raise
+        except _RollBack:
+            if failed is None:
+                return False  # the saga changed meanwhile
+        if failed is None:
+            return True
+        if isinstance(failed, StepFailed):
+            log.info("saga.step_failed", saga_id=str(row.id), step=step.name, reason=failed.reason)
+            change = self._step_failed(
+                definition, row, step, row.data, failed.reason, failed.status, failed.detail
+            )
+        else:
+            row.meta["started"] = True
+            change = self._retry_later(row, step.name, failed)
+        change.events[:0] = started
+        return await self._save(definition, row, change)
+
+    def _waiting(self, definition: Saga, row: _Row, step: Step, data: dict[str, Any]) -> _Change:
+        row.data = data
+        row.status = WAITING
+        row.attempts = 0
+        row.next_attempt_at = None
+        if step.deadline is not None:
+            ctx = self._context(row, step.name)
+            row.step_deadline = self._now() + _resolve_deadline(step.deadline, ctx)
+        return _Change([_Event(step.name, WAITING)])
 
     def _retry_later(self, row: _Row, step: str, error: Exception) -> _Change:
         row.attempts += 1

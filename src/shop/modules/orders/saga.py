@@ -37,7 +37,7 @@ from shop.contracts.delivery import AddressSnapshot
 from shop.contracts.orders import OrderAwaitingPayment, OrderCancelled, OrderCompleted, OrderFailed
 from shop.contracts.payments import RefundPayment, TakePayment, VoidPayment
 from shop.contracts.users import AddressView, GetAddress
-from shop.db import Database, unit_of_work
+from shop.db import Database, UnitOfWork
 from shop.modules.orders import service
 from shop.modules.orders.service import OrderBook
 from shop.settings import Settings
@@ -99,8 +99,9 @@ class OrderSagas:
                 deadline=timedelta(seconds=settings.payment_deadline_s),
                 timeout_reason="PAYMENT_TIMEOUT",
                 timeout_status=CANCELLED,
+                local=True,
             )
-            .step("complete", self.complete)
+            .step("complete", self.complete, local=True)
         )
         self.cancel_completed = (
             Saga(CANCEL_COMPLETED_ORDER, on_finish=self._on_cancel_finished)
@@ -158,30 +159,30 @@ class OrderSagas:
         priced = msgspec.convert(ctx.data["priced"], list[PricedLine])
         total = sum(line.unit_price * line.quantity for line in priced)
         currency = priced[0].currency if priced else "EUR"
-        async with unit_of_work(self.database) as uow:
-            await OrderBook(uow.session).set_status(
-                order_id, service.AWAITING_PAYMENT, only_from=(service.PENDING, service.AWAITING_PAYMENT)
+        uow = _local(ctx)
+        await OrderBook(uow.session).set_status(
+            order_id, service.AWAITING_PAYMENT, only_from=(service.PENDING, service.AWAITING_PAYMENT)
+        )
+        await self.bus.publish(
+            OrderAwaitingPayment(
+                order_id=order_id,
+                customer_id=customer_id,
+                address_id=uuid.UUID(ctx.data["address_id"]),
+                address=msgspec.convert(ctx.data["address"], AddressSnapshot),
+                total=total,
+                currency=currency,
             )
-            await self.bus.publish(
-                OrderAwaitingPayment(
-                    order_id=order_id,
-                    customer_id=customer_id,
-                    address_id=uuid.UUID(ctx.data["address_id"]),
-                    address=msgspec.convert(ctx.data["address"], AddressSnapshot),
-                    total=total,
-                    currency=currency,
-                )
+        )
+        await self.bus.send(
+            TakePayment(
+                payment_id=payment_id(order_id),
+                order_id=order_id,
+                customer_id=customer_id,
+                amount=total,
+                currency=currency,
+                payment_token=ctx.data["payment_token"],
             )
-            await self.bus.send(
-                TakePayment(
-                    payment_id=payment_id(order_id),
-                    order_id=order_id,
-                    customer_id=customer_id,
-                    amount=total,
-                    currency=currency,
-                    payment_token=ctx.data["payment_token"],
-                )
-            )
+        )
         return Wait()
 
     async def void_payment(self, ctx: SagaContext) -> None:
@@ -198,15 +199,14 @@ class OrderSagas:
 
     async def complete(self, ctx: SagaContext) -> None:
         order_id = ctx.saga_id
-        async with unit_of_work(self.database) as uow:
-            book = OrderBook(uow.session)
-            if await book.set_status(
-                order_id, service.COMPLETED, only_from=(service.PENDING, service.AWAITING_PAYMENT)
-            ):
-                await self.bus.send(CommitStock(reservation_id=reservation_id(order_id)))
-                await self.bus.publish(
-                    OrderCompleted(order_id=order_id, customer_id=uuid.UUID(ctx.data["customer_id"]))
-                )
+        book = OrderBook(_local(ctx).session)
+        if await book.set_status(
+            order_id, service.COMPLETED, only_from=(service.PENDING, service.AWAITING_PAYMENT)
+        ):
+            await self.bus.send(CommitStock(reservation_id=reservation_id(order_id)))
+            await self.bus.publish(
+                OrderCompleted(order_id=order_id, customer_id=uuid.UUID(ctx.data["customer_id"]))
+            )
 
     # -- cancel_completed_order's steps ----------------------------------------------------
 
@@ -260,6 +260,13 @@ class OrderSagas:
                     reason="CANCELLED_BY_CUSTOMER",
                 )
             )
+
+
+def _local(ctx: SagaContext) -> UnitOfWork:
+    """The unit of work of a local step (its effect commits with the saga's progress)."""
+    if ctx.uow is None:
+        raise RuntimeError(f"{ctx.step} runs as a local step, inside the saga's unit of work")
+    return ctx.uow
 
 
 def cancel_saga_id(order_id: uuid.UUID) -> uuid.UUID:
