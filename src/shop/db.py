@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from shop.sqlite_onloop import onloop_url
@@ -58,12 +58,21 @@ class Database:
             # pysqlite's own transaction handling defers BEGIN; take the write lock up front
             # so that concurrent writers queue on the busy timeout instead of deadlocking.
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        # SQLite has one writer at a time. Writers of this process queue here, in order, instead
-        # of sleep-polling in SQLite's busy handler; other processes still meet busy_timeout.
+        # SQLite has one writer at a time. Writers of this process queue here, in order, and
+        # share one connection kept open (no pool check-out and reset per transaction).
         self.write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
+        self._writer: AsyncConnection | None = None
+
+    async def writer(self) -> AsyncConnection:
+        """The connection of this process's SQLite writers (under `write_lock`)."""
+        if self._writer is None or self._writer.closed or self._writer.invalidated:
+            self._writer = await self.engine.connect()
+        return self._writer
 
     async def dispose(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await writer.close()
         await self.engine.dispose()
 
     async def ping(self) -> None:
@@ -96,13 +105,17 @@ AfterCommit = Callable[[], Awaitable[None]]
 
 
 class UnitOfWork:
-    """One transaction on one module's database, with hooks that run after it commits."""
+    """One transaction on one module's database, with hooks that run after it commits.
 
-    def __init__(self, database: Database) -> None:
+    `session` is the transaction's connection (SQLAlchemy Core: `execute`, `begin_nested`)."""
+
+    def __init__(self, database: Database, connection: AsyncConnection, shared: bool) -> None:
         self.database = database
-        self.session: AsyncSession = database.sessions()
-        self._after_commit: list[AfterCommit] = []
+        self.session: AsyncConnection = connection
         self.items: dict[str, Any] = {}
+        self._shared = shared  # the SQLite writer connection: kept open after the transaction
+        self._transaction: AsyncTransaction | None = None
+        self._after_commit: list[AfterCommit] = []
 
     def after_commit(self, hook: AfterCommit) -> None:
         self._after_commit.append(hook)
@@ -111,6 +124,24 @@ class UnitOfWork:
         hooks, self._after_commit = self._after_commit, []
         for hook in hooks:
             await hook()
+
+    async def begin(self) -> None:
+        self._transaction = await self.session.begin()
+
+    async def commit(self) -> None:
+        assert self._transaction is not None
+        await self._transaction.commit()
+
+    async def rollback(self) -> None:
+        if self._transaction is not None and self._transaction.is_active:
+            await self._transaction.rollback()
+
+    async def release(self) -> None:
+        if self._shared:
+            if self.session.in_transaction():  # a failed commit or begin: leave it clean
+                await self.session.rollback()
+        else:
+            await self.session.close()
 
 
 _current: ContextVar[UnitOfWork | None] = ContextVar("shop_unit_of_work", default=None)
@@ -144,12 +175,12 @@ async def unit_of_work(database: Database, *, write: bool = True) -> AsyncIterat
             try:
                 yield uow
             except BaseException:
-                await uow.session.rollback()
+                await uow.rollback()
                 raise
-            await uow.session.commit()
+            await uow.commit()
         finally:
             _current.reset(token)
-            await uow.session.close()
+            await uow.release()
     finally:
         if lock is not None:
             lock.release()
@@ -161,17 +192,27 @@ async def _begin(database: Database, write: bool, deadline: float) -> UnitOfWork
     is waited for here, with backoff, until `deadline` (loop time)."""
     delay = 0.001
     loop = asyncio.get_running_loop()
+    shared = write and database.write_lock is not None
     while True:
-        uow = UnitOfWork(database)
+        if shared:
+            connection = await database.writer()
+        else:
+            connection = await database.engine.connect()
+            if not write:
+                await connection.execution_options(shop_write=False)
+        uow = UnitOfWork(database, connection, shared)
         try:
-            await uow.session.connection(execution_options={"shop_write": write})
+            await uow.begin()
             return uow
         except OperationalError as exc:
-            await uow.session.close()
+            await uow.release()
             if not (database.is_sqlite and _is_busy(exc)):
                 raise
             if loop.time() + delay > deadline:
                 raise DatabaseBusy(f"{database.module}: the database stayed locked") from exc
+        except BaseException:
+            await uow.release()
+            raise
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
 

@@ -15,11 +15,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 async def keyset_rows(
-    session: AsyncSession,
+    session: AsyncConnection,
     table: sa.Table,
     *,
     equal: Mapping[str, Any],
@@ -39,7 +39,7 @@ async def keyset_rows(
     return rows[:limit], len(rows) > limit
 
 
-async def mark_cancelled(session: AsyncSession, table: sa.Table, order_id: uuid.UUID, reason: str) -> None:
+async def mark_cancelled(session: AsyncConnection, table: sa.Table, order_id: uuid.UUID, reason: str) -> None:
     """Remember that the order was cancelled (idempotent: a second mark, even a racing one, is a no-op)."""
     if await is_marked_cancelled(session, table, order_id):
         return
@@ -52,6 +52,6 @@ async def mark_cancelled(session: AsyncSession, table: sa.Table, order_id: uuid.
         pass
 
 
-async def is_marked_cancelled(session: AsyncSession, table: sa.Table, order_id: uuid.UUID) -> bool:
+async def is_marked_cancelled(session: AsyncConnection, table: sa.Table, order_id: uuid.UUID) -> bool:
     row = await session.execute(sa.select(table.c.order_id).where(table.c.order_id == order_id))
     return row.first() is not None

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.breaker import BreakerConfig, BreakerRegistry
 from shop.bus.bus import Bus
@@ -82,7 +82,7 @@ def make_modules(seen: Observed) -> list[Module]:
     notify = Module("notify")
 
     @ledger.handles(ConfDeposit)
-    async def deposit(cmd: ConfDeposit, session: AsyncSession, bus: Bus, envelope: Envelope) -> int:
+    async def deposit(cmd: ConfDeposit, session: AsyncConnection, bus: Bus, envelope: Envelope) -> int:
         key = f"{cmd.account}:{envelope.message_id}"
         seen.attempts[key] = seen.attempts.get(key, 0) + 1
         seen.envelopes.append(("ledger.deposit", envelope))
@@ -93,7 +93,7 @@ def make_modules(seen: Observed) -> list[Module]:
         return cmd.amount
 
     @ledger.handles(ConfBalance)
-    async def balance(query: ConfBalance, session: AsyncSession) -> int:
+    async def balance(query: ConfBalance, session: AsyncConnection) -> int:
         total = await session.execute(
             sa.select(sa.func.coalesce(sa.func.sum(entries.c.amount), 0)).where(
                 entries.c.account == query.account
@@ -112,7 +112,7 @@ def make_modules(seen: Observed) -> list[Module]:
 
     @audit.on(ConfDeposited)
     async def when_deposited_write_audit(
-        event: ConfDeposited, session: AsyncSession, envelope: Envelope
+        event: ConfDeposited, session: AsyncConnection, envelope: Envelope
     ) -> None:
         seen.envelopes.append(("audit.when_deposited_write_audit", envelope))
         await session.execute(

@@ -16,7 +16,7 @@ import signal
 import sys
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.bus import Bus
 from shop.bus.messages import Command
@@ -45,7 +45,7 @@ def build_module(mode: str) -> Module:
     module = Module("crashy", metadata=jobs_md)
 
     @module.handles(CrashJob)
-    async def do_job(cmd: CrashJob, session: AsyncSession) -> None:
+    async def do_job(cmd: CrashJob, session: AsyncConnection) -> None:
         print(f"handling {cmd.job}", flush=True)
         if mode == "hang":
             await asyncio.sleep(120)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus import outbox
 from shop.bus.messages import Envelope, decode_envelope, encode
@@ -18,7 +18,7 @@ from shop.bus.tables import dead_letters, inbox
 from shop.db import Database, unit_of_work
 
 
-async def seen(session: AsyncSession, consumer: str, message_id: uuid.UUID) -> tuple[bool, bytes | None]:
+async def seen(session: AsyncConnection, consumer: str, message_id: uuid.UUID) -> tuple[bool, bytes | None]:
     """Whether `consumer` already handled `message_id`, and the reply it gave then."""
     row = (
         await session.execute(
@@ -28,7 +28,7 @@ async def seen(session: AsyncSession, consumer: str, message_id: uuid.UUID) -> t
     return (row is not None, row[0] if row is not None else None)
 
 
-async def record(session: AsyncSession, consumer: str, message_id: uuid.UUID, reply: bytes | None) -> None:
+async def record(session: AsyncConnection, consumer: str, message_id: uuid.UUID, reply: bytes | None) -> None:
     """Record the handling in the handler's own transaction (a duplicate fails the commit)."""
     await session.execute(
         inbox.insert().values(consumer=consumer, message_id=message_id, reply=reply, handled_at=time.time())
@@ -137,4 +137,4 @@ async def redrive(database: Database, entry_id: uuid.UUID, relay: Relay | None =
 async def remove_dead(database: Database, entry_id: uuid.UUID) -> bool:
     async with unit_of_work(database) as uow:
         result = await uow.session.execute(dead_letters.delete().where(dead_letters.c.id == entry_id))
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return bool(result.rowcount)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.messages import Envelope
 from shop.db import UnitOfWork
@@ -36,7 +36,7 @@ class Scope:
 Resolver = Callable[[Scope], Any]
 
 _SCOPED: dict[type[Any], Resolver] = {
-    AsyncSession: lambda scope: _require(scope.uow, "a unit of work").session,
+    AsyncConnection: lambda scope: _require(scope.uow, "a unit of work").session,
     UnitOfWork: lambda scope: _require(scope.uow, "a unit of work"),
     Envelope: lambda scope: _require(scope.envelope, "an envelope"),
 }
@@ -101,7 +101,7 @@ class Injector:
         if kind in seen:
             raise InjectionError(f"{where}: dependency cycle through {kind!r}")
         if kind in _SCOPED:
-            return _SCOPED[kind], kind in (AsyncSession, UnitOfWork)
+            return _SCOPED[kind], kind in (AsyncConnection, UnitOfWork)
         if kind in self.singletons:
             value = self.singletons[kind]
             return (lambda _scope: value), False

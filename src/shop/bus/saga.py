@@ -49,7 +49,7 @@ from typing import Any, TypeAlias, cast
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus import context
 from shop.bus.retry import RetryPolicy
@@ -228,8 +228,8 @@ class SagaContext:
 
 Action: TypeAlias = Callable[[SagaContext], Awaitable[Any]]
 Deadline: TypeAlias = timedelta | Callable[[SagaContext], timedelta]
-StepHook: TypeAlias = Callable[[SagaContext, str, str, AsyncSession], Awaitable[None] | None]
-FinishHook: TypeAlias = Callable[[SagaContext, str, str | None, AsyncSession], Awaitable[None] | None]
+StepHook: TypeAlias = Callable[[SagaContext, str, str, AsyncConnection], Awaitable[None] | None]
+FinishHook: TypeAlias = Callable[[SagaContext, str, str | None, AsyncConnection], Awaitable[None] | None]
 Clock: TypeAlias = Callable[[], datetime]
 
 
@@ -594,7 +594,7 @@ class SagaEngine:
 
     # -- persistence --------------------------------------------------------------------
 
-    async def _load(self, saga_id: uuid.UUID, session: AsyncSession | None = None) -> _Row | None:
+    async def _load(self, saga_id: uuid.UUID, session: AsyncConnection | None = None) -> _Row | None:
         query = sa.select(saga_instances).where(saga_instances.c.id == saga_id)
         if session is not None:
             found = (await session.execute(query)).mappings().first()

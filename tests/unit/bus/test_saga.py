@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 from structlog.testing import capture_logs
 
 from shop.bus.breaker import CircuitOpenError
@@ -784,13 +784,13 @@ async def test_hooks_write_in_the_transaction_that_persists_the_state(
 ) -> None:
     finishes: list[tuple[str, str | None, dict[str, Any]]] = []
 
-    async def on_step(ctx: SagaContext, step: str, status: str, session: AsyncSession) -> None:
+    async def on_step(ctx: SagaContext, step: str, status: str, session: AsyncConnection) -> None:
         uow = current_unit_of_work()
         assert uow is not None
         assert uow.session is session  # so bus.send/publish write to this transaction's outbox
         await session.execute(trip_events.insert().values(saga_id=ctx.saga_id, step=step, status=status))
 
-    async def on_finish(ctx: SagaContext, status: str, reason: str | None, session: AsyncSession) -> None:
+    async def on_finish(ctx: SagaContext, status: str, reason: str | None, session: AsyncConnection) -> None:
         finishes.append((status, reason, ctx.data))
         await session.execute(trip_events.insert().values(saga_id=ctx.saga_id, step="*", status=status))
 
@@ -825,7 +825,7 @@ async def test_a_failing_hook_rolls_back_the_step_and_the_error_is_logged(
 ) -> None:
     broken = {"book_flight": True}
 
-    async def on_step(ctx: SagaContext, step: str, status: str, session: AsyncSession) -> None:
+    async def on_step(ctx: SagaContext, step: str, status: str, session: AsyncConnection) -> None:
         await session.execute(trip_events.insert().values(saga_id=ctx.saga_id, step=step, status=status))
         if status == "DONE" and broken.get(step):
             raise RuntimeError("hook table is locked")

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.contracts.catalog import CategoryView, Line, PricedLine, ProductPage, ProductView
 from shop.modules.catalog.models import products, reservation_lines, reservations
@@ -90,7 +90,7 @@ def _product(m: Mapping[Any, Any]) -> ProductView:
 class Catalog:
     """Products: create, change, adjust stock, read."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncConnection) -> None:
         self.session = session
 
     async def create(
@@ -254,11 +254,11 @@ def merge_lines(lines: Iterable[Line]) -> dict[uuid.UUID, int]:
 class StockLedger:
     """Reservations of stock for orders; every operation is idempotent by reservation id."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncConnection) -> None:
         self.session = session
 
     def _insert_ignoring_duplicates(self, **values: Any) -> sa.Insert:
-        dialect = self.session.get_bind().dialect.name
+        dialect = self.session.dialect.name
         if dialect == "postgresql":
             return postgresql.insert(reservations).values(**values).on_conflict_do_nothing()
         if dialect == "sqlite":
@@ -276,7 +276,7 @@ class StockLedger:
                 id=reservation_id, order_id=order_id, status=status, created_at=now, updated_at=now
             )
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return bool(result.rowcount)
 
     async def find(self, reservation_id: uuid.UUID) -> Reservation | None:
         row = (
@@ -402,7 +402,7 @@ class StockLedger:
             .where(reservations.c.id == reservation_id, reservations.c.status == source)
             .values(status=target, updated_at=_now())
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return bool(result.rowcount)
 
     async def _lines(self, reservation_id: uuid.UUID) -> list[tuple[uuid.UUID, int]]:
         rows = await self.session.execute(

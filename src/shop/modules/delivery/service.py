@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.contracts.delivery import AddressSnapshot, DeliveryPage, DeliveryView
 from shop.db_tables import is_marked_cancelled, keyset_rows, mark_cancelled
@@ -75,7 +75,7 @@ def _delivery(m: Any) -> DeliveryView:
 
 
 class DeliveryDesk:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncConnection) -> None:
         self.session = session
 
     # -- shipping instructions --------------------------------------------------------------

@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.bus import Bus
 from shop.bus.clock import Clock
@@ -216,12 +216,12 @@ class OrderSagas:
 
     # -- hooks (inside the transaction that persists the saga's state) ---------------------
 
-    async def _on_step(self, ctx: SagaContext, step: str, status: str, session: AsyncSession) -> None:
+    async def _on_step(self, ctx: SagaContext, step: str, status: str, session: AsyncConnection) -> None:
         if step == "reserve_stock" and status == "DONE" and "priced" in ctx.data:
             await OrderBook(session).price(ctx.saga_id, msgspec.convert(ctx.data["priced"], list[PricedLine]))
 
     async def _on_finish(
-        self, ctx: SagaContext, status: str, reason: str | None, session: AsyncSession
+        self, ctx: SagaContext, status: str, reason: str | None, session: AsyncConnection
     ) -> None:
         book = OrderBook(session)
         order_id = ctx.saga_id
@@ -241,7 +241,7 @@ class OrderSagas:
                     )
 
     async def _on_cancel_finished(
-        self, ctx: SagaContext, status: str, reason: str | None, session: AsyncSession
+        self, ctx: SagaContext, status: str, reason: str | None, session: AsyncConnection
     ) -> None:
         if status != COMPLETED:
             return  # parked or failed: an operator sees it in the saga views

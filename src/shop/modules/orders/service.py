@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.contracts.catalog import Line, PricedLine
 from shop.contracts.orders import OrderLine, OrderPage, OrderView
@@ -59,7 +59,7 @@ def view(m: Any) -> OrderView:
 
 
 class OrderBook:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncConnection) -> None:
         self.session = session
 
     async def get(self, order_id: uuid.UUID) -> OrderView | None:
@@ -157,7 +157,7 @@ class OrderBook:
         if failure_reason is not None:
             values["failure_reason"] = failure_reason
         result = await self.session.execute(query.values(**values))
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return bool(result.rowcount)
 
     async def price(self, order_id: uuid.UUID, lines: Sequence[PricedLine]) -> None:
         """Record the catalog's snapshot of names and prices (taken when the stock was reserved)."""

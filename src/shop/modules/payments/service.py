@@ -20,7 +20,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.breaker import CircuitOpenError
 from shop.bus.bus import Bus
@@ -118,7 +118,7 @@ def _payment(m: Any) -> Payment:
 class PaymentBook:
     """The payments table and the cancelled orders, over one session."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncConnection) -> None:
         self.session = session
 
     async def get(self, payment_id: uuid.UUID) -> Payment | None:

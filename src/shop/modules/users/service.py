@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.contracts.users import AddressPage, AddressView, UserView
 from shop.modules.users.models import addresses, users
@@ -27,7 +27,7 @@ def _utc(value: datetime) -> datetime:
 
 
 class UserDirectory:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncConnection) -> None:
         self.session = session
 
     async def create(self, *, email: str, name: str, password_hash: str, role: str) -> UserView:
