@@ -41,10 +41,11 @@ class Database:
             database = make_url(url).database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            # stdlib sqlite3 on the event loop (no thread hand-off per call); never a busy wait
-            # inside the driver: unit_of_work awaits another process's write lock instead.
+            # stdlib sqlite3 on the event loop (no thread hand-off per call). The writer
+            # connection never waits inside the driver (see `writer`); others keep SQLite's
+            # busy timeout (ad-hoc connections of tools and tests; readers never wait in WAL).
             engine_url = onloop_url(url)
-            kwargs["connect_args"] = {"timeout": 0}
+            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
             # Keep connections (each with its own PRAGMAs): the default pool closes every
             # connection above 5 when it is returned, so bursts kept opening new ones.
             kwargs.update(pool_size=20, max_overflow=20)
@@ -66,7 +67,12 @@ class Database:
     async def writer(self) -> AsyncConnection:
         """The connection of this process's SQLite writers (under `write_lock`)."""
         if self._writer is None or self._writer.closed or self._writer.invalidated:
-            self._writer = await self.engine.connect()
+            writer = await self.engine.connect()
+            # Never wait in the driver (on the loop): unit_of_work waits for another process's
+            # write lock with asyncio sleeps instead.
+            raw = await writer.get_raw_connection()
+            raw.driver_connection.execute("PRAGMA busy_timeout=0")  # type: ignore[union-attr]
+            self._writer = writer
         return self._writer
 
     async def dispose(self) -> None:
@@ -87,7 +93,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
     for pragma in (
         "PRAGMA journal_mode=WAL",
         "PRAGMA foreign_keys=ON",
-        "PRAGMA busy_timeout=0",
+        f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
         "PRAGMA synchronous=NORMAL",
     ):
         cursor.execute(pragma)

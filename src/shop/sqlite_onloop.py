@@ -7,9 +7,10 @@ never awaits, each statement runs to completion on the loop, in microseconds.
 
 What could block the loop, and why it does not:
 * The write lock of another *process* on the same file (a CLI command, a second `shop serve`):
-  connections use `busy_timeout=0`, so `BEGIN IMMEDIATE` fails at once with SQLITE_BUSY, and
-  `shop.db.unit_of_work` waits for the lock with asyncio sleeps (bounded by the busy timeout).
-  Writers of one process queue on the database's asyncio lock and never meet SQLITE_BUSY.
+  the connection a process's writers share (`shop.db.Database.writer`) has `busy_timeout=0`,
+  so `BEGIN IMMEDIATE` fails at once with SQLITE_BUSY and `shop.db.unit_of_work` waits for
+  the lock with asyncio sleeps (bounded by the busy timeout). Writers of one process queue on
+  the database's asyncio lock and never meet SQLITE_BUSY.
 * Readers never wait under WAL. Commits with `synchronous=NORMAL` do not fsync; a checkpoint
   (every 1000 WAL pages) does, once in a while, in the committing call.
 See docs/adr/0015-sqlite-on-the-event-loop.md for the measurements.
