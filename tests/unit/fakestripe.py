@@ -352,12 +352,19 @@ class FakeStripe:
         amount = int(params.get("amount", left))
         if left == 0:
             return _Answer(
-                400, _error("invalid_request_error", "Charge has already been refunded.", "charge_already_refunded")
+                400,
+                _error(
+                    "invalid_request_error", "Charge has already been refunded.", "charge_already_refunded"
+                ),
             )
         if amount > left:
             return _Answer(
                 400,
-                _error("invalid_request_error", "Refund amount is greater than unrefunded amount.", "amount_too_large"),
+                _error(
+                    "invalid_request_error",
+                    "Refund amount is greater than unrefunded amount.",
+                    "amount_too_large",
+                ),
             )
         refund = {
             "id": f"re_fake{next(self._ids):06d}",
@@ -387,7 +394,8 @@ def _unexpected_state(intent: dict[str, Any], action: str) -> _Answer:
         400,
         _error(
             "invalid_request_error",
-            f"This PaymentIntent's {action} could not be performed because it has a status of {intent['status']}.",
+            f"This PaymentIntent's {action} could not be performed"
+            f" because it has a status of {intent['status']}.",
             "payment_intent_unexpected_state",
             payment_intent=dict(intent),
         ),

@@ -147,7 +147,9 @@ def test_rate_limits_are_count_per_period(text: str, expected: RateLimit) -> Non
         pytest.param({"SHOP_REDIS_URL": "http://x"}, "SHOP_REDIS_URL", id="redis-url"),
         pytest.param({"SHOP_ENV": "staging"}, "SHOP_ENV", id="env-staging"),
         pytest.param({"SHOP_PAYMENT_PROVIDER": "paypal"}, "SHOP_PAYMENT_PROVIDER", id="provider-paypal"),
-        pytest.param({"SHOP_STRIPE_API_KEY": "pk_live_x"}, "SHOP_STRIPE_API_KEY", id="stripe-publishable-key"),
+        pytest.param(
+            {"SHOP_STRIPE_API_KEY": "pk_live_x"}, "SHOP_STRIPE_API_KEY", id="stripe-publishable-key"
+        ),
         pytest.param({"SHOP_STRIPE_API_BASE": "api.stripe.com"}, "SHOP_STRIPE_API_BASE", id="stripe-base"),
         pytest.param({"SHOP_ADMIN_EMAIL": "boss@example.com"}, "SHOP_ADMIN_PASSWORD", id="admin-email-only"),
         pytest.param({"SHOP_ADMIN_PASSWORD": "long-enough-pw"}, "SHOP_ADMIN_EMAIL", id="admin-password-only"),
@@ -201,7 +203,9 @@ def test_production_refuses_the_simulated_provider_naming_shop_payment_provider(
     "env",
     [
         pytest.param({}, id="development-simulated"),
-        pytest.param({"SHOP_PAYMENT_PROVIDER": "stripe", "SHOP_STRIPE_API_KEY": "sk_test_1"}, id="dev-stripe"),
+        pytest.param(
+            {"SHOP_PAYMENT_PROVIDER": "stripe", "SHOP_STRIPE_API_KEY": "sk_test_1"}, id="dev-stripe"
+        ),
         pytest.param(
             {"SHOP_ENV": "production", "SHOP_PAYMENT_PROVIDER": "stripe", "SHOP_STRIPE_API_KEY": "sk_live_1"},
             id="production-stripe",
@@ -222,7 +226,9 @@ def test_the_app_refuses_to_build_payments_with_the_simulated_provider_in_produc
 @pytest.mark.parametrize(
     ("argv", "env", "variable"),
     [
-        pytest.param(["run"], {"SHOP_PAYMENT_PROVIDER": "stripe"}, "SHOP_STRIPE_API_KEY", id="run-stripe-no-key"),
+        pytest.param(
+            ["run"], {"SHOP_PAYMENT_PROVIDER": "stripe"}, "SHOP_STRIPE_API_KEY", id="run-stripe-no-key"
+        ),
         pytest.param(["run"], {"SHOP_ENV": "production"}, "SHOP_PAYMENT_PROVIDER", id="run-production"),
         pytest.param(
             ["serve", "payments"], {"SHOP_ENV": "production"}, "SHOP_PAYMENT_PROVIDER", id="serve-payments"

@@ -84,7 +84,8 @@ async def test_an_approved_card_is_authorized_without_capture_then_captured(
     result = await stripe.authorize("pay-1:authorize", 2500, "EUR", APPROVE)
 
     assert result.approved
-    assert result.provider_ref is not None and result.provider_ref.startswith("pi_")
+    assert result.provider_ref is not None
+    assert result.provider_ref.startswith("pi_")
     [create] = fake.requests_to("POST", INTENTS)
     assert create.params["amount"] == "2500"
     assert create.params["currency"] == "eur"
@@ -165,7 +166,9 @@ async def test_refunds_return_captured_money_and_never_more(stripe: StripeProvid
     assert fake.refunded_total == 2500
 
 
-async def test_refunding_more_than_is_left_or_an_uncaptured_payment_is_declined(stripe: StripeProvider) -> None:
+async def test_refunding_more_than_is_left_or_an_uncaptured_payment_is_declined(
+    stripe: StripeProvider,
+) -> None:
     ref = await captured(stripe, "pay-1")
     assert await stripe.refund("pay-1:refund", ref, 3000) == ProviderResult.declined(EXCEEDS_CAPTURED, ref)
 
