@@ -154,9 +154,11 @@ def build_shop(
 ) -> Shop:
     """The shop for `local` modules. `clock` replaces the system clock (deadlines, breakers);
     `overrides` replace singletons a module would build (e.g. its payment provider)."""
+    local = tuple(local)
+    if "payments" in local:  # before anything is built: a provider that cannot take payments here
+        settings.check_payment_provider()
     modules = [load_module(name) for name in MODULE_NAMES]
     clock = clock or Clock()
-    local = tuple(local)
     databases = {name: Database(name, settings.database_url_for(name)) for name in local}
     for database in databases.values():  # SQL spans, when tracing is on
         tracing.instrument_engine(database.engine)

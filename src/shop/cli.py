@@ -37,6 +37,7 @@ def _modules(names: Sequence[str]) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    settings.check_payment_provider()  # here, not only in the server's worker: a clear exit 2
     # The server imports the app factory in its own worker; hand it the resolved settings.
     os.environ["SHOP_HOST"], os.environ["SHOP_PORT"] = settings.host, str(settings.port)
     serve(settings, "shop.app:create_app", server=args.server)
@@ -46,6 +47,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     modules = _modules(args.modules)
+    if "payments" in modules:
+        settings.check_payment_provider()
     os.environ["SHOP_HOST"], os.environ["SHOP_PORT"] = settings.host, str(settings.port)
     os.environ["SHOP_SERVE_MODULES"] = ",".join(modules)
     serve(settings, "shop.app:create_service_app", server=args.server)

@@ -13,6 +13,8 @@ from typing import Any
 MODULE_NAMES: tuple[str, ...] = ("users", "catalog", "orders", "payments", "delivery")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TRANSPORTS = ("inprocess", "dramatiq")
+ENVIRONMENTS = ("development", "production")
+PAYMENT_PROVIDERS = ("simulated", "stripe")
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
 _PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 
@@ -58,6 +60,10 @@ class Settings:
     jwt_public_key: str | None = None
     log_level: str = "INFO"
     otlp_endpoint: str | None = None
+    env: str = "development"
+    payment_provider: str = "simulated"
+    stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_api_base: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -91,6 +97,10 @@ class Settings:
         read("SHOP_JWT_PUBLIC_KEY", "jwt_public_key")
         read("SHOP_LOG_LEVEL", "log_level", _choice(LOG_LEVELS, upper=True))
         read("OTEL_EXPORTER_OTLP_ENDPOINT", "otlp_endpoint")
+        read("SHOP_ENV", "env", _choice(ENVIRONMENTS))
+        read("SHOP_PAYMENT_PROVIDER", "payment_provider", _choice(PAYMENT_PROVIDERS))
+        read("SHOP_STRIPE_API_KEY", "stripe_api_key", _stripe_api_key)
+        read("SHOP_STRIPE_API_BASE", "stripe_api_base", _http_url)
         urls: dict[str, str] = {}
         for module in MODULE_NAMES:
             var = f"SHOP_{module.upper()}_DATABASE_URL"
@@ -106,6 +116,18 @@ class Settings:
             raise SettingsError("SHOP_ADMIN_PASSWORD: must be at least 8 characters")
         settings = cls(**values)
         return replace(settings, **overrides) if overrides else settings
+
+    def check_payment_provider(self) -> None:
+        """Refuse a payment provider the payments module cannot take payments with; called at
+        the start of every process that runs payments (only there: no other process needs the
+        provider's key). Raises SettingsError naming the variable to set."""
+        if self.payment_provider == "stripe" and not self.stripe_api_key:
+            raise SettingsError("SHOP_STRIPE_API_KEY: required when SHOP_PAYMENT_PROVIDER=stripe")
+        if self.env == "production" and self.payment_provider == "simulated":
+            raise SettingsError(
+                "SHOP_PAYMENT_PROVIDER: the simulated provider takes no real payments and is refused"
+                " when SHOP_ENV=production; set SHOP_PAYMENT_PROVIDER=stripe and SHOP_STRIPE_API_KEY"
+            )
 
     def database_url_for(self, module: str) -> str:
         """The URL of one module's database: its own, the shared one, or its SQLite file."""
@@ -178,6 +200,19 @@ def _database_url(raw: str) -> str:
         if raw.startswith(prefix):
             return driver + raw[len(prefix) :]
     raise ValueError(f"expected a postgresql:// or sqlite:// URL, got {raw.split('://')[0]!r}://...")
+
+
+def _stripe_api_key(raw: str) -> str:
+    """A secret or restricted key (sk_/rk_, live or test); never echoed back."""
+    if not raw.startswith(("sk_", "rk_")) or any(c.isspace() for c in raw):
+        raise ValueError("expected a Stripe secret key (sk_...) or restricted key (rk_...)")
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")) or len(raw) <= len("https://"):
+        raise ValueError(f"expected an http:// or https:// URL, got {raw!r}")
+    return raw.rstrip("/")
 
 
 def _redis_url(raw: str) -> str:

@@ -30,6 +30,10 @@ def test_the_defaults_match_the_settings_table() -> None:
     assert settings.jwt_public_key is None
     assert settings.log_level == "INFO"
     assert settings.otlp_endpoint is None
+    assert settings.env == "development"
+    assert settings.payment_provider == "simulated"
+    assert settings.stripe_api_key is None
+    assert settings.stripe_api_base is None
 
 
 def test_every_shop_variable_is_read() -> None:
@@ -52,6 +56,10 @@ def test_every_shop_variable_is_read() -> None:
         "SHOP_JWT_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----y",
         "SHOP_LOG_LEVEL": "debug",
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4317",
+        "SHOP_ENV": "Production",
+        "SHOP_PAYMENT_PROVIDER": "stripe",
+        "SHOP_STRIPE_API_KEY": "sk_live_abc123",
+        "SHOP_STRIPE_API_BASE": "http://stripe-mock:12111/",
     }
 
     settings = Settings.from_env(env)
@@ -74,6 +82,10 @@ def test_every_shop_variable_is_read() -> None:
     assert settings.jwt_public_key == "-----BEGIN PUBLIC KEY-----y"
     assert settings.log_level == "DEBUG"
     assert settings.otlp_endpoint == "http://otel:4317"
+    assert settings.env == "production"
+    assert settings.payment_provider == "stripe"
+    assert settings.stripe_api_key == "sk_live_abc123"
+    assert settings.stripe_api_base == "http://stripe-mock:12111"
 
 
 def test_empty_variables_count_as_unset() -> None:
@@ -133,6 +145,12 @@ def test_rate_limits_are_count_per_period(text: str, expected: RateLimit) -> Non
             {"SHOP_PAYMENTS_DATABASE_URL": "oracle://x"}, "SHOP_PAYMENTS_DATABASE_URL", id="module-database"
         ),
         pytest.param({"SHOP_REDIS_URL": "http://x"}, "SHOP_REDIS_URL", id="redis-url"),
+        pytest.param({"SHOP_ENV": "staging"}, "SHOP_ENV", id="env-staging"),
+        pytest.param({"SHOP_PAYMENT_PROVIDER": "paypal"}, "SHOP_PAYMENT_PROVIDER", id="provider-paypal"),
+        pytest.param(
+            {"SHOP_STRIPE_API_KEY": "pk_live_x"}, "SHOP_STRIPE_API_KEY", id="stripe-publishable-key"
+        ),
+        pytest.param({"SHOP_STRIPE_API_BASE": "api.stripe.com"}, "SHOP_STRIPE_API_BASE", id="stripe-base"),
         pytest.param({"SHOP_ADMIN_EMAIL": "boss@example.com"}, "SHOP_ADMIN_PASSWORD", id="admin-email-only"),
         pytest.param({"SHOP_ADMIN_PASSWORD": "long-enough-pw"}, "SHOP_ADMIN_EMAIL", id="admin-password-only"),
         pytest.param(
@@ -156,6 +174,102 @@ def test_a_settings_error_does_not_echo_a_database_password() -> None:
         Settings.from_env({"SHOP_DATABASE_URL": "mysql://root:hunter2@db/shop"})
 
     assert "hunter2" not in str(raised.value)
+
+
+def test_neither_an_error_nor_the_settings_echo_a_stripe_key() -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({"SHOP_STRIPE_API_KEY": "pk_live_leaked"})
+    assert "pk_live_leaked" not in str(raised.value)
+
+    settings = Settings.from_env({"SHOP_STRIPE_API_KEY": "sk_live_secret"})
+    assert "sk_live_secret" not in repr(settings)
+
+
+def test_stripe_without_an_api_key_is_refused_naming_the_key() -> None:
+    settings = Settings.from_env({"SHOP_PAYMENT_PROVIDER": "stripe"})
+
+    with pytest.raises(SettingsError, match="SHOP_STRIPE_API_KEY"):
+        settings.check_payment_provider()
+
+
+def test_production_refuses_the_simulated_provider_naming_shop_payment_provider() -> None:
+    settings = Settings.from_env({"SHOP_ENV": "production"})
+
+    with pytest.raises(SettingsError, match="SHOP_PAYMENT_PROVIDER"):
+        settings.check_payment_provider()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        pytest.param({}, id="development-simulated"),
+        pytest.param(
+            {"SHOP_PAYMENT_PROVIDER": "stripe", "SHOP_STRIPE_API_KEY": "sk_test_1"}, id="dev-stripe"
+        ),
+        pytest.param(
+            {"SHOP_ENV": "production", "SHOP_PAYMENT_PROVIDER": "stripe", "SHOP_STRIPE_API_KEY": "sk_live_1"},
+            id="production-stripe",
+        ),
+    ],
+)
+def test_a_provider_that_can_take_payments_is_accepted(env: dict[str, str]) -> None:
+    Settings.from_env(env).check_payment_provider()
+
+
+def test_the_app_refuses_to_build_payments_with_the_simulated_provider_in_production(tmp_path: Path) -> None:
+    from shop.app import create_app
+
+    with pytest.raises(SettingsError, match="SHOP_PAYMENT_PROVIDER"):
+        create_app(Settings.from_env({"SHOP_ENV": "production"}, data_dir=tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "variable"),
+    [
+        pytest.param(
+            ["run"], {"SHOP_PAYMENT_PROVIDER": "stripe"}, "SHOP_STRIPE_API_KEY", id="run-stripe-no-key"
+        ),
+        pytest.param(["run"], {"SHOP_ENV": "production"}, "SHOP_PAYMENT_PROVIDER", id="run-production"),
+        pytest.param(
+            ["serve", "payments"], {"SHOP_ENV": "production"}, "SHOP_PAYMENT_PROVIDER", id="serve-payments"
+        ),
+    ],
+)
+def test_a_process_running_payments_exits_2_without_serving_when_it_cannot_take_payments(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    env: dict[str, str],
+    variable: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    _restore_what_the_cli_sets(monkeypatch)
+    monkeypatch.setattr("shop.cli.serve", lambda *_a, **_k: pytest.fail("the server must not start"))
+
+    assert main(argv) == 2
+
+    assert variable in capsys.readouterr().err
+
+
+def test_a_process_without_payments_needs_no_payment_provider_in_production(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SHOP_ENV", "production")
+    _restore_what_the_cli_sets(monkeypatch)
+    served: list[str] = []
+    monkeypatch.setattr("shop.cli.serve", lambda _settings, factory, **_k: served.append(factory))
+
+    assert main(["serve", "catalog", "orders"]) == 0
+    assert main(["gateway"]) == 0
+
+    assert served == ["shop.app:create_service_app", "shop.app:create_gateway"]
+
+
+def _restore_what_the_cli_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands hand settings to the server's worker through the environment: undo that."""
+    for name in ("SHOP_HOST", "SHOP_PORT", "SHOP_SERVE_MODULES"):
+        monkeypatch.setenv(name, "")
 
 
 def test_each_module_gets_its_own_sqlite_file_in_the_data_dir_by_default(tmp_path: Path) -> None:
