@@ -287,6 +287,7 @@ async function loadTimeline() {
 async function openTimeline(id) {
   state.timeline = id;
   $("#timeline-saga").textContent = id;
+  fill("#timeline", [], "loading…");
   $("#timeline").hidden = false;
   await guarded("#timeline", loadTimeline);
 }
@@ -344,6 +345,8 @@ async function loadDeadLetter() {
 async function openDeadLetter(id) {
   state.deadLetter = id;
   $("#dead-letter-id").textContent = id;
+  $("#dead-letter-error").textContent = "loading…";
+  $("#dead-letter-envelope").textContent = "";
   $("#dead-letter").hidden = false;
   await guarded("#dead-letter", loadDeadLetter);
 }
