@@ -22,6 +22,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 
 from shop import migrate as migrations
 from shop.bus.breaker import BreakerConfig, BreakerRegistry
@@ -30,6 +31,8 @@ from shop.bus.clock import Clock
 from shop.bus.module import Module
 from shop.bus.transports.base import Transport
 from shop.bus.transports.inprocess import InProcessTransport
+from shop.console.console import console_router
+from shop.console.reference import ReferenceRenderPlugin
 from shop.db import Database
 from shop.gateway.deadletters import DeadLetterController
 from shop.gateway.middleware import GatewayMiddleware
@@ -215,13 +218,17 @@ def build_app(
     rate_limit: bool = True,
     ready_checks: dict[str, Callable[[], Awaitable[None]]] | None = None,
     around: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None = None,
+    console: bool = False,
 ) -> Litestar:
-    """The Litestar app of a shop: gateway middleware, ops endpoints, the local controllers.
+    """The Litestar app of a shop: gateway middleware, ops endpoints, the local controllers, the
+    API reference at /schema, and with `console` the operator console at /admin.
 
     `rate_limit=False` for a service behind `shop gateway` (the gateway limits per client;
     behind it every client would share the gateway's address). `around` wraps the running
     shop (e.g. the discovery heartbeat of `shop serve`)."""
     controllers: list[Any] = [OpsController, DeadLetterController]
+    if console:
+        controllers.append(console_router())
     for name in shop.local:
         controllers.extend(shop.bus.modules[name].controllers)
     checks: dict[str, Callable[[], Awaitable[None]]] = {
@@ -266,7 +273,14 @@ def build_app(
             title="Shop",
             version="1.0.0",
             path="/schema",
-            render_plugins=[JsonRenderPlugin()],
+            # /schema/openapi.json, and the interactive reference at /schema itself.
+            render_plugins=[JsonRenderPlugin(), ReferenceRenderPlugin()],
+            # A bearer token is read when sent (Swagger UI's "Authorize" sends it), never required
+            # by the document as a whole: each operation says 401/403 where it needs one.
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
+            ),
+            security=[{"bearer": []}, {}],
         ),
         on_app_init=[_no_debug],
         logging_config=None,
@@ -299,7 +313,7 @@ def create_app(settings: Settings | None = None, *, local: Sequence[str] = MODUL
     for name in local:  # no registry: each module is its one local instance
         metrics.REGISTRY_INSTANCES.labels(name, "true").set(1)
         metrics.REGISTRY_INSTANCES.labels(name, "false").set(0)
-    return build_app(build_shop(settings, local=local, migrate_on_start=True))
+    return build_app(build_shop(settings, local=local, migrate_on_start=True), console=True)
 
 
 def create_service_app(settings: Settings | None = None, modules: Sequence[str] | None = None) -> Litestar:

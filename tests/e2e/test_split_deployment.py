@@ -371,6 +371,24 @@ def test_the_whole_journey_through_the_gateway(split: Deployment, journey: Journ
     assert metric(split.metrics("delivery"), "shop_bus_messages_handled_total",
                   consumer="delivery.prepare_delivery", type="PaymentCaptured") == 1  # fmt: skip
 
+    # Operators, through the gateway: the saga's timeline by its id, the console and the reference.
+    saga = journey.client.get(f"/api/v1/admin/sagas/{order_id}/timeline", headers=journey.admin)
+    assert saga.status_code == 200, saga.text
+    timeline = journey.client.get(f"/api/v1/orders/{order_id}/timeline", headers=customer).json()
+    assert saga.json()["items"] == timeline["items"]
+    assert journey.client.get(f"/api/v1/admin/sagas/{order_id}/timeline", headers=customer).status_code == 403
+    document = journey.client.get("/schema/openapi.json").json()
+    assert "/api/v1/admin/sagas/{saga_id}/timeline" in document["paths"]
+    for page, files in {
+        "/schema": ["/schema/assets/swagger-ui-bundle.js", "/schema/assets/reference.js"],
+        "/admin": ["/admin/static/console.js", "/admin/static/console.css"],
+    }.items():
+        html = journey.client.get(page)
+        assert html.status_code == 200
+        for file in files:
+            assert f'"{file}"' in html.text
+            assert journey.client.get(file).status_code == 200, file
+
 
 def test_payments_down_mid_saga_keeps_the_rest_serving_and_the_order_completes_once_it_is_back(
     split: Deployment, journey: Journey

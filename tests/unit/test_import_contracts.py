@@ -71,10 +71,18 @@ VIOLATIONS = [
     pytest.param(
         "db.py",
         "\nimport shop.migrate\n",
-        "Layers: cli > app > migrate > gateway | modules > discovery > web, security > contracts > "
-        "bus, observability > db > settings",
+        "Layers: cli > app > migrate > gateway | modules > discovery | console > web, security > "
+        "contracts > bus, observability > db > settings",
         "shop.db -> shop.migrate",
         id="lower-layer-imports-higher",
+    ),
+    pytest.param(
+        "console/_violation.py",
+        "import shop.gateway.problems\n",
+        "Layers: cli > app > migrate > gateway | modules > discovery | console > web, security > "
+        "contracts > bus, observability > db > settings",
+        "shop.console._violation -> shop.gateway.problems",
+        id="console-imports-gateway",
     ),
 ]
 

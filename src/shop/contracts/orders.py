@@ -134,6 +134,13 @@ class ListSagas(Query, frozen=True, kw_only=True):
     overdue: bool = False
 
 
+class GetSagaTimeline(Query, frozen=True, kw_only=True):
+    """Operator view: one saga's steps, oldest first (any saga type, e.g. a cancellation saga,
+    whose id is not its order's). Replies tuple[TimelineItem, ...], or None for an unknown saga."""
+
+    saga_id: uuid.UUID
+
+
 class CountSagas(Query, frozen=True, kw_only=True):
     """Operator view. Replies SagaCounts."""
 

@@ -5,8 +5,9 @@
 
 One ASGI app: the gateway middleware (request id, trace context, JWT verified once, rate limit,
 access log, metrics) in front of a dispatcher. `/api/...` goes to the proxy (raw ASGI, no
-framework on the hot path), except `/api/v1/services`; the rest -- `/health`, `/ready`,
-`/metrics`, `/schema/openapi.json`, `/api/v1/services` and any 404 -- to a small Litestar app.
+framework on the hot path), except `/api/v1/services` and the dead letters; the rest --
+`/health`, `/ready`, `/metrics`, `/schema/openapi.json` (the services' documents merged), the API
+reference at `/schema`, the operator console at `/admin`, and any 404 -- to a small Litestar app.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from litestar import Controller, Litestar, Response, get
 from litestar.datastructures import State
 
 from shop.bus.breaker import BreakerConfig, BreakerRegistry
+from shop.console.console import console_router
+from shop.console.reference import reference_handlers
 from shop.discovery.base import DEFAULT_ROUTES, Registry
 from shop.discovery.factory import registry_for
 from shop.gateway.fanout_deadletters import PATH as DEAD_LETTERS
@@ -105,7 +108,13 @@ class Gateway:
         self._on_shutdown = list(on_shutdown)
         self._openapi: tuple[float, dict[str, Any]] | None = None
         self.ops = Litestar(
-            route_handlers=[OpsController, SchemaController, FanOutDeadLetterController],
+            route_handlers=[
+                OpsController,
+                SchemaController,
+                FanOutDeadLetterController,
+                *reference_handlers(),
+                console_router(),
+            ],
             lifespan=[self._lifespan],
             state=State(
                 {
@@ -278,6 +287,9 @@ def merge_openapi(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for tag in document.get("tags") or []:
             if isinstance(tag, dict) and "name" in tag:
                 tags.setdefault(tag["name"], tag)
+    security = next((d["security"] for d in documents if d.get("security")), None)
+    if security is not None:  # the services share one scheme (bearer): how a token is sent
+        merged["security"] = security
     merged["paths"] = dict(sorted(paths.items()))
     if components:
         merged["components"] = {k: dict(sorted(v.items())) for k, v in sorted(components.items())}

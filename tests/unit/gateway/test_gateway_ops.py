@@ -220,6 +220,19 @@ def test_merge_keeps_the_first_definition_of_a_name() -> None:
     )
     assert merged["info"] == {"title": "A"}
     assert merged["paths"] == {"/x": {"get": {"summary": "a"}, "post": {"summary": "b"}}}
+    assert "security" not in merged
+
+
+def test_merge_keeps_how_a_bearer_token_is_sent() -> None:
+    scheme = {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+    merged = merge_openapi(
+        [
+            {"openapi": "3.1.0", "info": {"title": "A"}, "paths": {}},
+            {"paths": {}, "components": {"securitySchemes": scheme}, "security": [{"bearer": []}, {}]},
+        ]
+    )
+    assert merged["components"]["securitySchemes"] == scheme
+    assert merged["security"] == [{"bearer": []}, {}]
 
 
 async def test_x_forwarded_for_does_not_change_the_rate_limit_key() -> None:

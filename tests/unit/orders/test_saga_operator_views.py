@@ -15,7 +15,7 @@ from shop.bus.saga import META_KEY
 from shop.bus.tables import saga_instances
 from shop.db import unit_of_work
 
-from .conftest import Shopper
+from .conftest import FINAL, Shopper
 
 SAGAS = "/api/v1/admin/sagas"
 
@@ -132,6 +132,49 @@ async def test_operators_find_parked_and_overdue_sagas_and_retry_a_parked_one(sh
     assert unknown.status_code == 404
 
 
+async def test_operators_read_any_sagas_timeline_by_its_id_and_see_why_it_failed(shopper: Shopper) -> None:
+    customer = await shopper.customer()
+    product = await shopper.product(stock=5)
+    order_id = (await shopper.place(customer, [(product, 1)], await shopper.address(customer))).json()["id"]
+    assert (await shopper.settle(customer, order_id))["status"] == "COMPLETED"
+    cancelled = await shopper.client.post(f"/api/v1/orders/{order_id}/cancel", headers=customer)
+    assert cancelled.status_code == 202, cancelled.text
+
+    async def cancelled_by_now() -> bool:
+        return (await shopper.order(customer, order_id))["status"] == "CANCELLED"
+
+    await shopper.until(cancelled_by_now, what="the completed order cancelled")
+    failed_id = await failed_order(shopper)
+
+    async def every_saga_final() -> list[dict[str, Any]] | None:
+        response = await shopper.client.get(SAGAS, params={"limit": 100}, headers=shopper.admin)
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items if len(items) == 3 and all(saga["status"] in FINAL for saga in items) else None
+
+    listed = await shopper.until(every_saga_final, what="three final sagas")
+    by_id = {saga["id"]: saga for saga in listed}
+    assert (by_id[order_id]["type"], by_id[order_id]["status"]) == ("place_order", "COMPLETED")
+    assert (by_id[failed_id]["status"], by_id[failed_id]["failure_reason"]) == ("FAILED", "OUT_OF_STOCK")
+    [cancel_saga] = [saga for saga in listed if saga["id"] not in (order_id, failed_id)]
+    assert cancel_saga["failure_reason"] is None
+
+    async def steps(saga_id: str) -> list[tuple[str, str]]:
+        response = await shopper.client.get(f"{SAGAS}/{saga_id}/timeline", headers=shopper.admin)
+        assert response.status_code == 200, response.text
+        return [(entry["step"], entry["status"]) for entry in response.json()["items"]]
+
+    placed, cancelling = await steps(order_id), await steps(cancel_saga["id"])
+    assert placed[0] == ("place_order", "STARTED")
+    assert placed[-1] == ("place_order", "COMPLETED")
+    assert cancelling[-1] == (cancel_saga["type"], cancel_saga["status"])
+    order_timeline = await shopper.client.get(f"/api/v1/orders/{order_id}/timeline", headers=customer)
+    assert [(e["step"], e["status"]) for e in order_timeline.json()["items"]] == placed + cancelling
+
+    unknown = await shopper.client.get(f"{SAGAS}/{uuid.uuid4()}/timeline", headers=shopper.admin)
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"].startswith("application/problem+json")
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [
@@ -140,6 +183,7 @@ async def test_operators_find_parked_and_overdue_sagas_and_retry_a_parked_one(sh
         ("GET", f"{SAGAS}?overdue=true"),
         ("GET", f"{SAGAS}/summary"),
         ("POST", f"{SAGAS}/{uuid.uuid4()}/retry"),
+        ("GET", f"{SAGAS}/{uuid.uuid4()}/timeline"),
     ],
 )
 async def test_saga_views_are_401_without_a_token_and_403_for_a_customer(

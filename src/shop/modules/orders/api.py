@@ -17,6 +17,7 @@ from shop.contracts.orders import (
     CancelOrder,
     CountSagas,
     GetOrder,
+    GetSagaTimeline,
     GetTimeline,
     ListOrders,
     ListSagas,
@@ -88,6 +89,7 @@ class SagaOut(msgspec.Struct):
     step: str | None
     deadline: datetime | None
     updated_at: datetime
+    failure_reason: str | None
 
 
 class SagaSummaryOut(msgspec.Struct):
@@ -97,7 +99,17 @@ class SagaSummaryOut(msgspec.Struct):
 
 
 def _saga(s: SagaSummary) -> SagaOut:
-    return SagaOut(str(s.id), s.type, s.status, s.step, s.deadline, s.updated_at)
+    return SagaOut(str(s.id), s.type, s.status, s.step, s.deadline, s.updated_at, s.failure_reason)
+
+
+def _timeline_page(items: tuple[TimelineItem, ...], limit: int, cursor: str | None) -> Page[TimelineOut]:
+    start = int(decode_cursor(cursor, 1)[0]) if cursor else 0  # type: ignore[index]
+    window = items[start : start + limit]
+    more = start + limit < len(items)
+    return Page(
+        items=[TimelineOut(i.step, i.status, i.at, i.detail) for i in window],
+        next_cursor=encode_cursor(start + limit) if more else None,
+    )
 
 
 def _order(view: OrderView) -> OrderOut:
@@ -207,14 +219,7 @@ class OrdersController(Controller):
         )
         if reply is None:
             raise NotFoundException(detail="no such order")
-        items: tuple[TimelineItem, ...] = reply
-        start = int(decode_cursor(cursor, 1)[0]) if cursor else 0  # type: ignore[index]
-        window = items[start : start + limit]
-        more = start + limit < len(items)
-        return Page(
-            items=[TimelineOut(i.step, i.status, i.at, i.detail) for i in window],
-            next_cursor=encode_cursor(start + limit) if more else None,
-        )
+        return _timeline_page(reply, limit, cursor)
 
 
 class SagaAdminController(Controller):
@@ -258,6 +263,17 @@ class SagaAdminController(Controller):
                 by_status[status] = by_status.get(status, 0) + count
         return SagaSummaryOut(by_status=dict(sorted(by_status.items())), by_type=counts.by_type,
                               overdue=counts.overdue)  # fmt: skip
+
+    @get("/{saga_id:uuid}/timeline", summary="One saga's steps, in order (operators)")
+    async def saga_timeline(
+        self, saga_id: FromPath[uuid.UUID], bus: BusDep, limit: Limit = 100, cursor: Cursor = None
+    ) -> Page[TimelineOut]:
+        """Any saga's history by its id (an order's `place_order` saga has the order's id; its
+        cancellation saga has its own); 404 for an unknown saga."""
+        reply: tuple[TimelineItem, ...] | None = await bus.ask(GetSagaTimeline(saga_id=saga_id))
+        if reply is None:
+            raise NotFoundException(detail="no such saga")
+        return _timeline_page(reply, limit, cursor)
 
     @post("/{saga_id:uuid}/retry", summary="Resume a COMPENSATION_FAILED saga", status_code=202)
     async def retry(self, saga_id: FromPath[uuid.UUID], bus: BusDep) -> SagaOut:

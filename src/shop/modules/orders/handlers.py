@@ -16,6 +16,7 @@ from shop.contracts.orders import (
     CancelOrder,
     CountSagas,
     GetOrder,
+    GetSagaTimeline,
     GetTimeline,
     ListOrders,
     ListSagas,
@@ -123,6 +124,14 @@ async def get_timeline(
     entries = [*await sagas.engine.timeline(order.id)]
     if await sagas.engine.get(cancel_saga_id(order.id)) is not None:
         entries.extend(await sagas.engine.timeline(cancel_saga_id(order.id)))
+    return tuple(TimelineItem(step=e.step, status=e.status, at=e.at, detail=e.detail) for e in entries)
+
+
+@module.handles(GetSagaTimeline)
+async def get_saga_timeline(query: GetSagaTimeline, sagas: OrderSagas) -> tuple[TimelineItem, ...] | None:
+    if await sagas.engine.get(query.saga_id) is None:
+        return None
+    entries = await sagas.engine.timeline(query.saga_id)
     return tuple(TimelineItem(step=e.step, status=e.status, at=e.at, detail=e.detail) for e in entries)
 
 
