@@ -118,6 +118,13 @@ _TRACE_KEY = "trace"
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:shop:bus:saga")
 
 
+# Built once: a statement built per call costs SQLAlchemy twice as much as one reused.
+_LOAD = sa.select(saga_instances).where(saga_instances.c.id == sa.bindparam("b_id"))
+_SAVE = saga_instances.update().where(
+    saga_instances.c.id == sa.bindparam("b_id"), saga_instances.c.version == sa.bindparam("b_version")
+)
+
+
 def is_final(status: str) -> bool:
     """Whether a saga in ``status`` has ended (COMPENSATION_FAILED is parked, not final)."""
     return status not in NOT_FINAL
@@ -595,12 +602,12 @@ class SagaEngine:
     # -- persistence --------------------------------------------------------------------
 
     async def _load(self, saga_id: uuid.UUID, session: AsyncConnection | None = None) -> _Row | None:
-        query = sa.select(saga_instances).where(saga_instances.c.id == saga_id)
+        params = {"b_id": saga_id}
         if session is not None:
-            found = (await session.execute(query)).mappings().first()
+            found = (await session.execute(_LOAD, params)).mappings().first()
         else:
             async with unit_of_work(self.database, write=False) as uow:
-                found = (await uow.session.execute(query)).mappings().first()
+                found = (await uow.session.execute(_LOAD, params)).mappings().first()
         return None if found is None else _Row.from_mapping(found)
 
     async def _write(self, uow: UnitOfWork, definition: Saga, row: _Row, change: _Change) -> bool:
@@ -611,21 +618,22 @@ class SagaEngine:
         result = cast(
             CursorResult[Any],
             await session.execute(
-                saga_instances.update()
-                .where(saga_instances.c.id == row.id, saga_instances.c.version == expected)
-                .values(
-                    status=row.status,
-                    step=row.step,
-                    step_index=row.step_index,
-                    data=row.stored_data(),
-                    failure_reason=row.failure_reason,
-                    step_deadline=row.step_deadline,
-                    deadline=row.deadline,
-                    attempts=row.attempts,
-                    next_attempt_at=row.next_attempt_at,
-                    version=expected + 1,
-                    updated_at=now,
-                )
+                _SAVE,
+                {
+                    "b_id": row.id,
+                    "b_version": expected,
+                    "status": row.status,
+                    "step": row.step,
+                    "step_index": row.step_index,
+                    "data": row.stored_data(),
+                    "failure_reason": row.failure_reason,
+                    "step_deadline": row.step_deadline,
+                    "deadline": row.deadline,
+                    "attempts": row.attempts,
+                    "next_attempt_at": row.next_attempt_at,
+                    "version": expected + 1,
+                    "updated_at": now,
+                },
             ),
         )
         if result.rowcount != 1:
