@@ -41,7 +41,7 @@ import floor_orders
 import http_servers as hs
 import httpx
 from catalog_read import group_cpu_seconds
-from orders import ADMIN_EMAIL, ADMIN_PASSWORD, RATE_LIMIT, Customer, set_up
+from orders import ADMIN_EMAIL, ADMIN_PASSWORD, RATE_LIMIT, Customer, py_spy, set_up, summarize_profile
 
 HOST = hs.HOST
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
@@ -153,6 +153,15 @@ async def phase(
 ) -> dict[str, float]:
     known = {o["id"] for o in await all_orders(client, customers)}
     url = f"http://{HOST}:{client.base_url.port}"
+    spy = None
+    if args.profile and poll_script is None and py_spy():
+        raw = work_dir(args) / "pyspy.txt"
+        spy = subprocess.Popen(
+            [str(py_spy()), "record", "--pid", str(pgid), "--subprocesses", "--gil", "--nonblocking",
+             "-r", "200", "-d", str(args.duration), "-f", "raw", "-o", str(raw)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)
     cpu0, t0 = group_cpu_seconds(pgid), time.time()
     poller = wrk(url, poll_script, args.duration, 2) if poll_script else None
     poster = wrk(url, post_script, args.duration, 16)
@@ -160,6 +169,8 @@ async def phase(
     poll_out = poller.communicate(timeout=args.duration + 60)[0] if poller else ""
     orders = await wait_terminal(client, customers, known, args.timeout)
     cpu = group_cpu_seconds(pgid) - cpu0
+    if spy is not None:
+        spy.wait(timeout=60)
     posted = hs.parse_wrk(post_out)
     completed = [o for o in orders if o["status"] == "COMPLETED"]
     end = max((_stamp(o["updated_at"]) for o in orders), default=t0)
@@ -181,7 +192,13 @@ async def phase(
     if poller:
         polled = hs.parse_wrk(poll_out)
         print(f"   polls      {polled.rps:.0f}/s, p50 {polled.p50_ms} ms, p99 {polled.p99_ms} ms, errors {polled.errors}")
+    if spy is not None:
+        print(summarize_profile(work_dir(args) / "pyspy.txt", top=40))
     return {"rate": rate, "cpu_ms": per_order, "p99": pct(latency, 0.99), "orders": len(orders)}
+
+
+def work_dir(args: argparse.Namespace) -> Path:
+    return Path(args.work)
 
 
 async def drive(args: argparse.Namespace, port: int, pgid: int, work: Path, floor_ms: float) -> None:
@@ -237,6 +254,7 @@ def main() -> int:
     parser.add_argument("--database-url", help="run the shop on this PostgreSQL server (database shop_bench)")
     parser.add_argument("--no-polling", action="store_true", help="skip the phase with polling customers")
     parser.add_argument("--floor-orders", type=int, default=3000)
+    parser.add_argument("--profile", action="store_true", help="py-spy the shop during the quiet phase")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench: wrk not found (bench/run.sh installs it)", file=sys.stderr)
@@ -245,6 +263,7 @@ def main() -> int:
     print(f"-- floor: one order's durable writes by hand (stdlib sqlite3, WAL, synchronous=NORMAL):"
           f" {floor_cpu:.3f} ms CPU, {floor_wall:.3f} ms wall per order")
     work = Path(tempfile.mkdtemp(prefix="shop-bench-wrk-"))
+    args.work = str(work)
     env = {
         **os.environ,
         "SHOP_DATA_DIR": str(work / "data"),
