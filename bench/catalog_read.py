@@ -246,7 +246,8 @@ def servers(args: argparse.Namespace, work: Path, data_dir: Path) -> list[Server
             )
         )
     layers = [("shop", "bare Litestar + shop db layer", "diag")] if args.decompose else []
-    layers.append(("core", "bare Litestar + SQLAlchemy", "bare"))
+    layers.append(("core", "bare Litestar + SQLAlchemy/aiosqlite", "diag"))
+    layers.append(("stdlib", "bare Litestar + sqlite3 on the loop", "bare"))
     for layer, label, kind in layers:
         port = hs.free_port()
         out.append(
@@ -361,11 +362,11 @@ def report(rows: list[Server], products: int, args: argparse.Namespace) -> None:
     print()
     for n, row in enumerate(rows[:-1]):
         ratio = row.figure.rps / bare.figure.rps
-        verdict = "meets" if ratio >= 0.8 else "MISSES"
+        verdict = "meets the 0.8x stretch" if ratio >= 0.8 else "meets" if ratio >= 0.5 else "MISSES"
         cpu = ""
         if row.cpu_us_per_request and bare.cpu_us_per_request:
             cpu = f"; CPU per request {row.cpu_us_per_request / bare.cpu_us_per_request:.2f}x the bare app's"
-        target = f" (target >= 0.8x -> {verdict})" if n == 0 else ""
+        target = f" (target >= 0.5x, stretch 0.8x -> {verdict})" if n == 0 else ""
         print(f"{row.label} vs bare, req/s: {ratio:.2f}x{target}{cpu}")
     shops = [r for r in rows if r.kind == "shop"]
     if len(shops) == 2:

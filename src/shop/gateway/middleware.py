@@ -112,8 +112,7 @@ class GatewayMiddleware:
             elapsed = time.perf_counter() - started
             route = _route_of(scope)
             status = status_holder[0]
-            metrics.HTTP_LATENCY.labels(scope["method"], route).observe(elapsed)
-            metrics.HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
+            metrics.observe_http(scope["method"], route, status, elapsed)
             log.info(
                 "http.request",
                 module=self.service,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
@@ -48,6 +48,22 @@ SAGAS_OVERDUE = Gauge(
 )
 
 BREAKER_VALUES = {"CLOSED": 0, "HALF_OPEN": 1, "OPEN": 2}
+
+
+_HTTP_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def observe_http(method: str, route: str, status: int, seconds: float) -> None:
+    """Count one answered request: the labelled children are looked up once per (method, route,
+    status), not per request (bounded: methods and route templates, never raw paths)."""
+    children = _HTTP_CHILDREN.get((method, route, status))
+    if children is None:
+        children = _HTTP_CHILDREN[(method, route, status)] = (
+            HTTP_LATENCY.labels(method, route),
+            HTTP_REQUESTS.labels(method, route, str(status)),
+        )
+    children[0].observe(seconds)
+    children[1].inc()
 
 
 def set_breaker_state(name: str, state: str) -> None:
