@@ -74,7 +74,9 @@ def _serve(args: argparse.Namespace, role: Role) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    role = Role("run", "shop.app:create_app", "shop", databases=MODULE_NAMES)
+    role = Role(
+        "run", "shop.app:create_app", "shop", databases=MODULE_NAMES, signs_tokens=True, migrates=True
+    )
     return _serve(args, role)
 
 
@@ -91,6 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         databases=modules,
         needs_redis=not (in_process and os.environ.get(SERVICE_URLS_VAR)),
         modules=modules,
+        signs_tokens="users" in modules,
     )
     return _serve(args, role)
 
@@ -239,6 +242,24 @@ class _Parser(argparse.ArgumentParser):
         return super().parse_known_args(argv, namespace)
 
 
+class _NoPasswordOnTheCommandLine(argparse.Action):
+    """`--password P` is refused without repeating P (argv is visible to every local user)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        parser.error(
+            "--password is not accepted: a command line is visible to other users; pipe the "
+            "password to --password-stdin, set SHOP_ADMIN_PASSWORD, or type it at the prompt"
+        )
+
+
+def _quiet_logs() -> None:
+    """Commands other than the servers: only warnings and errors in the log (on stderr), so
+    that stdout carries the command's own output."""
+    from shop.observability import logging as shop_logging
+
+    shop_logging.configure("WARNING")
+
+
 def _server_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--host", help="address to listen on (default: SHOP_HOST, else 127.0.0.1)")
     command.add_argument("--port", type=int, help="port to listen on (default: SHOP_PORT, else 8000)")
@@ -307,6 +328,7 @@ def parser() -> argparse.ArgumentParser:
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
     create = admin_sub.add_parser(
         "create",
+        allow_abbrev=False,  # `--password` must not pass for `--password-stdin`
         help="create an admin user",
         description="Create an admin user. The password is read from standard input "
         "(--password-stdin), else from SHOP_ADMIN_PASSWORD, else asked twice at the terminal; "
@@ -317,6 +339,7 @@ def parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from standard input's first line"
     )
     create.add_argument("--name", default="Administrator")
+    create.add_argument("--password", nargs="?", action=_NoPasswordOnTheCommandLine, help=argparse.SUPPRESS)
     create.set_defaults(func=cmd_admin_create)
 
     dlq = sub.add_parser("dlq", help="dead letters")
@@ -332,6 +355,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.func not in (cmd_run, cmd_serve, cmd_gateway):
+        _quiet_logs()
     try:
         code: int = args.func(args)
     except (SettingsError, ValueError) as exc:

@@ -28,9 +28,11 @@ def read_password(
     from_stdin: bool,
     env: Mapping[str, str],
     stdin: TextIO,
-    prompt: Callable[[str], str] = getpass.getpass,
+    prompt: Callable[[str], str] | None = None,
 ) -> str:
-    """The password, from the first source given; CommandFailed (usage) if none or too short."""
+    """The password, from the first source given; CommandFailed (usage) if none or too short.
+    `prompt` asks without echo (default: getpass.getpass)."""
+    prompt = prompt or getpass.getpass
     if from_stdin:
         password = stdin.readline().rstrip("\r\n")
         if not password:

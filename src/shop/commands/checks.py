@@ -46,3 +46,27 @@ async def redis_answers(url: str) -> None:
         raise CommandFailed(f"Redis at {safe_url(url)} does not answer: {reason(exc)}") from exc
     finally:
         await client.aclose()
+
+
+async def databases_migrated(settings: Settings, modules: Iterable[str]) -> None:
+    """Raise CommandFailed for a module whose database is not migrated or behind its head.
+
+    A revision this code does not know (a newer release migrated it: a rolling deploy) passes."""
+    from alembic.script import ScriptDirectory
+
+    from shop import migrate
+
+    for module in modules:
+        current = (await migrate.current(settings, [module]))[module]
+        head = migrate.heads(module)
+        if set(current) == set(head):
+            continue
+        known = {
+            s.revision for s in ScriptDirectory.from_config(migrate.alembic_config(module)).walk_revisions()
+        }
+        if current and not set(current) <= known:
+            continue
+        at = ", ".join(current) or "base (not migrated)"
+        raise CommandFailed(
+            f"the {module} database is at {at}, its head is {', '.join(head)}: run `shop migrate`"
+        )

@@ -2,23 +2,25 @@
 
 Before the server starts, the databases of the modules the process runs and (when it uses it)
 Redis must answer: otherwise one line says which does not, and the command exits 1. Once the
-server's socket is bound, one structured log line, event `shop.listening`, gives its URL.
+server accepts connections, one structured log line, event `shop.listening`, gives its URL.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from shop.commands.checks import databases_answer, redis_answers
+from shop.commands.checks import databases_answer, databases_migrated, redis_answers
 from shop.commands.failures import USAGE, CommandFailed, reason
 from shop.observability import logging as shop_logging
 from shop.observability.logcontext import set_process_module
+from shop.security.keys import load_keys
 from shop.settings import Settings
 
 SERVERS = ("granian", "uvicorn")
@@ -28,6 +30,7 @@ UVICORN_MISSING = (
     "(e.g. pip install 'shop[uvicorn]'), or use the default server, granian"
 )
 
+ANNOUNCE_POLL_S = 0.05
 log = structlog.get_logger("shop.cli")
 
 
@@ -41,6 +44,8 @@ class Role:
     databases: tuple[str, ...] = ()  # modules whose databases must answer
     needs_redis: bool = False
     modules: tuple[str, ...] = ()
+    signs_tokens: bool = False  # runs users: may generate the dev key pair; else verifies only
+    migrates: bool = False  # migrates its databases at start (`shop run`); else they must be at head
 
 
 def require_server(server: str) -> None:
@@ -53,9 +58,14 @@ def require_server(server: str) -> None:
 
 
 async def preflight(settings: Settings, role: Role) -> None:
-    """Raise CommandFailed unless the port is free and the role's databases and Redis answer."""
+    """Raise CommandFailed unless the port is free, the token keys are there, the role's
+    databases answer (and are migrated, unless it migrates them) and Redis answers
+    (SettingsError for keys that are missing or unusable)."""
     port_free(settings.host, settings.port)
+    load_keys(settings, generate=role.signs_tokens)
     await databases_answer(settings, role.databases)
+    if not role.migrates:
+        await databases_migrated(settings, role.databases)
     if role.needs_redis:
         await redis_answers(settings.redis_url)
 
@@ -89,26 +99,52 @@ def serve(settings: Settings, role: Role, *, server: str = DEFAULT_SERVER) -> No
         extra: dict[str, Any] = {"modules": list(role.modules)} if role.modules else {}
         log.info("shop.listening", url=url, role=role.name, server=server, pid=os.getpid(), **extra)
 
+    stopped = threading.Event()
+    threading.Thread(
+        target=_announce_when_listening,
+        args=(settings.host, settings.port, listening, stopped),
+        name="shop-listening",
+        daemon=True,
+    ).start()
     try:
         if server == "uvicorn":
-            _uvicorn(settings, role.factory, listening)
+            _uvicorn(settings, role.factory)
         else:
-            _granian(settings, role.factory, listening)
+            _granian(settings, role.factory)
     except OSError as exc:  # the address is taken, or not this machine's
         raise CommandFailed(f"cannot listen on {url}: {reason(exc)}") from exc
-    except SystemExit as exc:  # granian exits when its worker could not start or died
+    except SystemExit as exc:  # the server exits when its app could not start or died
         if exc.code in (None, 0):
             return
         raise CommandFailed(
             f"the server on {url} stopped: its app failed (the log line above says why)"
         ) from exc
+    finally:
+        stopped.set()
 
 
-def _granian(settings: Settings, factory: str, listening: Callable[[], None]) -> None:
+def _announce_when_listening(
+    host: str, port: int, announce: Callable[[], None], stopped: threading.Event
+) -> None:
+    """Call `announce` once a connection to host:port succeeds: the servers bind in a worker,
+    after the point where they could tell us."""
+    target = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host.strip("[]"))
+    while not stopped.wait(ANNOUNCE_POLL_S):
+        try:
+            with socket.create_connection((target, port), timeout=1.0):
+                pass
+        except OSError:
+            continue
+        if not stopped.is_set():
+            announce()
+        return
+
+
+def _granian(settings: Settings, factory: str) -> None:
     from granian.constants import Interfaces, Loops
     from granian.server import Server
 
-    granian = Server(
+    Server(
         target=factory,
         factory=True,
         address=settings.host,
@@ -118,19 +154,11 @@ def _granian(settings: Settings, factory: str, listening: Callable[[], None]) ->
         loop=Loops.uvloop,
         log_enabled=False,
         respawn_failed_workers=False,
-    )
-    granian.on_startup(listening)  # called once the socket is bound, before the worker starts
-    granian.serve()
+    ).serve()
 
 
-def _uvicorn(settings: Settings, factory: str, listening: Callable[[], None]) -> None:
+def _uvicorn(settings: Settings, factory: str) -> None:
     import uvicorn
-
-    class Server(uvicorn.Server):
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets=sockets)
-            if not self.should_exit:  # the app started and the socket is bound
-                listening()
 
     config = uvicorn.Config(
         factory,
@@ -144,7 +172,7 @@ def _uvicorn(settings: Settings, factory: str, listening: Callable[[], None]) ->
         access_log=False,
         lifespan="on",
     )
-    server = Server(config)
+    server = uvicorn.Server(config)
     server.run()  # SystemExit when it cannot bind: serve() turns it into one line
     if not server.started:  # the app's start-up failed; its lifespan logged why
         raise CommandFailed(f"the app did not start on {listen_url(settings.host, settings.port)}")
