@@ -24,7 +24,7 @@ from shop.commands.failures import FAILED, USAGE, CommandFailed
 from shop.commands.serving import DEFAULT_SERVER, SERVERS, Role
 from shop.settings import MODULE_NAMES, Settings, SettingsError
 
-__all__ = ["DEFAULT_SERVER", "SERVERS", "main", "parser"]
+__all__ = ["DEFAULT_SERVER", "SERVERS", "main", "parser", "serve"]
 
 # `shop migrate status` and `shop migrate revision` next to `shop migrate [MODULE...]`: argparse
 # cannot tell a subcommand from a positional, so these two words are routed to their own parsers.
@@ -61,6 +61,16 @@ def version() -> str:
 # --------------------------------------------------------------------------- servers
 
 
+def serve(
+    settings: Settings, factory: str, *, server: str = DEFAULT_SERVER, role: Role | None = None
+) -> None:
+    """Serve an app factory on one worker of the chosen ASGI server, as `shop run` does (the
+    benchmarks serve their reference apps with it too)."""
+    from shop.commands import serving
+
+    serving.serve(settings, role or Role("app", factory, "shop"), server=server)
+
+
 def _serve(args: argparse.Namespace, role: Role) -> int:
     from shop.commands import serving
 
@@ -69,7 +79,7 @@ def _serve(args: argparse.Namespace, role: Role) -> int:
     asyncio.run(serving.preflight(settings, role))
     # The server imports the app factory in its own worker; hand it the resolved settings.
     os.environ["SHOP_HOST"], os.environ["SHOP_PORT"] = settings.host, str(settings.port)
-    serving.serve(settings, role, server=args.server)
+    serve(settings, role.factory, server=args.server, role=role)
     return 0
 
 
