@@ -24,8 +24,8 @@ RUN python -m pip install "uv==${UV_VERSION}"
 
 WORKDIR /app
 # Dependencies first (a layer that survives source changes), then the project itself.
-# The dev tools are the `dev` extra, so installing without extras leaves them out;
-# --no-dev also leaves out any dependency group.
+# The dev tools are the `dev` extra, so installing without extras leaves them out (and uvicorn,
+# the `uvicorn` extra: the image serves with granian); --no-dev also leaves out any dependency group.
 COPY pyproject.toml uv.lock ./
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-project

@@ -16,6 +16,8 @@ unexport PYTHONDONTWRITEBYTECODE
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
+# Python 3.11, 3.12 or 3.13 (requires-python); e.g. `make test PYTHON=python3.13` in a fresh clone
+# (the virtualenv is made once: `make distclean` first to change it).
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 UV_VERSION := 0.13.8
 VENV := .venv

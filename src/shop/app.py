@@ -238,7 +238,11 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
-        await shop.start()
+        try:
+            await shop.start()
+        except Exception as exc:  # the server exits; this line is what the operator sees
+            log.error("shop.start_failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            raise
         try:
             if around is None:
                 yield

@@ -7,7 +7,12 @@ module's async engine (`shop.db.Database`), inside `AsyncConnection.run_sync`, s
 never blocks on Alembic's synchronous work; the whole run of one module is one transaction.
 
 Migration scripts call `schema()` for the schema to write to (None on SQLite, else the module's
-name) and, in their first revision, `create_kernel_tables_v1()` for the kernel's tables.
+name), `ref("table.column")` for a foreign key's target in that schema and, in their first
+revision, `create_kernel_tables_v1()` for the kernel's tables.
+
+`revision()` drafts the next revision of a module by Alembic autogenerate: a scratch SQLite
+database is migrated to head and compared with the module's metadata, and the operations found
+are written with `schema=schema()` and `ref(...)`, so the draft runs on SQLite and PostgreSQL.
 
 Note: the migrations folder is `<repository>/migrations` (found from this package's location,
 which holds for a source checkout and an editable install), or `./migrations` as a fallback.
@@ -18,8 +23,12 @@ locates code, not configuration.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import re
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,9 +36,11 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command, op
 from alembic.autogenerate import compare_metadata
+from alembic.autogenerate.api import AutogenContext
 from alembic.config import Config
+from alembic.operations import ops
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from alembic.script import Script, ScriptDirectory
 from sqlalchemy.engine import Connection
 
 import shop
@@ -55,6 +66,8 @@ __all__ = [
     "heads",
     "migrations_dir",
     "module_metadata",
+    "ref",
+    "revision",
     "run_env",
     "schema",
     "target_metadata",
@@ -237,7 +250,11 @@ def _context_options(connection: Connection, module: str, config: Config | None 
     version_table = VERSION_TABLE
     if config is not None:
         version_table = config.get_main_option("version_table", VERSION_TABLE) or VERSION_TABLE
+    hooks: dict[str, Any] = {}
+    if config is not None:  # set by revision(): how autogenerate writes its draft
+        hooks = {k: v for k, v in config.attributes.items() if k in _REVISION_HOOKS}
     return {
+        **hooks,
         "target_metadata": target_metadata(module, schema_name),
         "include_schemas": schema_name is not None,
         "include_name": _include_name(schema_name, version_table),
@@ -274,6 +291,12 @@ def schema() -> str | None:
     if not isinstance(module, str):
         raise MigrationError("schema() is for migration scripts run through shop.migrate")
     return module
+
+
+def ref(target: str) -> str:
+    """For migration scripts: a foreign key's target ("table.column") in the module's schema."""
+    s = schema()
+    return f"{s}.{target}" if s else target
 
 
 def target_metadata(module: str, schema_name: str | None) -> sa.MetaData:
@@ -324,6 +347,121 @@ def diff(connection: Connection, module: str) -> list[Any]:
     """Alembic autogenerate's differences between the database and `target_metadata` ([]: none)."""
     context = _migration_context(connection, module)
     return list(compare_metadata(context, target_metadata(module, _schema_for(connection, module))))
+
+
+# --------------------------------------------------------------------------- new revisions
+
+_REVISION_HOOKS = ("process_revision_directives", "render_item")
+# Written as the schema of every operation of a draft, then replaced by `schema()` in its text.
+_SCHEMA_MARK = "__shop_module_schema__"
+_REVISION_ID = re.compile(r"^[a-z]+_(\d{4})$")
+
+
+async def revision(module: str, message: str, *, empty: bool = False) -> Path | None:
+    """Draft the module's next revision, `migrations/<module>/versions/<NNNN>_<slug>.py`.
+
+    Alembic autogenerate compares a scratch SQLite database migrated to head with the module's
+    tables (the kernel's and its own); the differences become the draft's operations. None, and
+    nothing written, when there are none (unless `empty`: then a revision without operations,
+    to be written by hand). Review a draft before committing it: autogenerate cannot see a
+    renamed column or table (it drops and adds), nor data that must move.
+    """
+    message = message.strip()
+    if not message:
+        raise MigrationError("a revision needs a message (-m)")
+    number = _next_number(module)
+    with tempfile.TemporaryDirectory(prefix=f"shop-revision-{module}-") as scratch:
+        settings = Settings(data_dir=Path(scratch))
+        await upgrade(settings, [module])
+        database = Database(module, settings.database_url_for(module))
+        try:
+            async with database.engine.begin() as conn:
+                written: Path | None = await conn.run_sync(_write_revision, module, message, number, empty)
+        finally:
+            await database.dispose()
+    return written
+
+
+def _next_number(module: str) -> int:
+    found = heads(module)
+    if len(found) != 1:
+        raise MigrationError(
+            f"{module} has {len(found)} heads ({', '.join(found) or 'none'}); merge them first"
+        )
+    match = _REVISION_ID.match(found[0])
+    if match is None or not found[0].startswith(f"{module}_"):
+        raise MigrationError(f"{module}'s head {found[0]!r} is not named {module}_<NNNN>")
+    return int(match.group(1)) + 1
+
+
+def _write_revision(
+    connection: Connection, module: str, message: str, number: int, empty: bool
+) -> Path | None:
+    config = alembic_config(module, connection)
+    config.set_main_option("file_template", f"{number:04d}_%%(slug)s")
+    found_changes: list[bool] = []
+
+    def directives(_context: Any, _revision: Any, scripts: list[Any]) -> None:
+        script = scripts[0]
+        changes = not all(o.is_empty() for o in script.upgrade_ops_list)
+        found_changes.append(changes)
+        if not changes and not empty:
+            scripts[:] = []  # nothing to write
+            return
+        for container in (*script.upgrade_ops_list, *script.downgrade_ops_list):
+            _mark_schema(container)
+
+    config.attributes["process_revision_directives"] = directives
+    config.attributes["render_item"] = _render_item
+    with contextlib.redirect_stdout(io.StringIO()):  # Alembic's "Generating ... done": the CLI says it
+        result = command.revision(config, message=message, autogenerate=True, rev_id=f"{module}_{number:04d}")
+    if not isinstance(result, Script) or result.path is None:
+        return None
+    path = Path(result.path)
+    path.write_text(_finish_draft(path.read_text()))
+    return path
+
+
+def _mark_schema(container: ops.OpContainer) -> None:
+    """Give every operation the schema mark (replaced by `schema()` once rendered)."""
+    for operation in container.ops:
+        if isinstance(operation, ops.OpContainer):
+            _mark_schema(operation)
+        for attribute in ("schema", "source_schema", "referent_schema"):
+            if hasattr(operation, attribute) and getattr(operation, attribute) is None:
+                setattr(operation, attribute, _SCHEMA_MARK)
+
+
+def _render_item(type_: str, item: Any, _context: AutogenContext) -> str | bool:
+    """Foreign keys as `ref("table.column")`: their targets live in the module's schema."""
+    if type_ != "foreign_key" or not isinstance(item, sa.ForeignKeyConstraint):
+        return False
+    columns = ", ".join(repr(name) for name in item.column_keys)
+    targets = ", ".join(f"ref({_fk_target(fk)!r})" for fk in item.elements)
+    options = [f"{name}={getattr(item, name)!r}" for name in ("ondelete", "onupdate", "deferrable",
+               "initially") if getattr(item, name)]  # fmt: skip
+    if isinstance(item.name, str):
+        options.insert(0, f"name={item.name!r}")
+    return f"sa.ForeignKeyConstraint([{columns}], [{targets}]{''.join(', ' + o for o in options)})"
+
+
+def _fk_target(fk: sa.ForeignKey) -> str:
+    """ "table.column" of a foreign key's target, without any schema."""
+    parts = fk.target_fullname.split(".")
+    return ".".join(parts[-2:])
+
+
+def _finish_draft(text: str) -> str:
+    """The schema mark becomes `schema()`; imports only of what the draft uses."""
+    text = text.replace(repr(_SCHEMA_MARK), "schema()").replace(f'"{_SCHEMA_MARK}"', "schema()")
+    if _SCHEMA_MARK in text:
+        raise MigrationError("the draft still names a placeholder schema; write this revision by hand")
+    names = [name for name in ("ref", "schema") if f"{name}(" in text.split("def upgrade", 1)[-1]]
+    line = f"from shop.migrate import {', '.join(names)}\n" if names else ""
+    text = text.replace("from shop.migrate import schema\n", line, 1)
+    if "sa." not in text.split("def upgrade", 1)[-1]:
+        text = text.replace("import sqlalchemy as sa\n", "", 1)
+    return text
 
 
 # --------------------------------------------------------------------------- frozen revisions

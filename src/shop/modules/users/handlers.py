@@ -26,7 +26,7 @@ from shop.contracts.users import (
 from shop.db import Database, unit_of_work
 from shop.modules.users import module
 from shop.modules.users.passwords import Passwords
-from shop.modules.users.service import EmailTaken, UserDirectory
+from shop.modules.users.service import EmailTaken, UserDirectory, normalise_email
 from shop.security.tokens import TokenIssuer
 from shop.settings import Settings
 
@@ -113,14 +113,45 @@ async def get_address(query: GetAddress, directory: UserDirectory) -> AddressVie
 
 
 @module.on_startup
-async def create_admin_from_settings(settings: Settings, bus: Bus) -> None:
-    """SHOP_ADMIN_EMAIL + SHOP_ADMIN_PASSWORD: make sure that admin exists."""
+async def apply_admin_from_settings(
+    settings: Settings, database: Database, passwords: Passwords, bus: Bus
+) -> None:
+    """SHOP_ADMIN_EMAIL + SHOP_ADMIN_PASSWORD: that admin exists and signs in with that password.
+
+    The admin is created if missing; an existing admin whose password is another gets this one
+    (rotating SHOP_ADMIN_PASSWORD takes effect at the next start). A customer account that
+    already uses the email is left alone: an operator must choose another email."""
     if not settings.admin_email or not settings.admin_password:
         return
-    reply = await bus.ask(
-        CreateAdmin(email=settings.admin_email, password=settings.admin_password), timeout=30
-    )
-    if isinstance(reply, Rejected):
-        log.info("users.admin_exists", email=settings.admin_email)
-    else:
-        log.info("users.admin_created", email=reply.email)
+    email, password = normalise_email(settings.admin_email), settings.admin_password
+    found = await _find(database, email)
+    if found is None:
+        created = await _create(email, password, "Administrator", "admin", database, passwords, bus)
+        if not isinstance(created, Rejected):
+            log.info("users.admin_created", email=created.email)
+            return
+        found = await _find(database, email)  # another instance created it meanwhile
+        if found is None:
+            log.error("users.admin_not_created", email=email, reason=created.detail)
+            return
+    user, password_hash = found
+    if user.role != "admin":
+        log.error(
+            "users.admin_email_taken",
+            email=email,
+            role=user.role,
+            detail="an account that is not an admin uses SHOP_ADMIN_EMAIL; it was left unchanged",
+        )
+        return
+    if await passwords.verify(password_hash, password):
+        log.info("users.admin_exists", email=email)
+        return
+    new_hash = await passwords.hash(password)
+    async with unit_of_work(database) as uow:
+        await UserDirectory(uow.session).set_password_hash(user.id, new_hash)
+    log.info("users.admin_password_rotated", email=email)
+
+
+async def _find(database: Database, email: str) -> tuple[UserView, str] | None:
+    async with unit_of_work(database, write=False) as uow:
+        return await UserDirectory(uow.session).find_by_email(email)

@@ -59,6 +59,11 @@ class UserDirectory:
             return None
         return _user(row._mapping), row._mapping["password_hash"]
 
+    async def set_password_hash(self, user_id: uuid.UUID, password_hash: str) -> None:
+        await self.session.execute(
+            users.update().where(users.c.id == user_id).values(password_hash=password_hash)
+        )
+
     async def get(self, user_id: uuid.UUID) -> UserView | None:
         row = (await self.session.execute(sa.select(users).where(users.c.id == user_id))).first()
         return _user(row._mapping) if row is not None else None
