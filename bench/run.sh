@@ -4,6 +4,9 @@
 #   bench/run.sh ask        only the in-process bus ask overhead
 #   bench/run.sh http       only the HTTP servers comparison
 #   bench/run.sh catalog    only the catalog read: shop run vs a bare Litestar app on the same catalog.db
+#   bench/run.sh orders-wrk the orders figures of record: wrk posting orders to shop run, with and
+#                           without customers polling, against the hand-written floor (same run)
+#   bench/run.sh orders-pg  the same with the shop on PostgreSQL (127.0.0.1:5432, database shop_bench)
 #   bench/run.sh orders     only orders per second through HTTP and the saga latency
 #   bench/run.sh orders-split  the same against the split deployment (Redis db 11 on 127.0.0.1:6379,
 #                           the modules as services, the gateway); not part of `all`
@@ -65,15 +68,32 @@ if [[ "$what" == all || "$what" == orders ]]; then
     "$PY" bench/orders.py "$@" || status=1
     echo "   load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 fi
+if [[ "$what" == all || "$what" == orders-wrk ]]; then
+    [[ "$what" == all ]] && echo
+    header "orders posted by wrk to shop run (SQLite) vs the hand-written floor (bench/orders_wrk.py)"
+    if ensure_wrk; then
+        "$PY" bench/orders_wrk.py "$@" || status=1
+    else
+        status=1
+    fi
+fi
+if [[ "$what" == orders-pg ]]; then
+    header "orders posted by wrk to shop run on PostgreSQL (bench/orders_wrk.py --database-url)"
+    if ensure_wrk; then
+        "$PY" bench/orders_wrk.py --database-url "${SHOP_BENCH_PG_URL:-postgresql://postgres@127.0.0.1:5432/postgres}" "$@" || status=1
+    else
+        status=1
+    fi
+fi
 if [[ "$what" == orders-split ]]; then
     header "orders through HTTP on the split deployment: orders/s and saga latency (bench/orders.py --split)"
     "$PY" bench/orders.py --split "$@" || status=1
     echo "   load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 fi
 case "$what" in
-    all | ask | http | catalog | orders | orders-split) ;;
+    all | ask | http | catalog | orders | orders-wrk | orders-pg | orders-split) ;;
     *)
-        echo "usage: bench/run.sh [all|ask|http|catalog|orders|orders-split] [args for that script]" >&2
+        echo "usage: bench/run.sh [all|ask|http|catalog|orders|orders-wrk|orders-pg|orders-split] [args]" >&2
         exit 2
         ;;
 esac
