@@ -169,11 +169,14 @@ async def unit_of_work(database: Database, *, write: bool = True) -> AsyncIterat
     lock = database.write_lock if write else None
     deadline = asyncio.get_running_loop().time() + SQLITE_BUSY_TIMEOUT_MS / 1000
     if lock is not None:
-        try:
-            async with asyncio.timeout_at(deadline):
-                await lock.acquire()
-        except TimeoutError:
-            raise DatabaseBusy(f"{database.module}: no write slot within the busy timeout") from None
+        if lock.locked() or getattr(lock, "_waiters", None):  # queue, bounded by the timeout
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await lock.acquire()
+            except TimeoutError:
+                raise DatabaseBusy(f"{database.module}: no write slot within the busy timeout") from None
+        else:  # free and nobody queued: taken at once, no timer to arm
+            await lock.acquire()
     try:
         uow = await _begin(database, write, deadline)
         token = _current.set(uow)
