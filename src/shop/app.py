@@ -164,7 +164,7 @@ def build_shop(
     clock = clock or Clock()
     databases = {name: Database(name, settings.database_url_for(name)) for name in local}
     for database in databases.values():  # SQL spans, when tracing is on
-        tracing.instrument_engine(database.engine)
+        tracing.instrument_database(database)
     keys = load_keys(settings, generate="users" in local)
     verifier = TokenVerifier(keys.public_pem)
     breakers = BreakerRegistry(clock=clock.monotonic, on_state_change=metrics.on_breaker_change)

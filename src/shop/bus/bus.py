@@ -377,7 +377,7 @@ class Bus:
                 raise RuntimeError(f"{spec.module} has no database")
             async with unit_of_work(database, write=idempotent) as uow:
                 if idempotent:
-                    done, stored = await inbox.seen(uow.session, call.consumer, call.envelope.message_id)
+                    done, stored = await inbox.seen(uow, call.consumer, call.envelope.message_id)
                     if done:
                         metrics.BUS_DUPLICATES.labels(call.consumer).inc()
                         return coerce_reply(_decode_reply(stored), plain)
@@ -386,7 +386,7 @@ class Bus:
                 )
                 if idempotent:
                     await inbox.record(
-                        uow.session, call.consumer, call.envelope.message_id, _encode_reply(result)
+                        uow, call.consumer, call.envelope.message_id, _encode_reply(result)
                     )
                 return result
 

@@ -9,31 +9,31 @@ from datetime import UTC, datetime
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus import outbox
 from shop.bus.messages import Envelope, decode_envelope, encode
 from shop.bus.outbox import Relay
 from shop.bus.tables import dead_letters, inbox
-from shop.db import Database, unit_of_work
+from shop.db import Database, Prepared, UnitOfWork, unit_of_work
 
-# Built once (a statement built per call costs SQLAlchemy twice as much as one reused).
-_SEEN = sa.select(inbox.c.reply).where(
-    inbox.c.consumer == sa.bindparam("b_consumer"), inbox.c.message_id == sa.bindparam("b_message_id")
+_SEEN = Prepared(
+    sa.select(inbox.c.reply).where(
+        inbox.c.consumer == sa.bindparam("b_consumer"), inbox.c.message_id == sa.bindparam("b_message_id")
+    )
 )
-_RECORD = inbox.insert()
+_RECORD = Prepared(inbox.insert())
 
 
-async def seen(session: AsyncConnection, consumer: str, message_id: uuid.UUID) -> tuple[bool, bytes | None]:
+async def seen(uow: UnitOfWork, consumer: str, message_id: uuid.UUID) -> tuple[bool, bytes | None]:
     """Whether `consumer` already handled `message_id`, and the reply it gave then."""
-    row = (await session.execute(_SEEN, {"b_consumer": consumer, "b_message_id": message_id})).first()
+    row = (await _SEEN.execute(uow, {"b_consumer": consumer, "b_message_id": message_id})).first()
     return (row is not None, row[0] if row is not None else None)
 
 
-async def record(session: AsyncConnection, consumer: str, message_id: uuid.UUID, reply: bytes | None) -> None:
+async def record(uow: UnitOfWork, consumer: str, message_id: uuid.UUID, reply: bytes | None) -> None:
     """Record the handling in the handler's own transaction (a duplicate fails the commit)."""
-    await session.execute(
-        _RECORD, {"consumer": consumer, "message_id": message_id, "reply": reply, "handled_at": time.time()}
+    await _RECORD.execute(
+        uow, {"consumer": consumer, "message_id": message_id, "reply": reply, "handled_at": time.time()}
     )
 
 
