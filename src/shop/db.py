@@ -293,11 +293,19 @@ class Prepared:
         self.statement = statement
         self._cache: dict[tuple[str, tuple[str, ...]], _Compiled | None] = {}
 
-    async def execute(self, uow: UnitOfWork, params: Mapping[str, Any] | None = None) -> Rows:
+    async def execute(
+        self, target: UnitOfWork | AsyncConnection, params: Mapping[str, Any] | None = None
+    ) -> Rows:
+        """Run in a unit of work, or on a connection (the driver's SQL when it is the current
+        unit of work's)."""
         values = params or {}
-        compiled = self._compiled(uow.database, tuple(values)) if uow.database.driver_sql else None
-        if compiled is None:
-            result = await uow.session.execute(self.statement, dict(values))
+        uow = target if isinstance(target, UnitOfWork) else _unit_of_work_on(target)
+        compiled = None
+        if uow is not None and uow.database.driver_sql:
+            compiled = self._compiled(uow.database, tuple(values))
+        if uow is None or compiled is None:
+            session = target.session if isinstance(target, UnitOfWork) else target
+            result = await session.execute(self.statement, dict(values))
             if result.returns_rows:
                 return Rows(tuple(result.keys()), [tuple(r) for r in result.all()], result.rowcount)
             return Rows((), [], result.rowcount)
@@ -315,14 +323,13 @@ class Prepared:
             cursor.close()
         results = compiled.results
         if raw and any(p is not None for p in results):
-            rows = [
-                tuple(v if p is None else p(v) for v, p in zip(row, results, strict=True)) for row in raw
-            ]
+            rows = [tuple(v if p is None else p(v) for v, p in zip(row, results, strict=True)) for row in raw]
         else:
             rows = [tuple(row) for row in raw]
         return Rows(compiled.keys, rows, cursor.rowcount)
 
     def _compiled(self, database: Database, keys: tuple[str, ...]) -> _Compiled | None:
+        """The driver's SQL for these parameter names, or None for SQLAlchemy's path."""
         cache_key = (database.module, keys)
         try:
             return self._cache[cache_key]
@@ -330,7 +337,9 @@ class Prepared:
             pass
         dialect = database.engine.dialect
         translate = database.engine.get_execution_options().get("schema_translate_map")
-        compiled = self.statement.compile(dialect=dialect, column_keys=list(keys))
+        compiled = self.statement.compile(
+            dialect=dialect, column_keys=list(keys), schema_translate_map=translate
+        )
         names = tuple(compiled.positiontup or ())
         found: _Compiled | None = None
         if set(names) <= set(keys):  # else a default it would fill in: SQLAlchemy's path
@@ -348,3 +357,8 @@ class Prepared:
             )
         self._cache[cache_key] = found
         return found
+
+
+def _unit_of_work_on(connection: AsyncConnection) -> UnitOfWork | None:
+    uow = _current.get()
+    return uow if uow is not None and uow.session is connection else None

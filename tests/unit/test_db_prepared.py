@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from shop.db import Database, Prepared, unit_of_work
 
-metadata = sa.MetaData()
+metadata = sa.MetaData(schema="things")  # translated away on SQLite, as a module's is
 things = sa.Table(
     "things",
     metadata,
