@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.contracts.catalog import Line, PricedLine
 from shop.contracts.orders import OrderLine, OrderPage, OrderView
+from shop.db import Prepared
 from shop.modules.orders.models import orders
 
 PENDING = "PENDING"
@@ -23,6 +24,10 @@ COMPLETED = "COMPLETED"
 FAILED = "FAILED"
 CANCELLED = "CANCELLED"
 FINAL = frozenset({FAILED, CANCELLED})
+
+
+_INSERT = Prepared(orders.insert())
+_PRICE = Prepared(orders.update().where(orders.c.id == sa.bindparam("b_id")))
 
 
 class IdempotencyConflict(Exception):
@@ -115,7 +120,7 @@ class OrderBook:
         }
         try:
             async with self.session.begin_nested():
-                await self.session.execute(orders.insert().values(**values))
+                await _INSERT.execute(self.session, values)
         except IntegrityError:
             # A concurrent request with the same key won the race.
             found = await self.by_idempotency_key(customer_id, idempotency_key or "")
@@ -162,11 +167,11 @@ class OrderBook:
     async def price(self, order_id: uuid.UUID, lines: Sequence[PricedLine]) -> None:
         """Record the catalog's snapshot of names and prices (taken when the stock was reserved)."""
         currency = lines[0].currency if lines else None
-        await self.session.execute(
-            orders.update()
-            .where(orders.c.id == order_id)
-            .values(
-                items=[
+        await _PRICE.execute(
+            self.session,
+            {
+                "b_id": order_id,
+                "items": [
                     {
                         "product_id": str(line.product_id),
                         "name": line.name,
@@ -175,8 +180,8 @@ class OrderBook:
                     }
                     for line in lines
                 ],
-                total=sum(line.unit_price * line.quantity for line in lines),
-                currency=currency,
-                updated_at=datetime.now(UTC),
-            )
+                "total": sum(line.unit_price * line.quantity for line in lines),
+                "currency": currency,
+                "updated_at": datetime.now(UTC),
+            },
         )
