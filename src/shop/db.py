@@ -65,6 +65,7 @@ class Database:
         # share one connection kept open (no pool check-out and reset per transaction).
         self.write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
         self._writer: AsyncConnection | None = None
+        self._reader: AsyncConnection | None = None
         # Prepared statements run as the driver's SQL (SQLite); off when SQL is traced.
         self.driver_sql = self.is_sqlite
 
@@ -79,10 +80,20 @@ class Database:
             self._writer = writer
         return self._writer
 
+    async def reader(self) -> AsyncConnection:
+        """The connection this process's SQLite readers share: no transaction (each statement
+        reads a committed state under WAL and runs to its end on the loop), no pool check-out."""
+        if self._reader is None or self._reader.closed or self._reader.invalidated:
+            reader = await self.engine.connect()
+            await reader.execution_options(shop_write=False)
+            self._reader = reader
+        return self._reader
+
     async def dispose(self) -> None:
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            await writer.close()
+        for connection in (self._writer, self._reader):
+            if connection is not None:
+                await connection.close()
+        self._writer = self._reader = None
         await self.engine.dispose()
 
     async def ping(self) -> None:
@@ -119,11 +130,14 @@ class UnitOfWork:
 
     `session` is the transaction's connection (SQLAlchemy Core: `execute`, `begin_nested`)."""
 
-    def __init__(self, database: Database, connection: AsyncConnection, shared: bool) -> None:
+    def __init__(
+        self, database: Database, connection: AsyncConnection, shared: bool, transactional: bool = True
+    ) -> None:
         self.database = database
         self.session: AsyncConnection = connection
         self.items: dict[str, Any] = {}
-        self._shared = shared  # the SQLite writer connection: kept open after the transaction
+        self._shared = shared  # a SQLite writer's or reader's connection: kept open afterwards
+        self._transactional = transactional  # False: SQLite readers (autocommit statements)
         self._transaction: AsyncTransaction | None = None
         self._after_commit: list[AfterCommit] = []
 
@@ -140,22 +154,24 @@ class UnitOfWork:
             await hook()
 
     async def begin(self) -> None:
-        self._transaction = await self.session.begin()
+        if self._transactional:
+            self._transaction = await self.session.begin()
 
     async def commit(self) -> None:
-        assert self._transaction is not None
-        await self._transaction.commit()
+        if self._transaction is not None:
+            await self._transaction.commit()
 
     async def rollback(self) -> None:
         if self._transaction is not None and self._transaction.is_active:
             await self._transaction.rollback()
+        elif not self._transactional and self.session.in_transaction():
+            await self.session.rollback()  # after an error: a clean state for the next reader
 
     async def release(self) -> None:
-        if self._shared:
-            if self.session.in_transaction():  # a failed commit or begin: leave it clean
-                await self.session.rollback()
-        else:
+        if not self._shared:
             await self.session.close()
+        elif self._transactional and self.session.in_transaction():
+            await self.session.rollback()  # a failed commit or begin: leave it clean
 
 
 _current: ContextVar[UnitOfWork | None] = ContextVar("shop_unit_of_work", default=None)
@@ -209,15 +225,15 @@ async def _begin(database: Database, write: bool, deadline: float) -> UnitOfWork
     is waited for here, with backoff, until `deadline` (loop time)."""
     delay = 0.001
     loop = asyncio.get_running_loop()
-    shared = write and database.write_lock is not None
     while True:
-        if shared:
-            connection = await database.writer()
+        if database.is_sqlite:  # the process's writer or reader connection, kept open
+            connection = await (database.writer() if write else database.reader())
+            uow = UnitOfWork(database, connection, shared=True, transactional=write)
         else:
             connection = await database.engine.connect()
             if not write:
                 await connection.execution_options(shop_write=False)
-        uow = UnitOfWork(database, connection, shared)
+            uow = UnitOfWork(database, connection, shared=False)
         try:
             await uow.begin()
             return uow
