@@ -92,6 +92,30 @@ async def test_another_customers_address_fails_invalid_address_and_releases_the_
     assert ("reserve_stock", "COMPENSATED") in [(e["step"], e["status"]) for e in timeline]
 
 
+async def test_lines_priced_in_different_currencies_fail_mixed_currencies_charge_nothing_and_release_all(
+    shopper: Shopper,
+) -> None:
+    customer = await shopper.customer()
+    address = await shopper.address(customer)
+    won = await shopper.product(stock=4, price=1000, currency="KRW")
+    dollars = await shopper.product(stock=3, price=500, currency="USD")
+    response = await shopper.place(customer, [(won, 1), (dollars, 2)], address)
+    assert response.status_code == 202
+    order = await shopper.settle(customer, response.json()["id"])
+    assert (order["status"], order["failure_reason"]) == ("FAILED", "MIXED_CURRENCIES")
+    assert (order["total"], order["currency"]) == (None, None), "no total across currencies"
+    assert [(line["unit_price"], line["quantity"]) for line in order["items"]] == [(1000, 1), (500, 2)]
+    assert await shopper.payments(customer, order["id"]) == [], "nothing was charged"
+    assert (await shopper.stock(won), await shopper.stock(dollars)) == (4, 3), "every reservation released"
+    assert await shopper.deliveries(customer, order["id"]) == []
+    timeline = (await shopper.client.get(f"/api/v1/orders/{order['id']}/timeline", headers=customer)).json()[
+        "items"
+    ]
+    steps = [(e["step"], e["status"]) for e in timeline]
+    assert ("take_payment", "FAILED") in steps
+    assert ("reserve_stock", "COMPENSATED") in steps
+
+
 async def test_a_declined_payment_cancels_the_order_and_releases_the_stock(shopper: Shopper) -> None:
     customer, product, _address, response = await journey(shopper, stock=5, quantity=2, token="tok_decline")
     order = await shopper.settle(customer, response.json()["id"])

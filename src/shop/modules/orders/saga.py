@@ -2,7 +2,8 @@
 
 place_order:  reserve_stock (compensate/abort: release_stock)
               → check_address
-              → take_payment (wait for PaymentCaptured/PaymentDeclined; abort: void_payment;
+              → take_payment (lines in more than one currency: fail MIXED_CURRENCIES, charge nothing;
+                              else wait for PaymentCaptured/PaymentDeclined; abort: void_payment;
                               compensate: refund_payment; deadline SHOP_PAYMENT_DEADLINE_S)
               → complete (order COMPLETED, CommitStock)
 cancel_completed_order: refund_payment → restock → mark_cancelled
@@ -46,6 +47,7 @@ PLACE_ORDER = "place_order"
 CANCEL_COMPLETED_ORDER = "cancel_completed_order"
 ASK_TIMEOUT_S = 5.0
 DEPENDENCY_DEADLINE = timedelta(seconds=60)
+MIXED_CURRENCIES = "MIXED_CURRENCIES"
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:shop:orders")
 
 
@@ -156,8 +158,12 @@ class OrderSagas:
         order_id = ctx.saga_id
         customer_id = uuid.UUID(ctx.data["customer_id"])
         priced = msgspec.convert(ctx.data["priced"], list[PricedLine])
+        currencies = sorted({line.currency for line in priced})
+        if len(currencies) > 1:
+            # Nothing is charged: the reservation is released by reserve_stock's compensation.
+            raise StepFailed(MIXED_CURRENCIES, detail=f"the lines are priced in {', '.join(currencies)}")
         total = sum(line.unit_price * line.quantity for line in priced)
-        currency = priced[0].currency if priced else "EUR"
+        currency = currencies[0] if currencies else "EUR"
         async with unit_of_work(self.database) as uow:
             await OrderBook(uow.session).set_status(
                 order_id, service.AWAITING_PAYMENT, only_from=(service.PENDING, service.AWAITING_PAYMENT)

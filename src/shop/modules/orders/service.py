@@ -160,8 +160,11 @@ class OrderBook:
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def price(self, order_id: uuid.UUID, lines: Sequence[PricedLine]) -> None:
-        """Record the catalog's snapshot of names and prices (taken when the stock was reserved)."""
-        currency = lines[0].currency if lines else None
+        """Record the catalog's snapshot of names and prices (taken when the stock was reserved).
+        Lines priced in more than one currency have no total (the saga fails MIXED_CURRENCIES)."""
+        currencies = {line.currency for line in lines}
+        single = len(currencies) == 1
+        currency = currencies.pop() if single else None
         await self.session.execute(
             orders.update()
             .where(orders.c.id == order_id)
@@ -175,7 +178,7 @@ class OrderBook:
                     }
                     for line in lines
                 ],
-                total=sum(line.unit_price * line.quantity for line in lines),
+                total=sum(line.unit_price * line.quantity for line in lines) if single else None,
                 currency=currency,
                 updated_at=datetime.now(UTC),
             )
