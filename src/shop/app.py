@@ -21,7 +21,6 @@ from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
 
 from shop import migrate as migrations
 from shop.bus.breaker import BreakerConfig, BreakerRegistry
@@ -45,6 +44,7 @@ from shop.security.keys import load_keys
 from shop.security.throttle import Throttle
 from shop.security.tokens import Principal, TokenIssuer, TokenVerifier
 from shop.settings import MODULE_NAMES, Settings
+from shop.web.openapi import ShopOpenAPIJson, fix_options_allow
 
 log = structlog.get_logger("shop.app")
 
@@ -264,11 +264,12 @@ def build_app(
             title="Shop",
             version="1.0.0",
             path="/schema",
-            render_plugins=[JsonRenderPlugin()],
+            render_plugins=[ShopOpenAPIJson()],
         ),
         on_app_init=[_no_debug],
         logging_config=None,
     )
+    fix_options_allow(app)
     # Around the whole router (not per route), so unmatched paths get request ids, logs and
     # rate limits too; errors inside are still turned into problem details by Litestar.
     service = "shop" if len(shop.local) > 1 else shop.local[0]

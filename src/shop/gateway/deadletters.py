@@ -18,7 +18,7 @@ from shop.bus.messages import to_json
 from shop.bus.outbox import Relay
 from shop.db import Database
 from shop.security.guards import admin_only
-from shop.web.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shop.web.pagination import Cursor, Limit, Page, encode_cursor, offset_cursor
 
 
 class DeadLetterOut(msgspec.Struct):
@@ -67,7 +67,7 @@ class DeadLetterController(Controller):
         databases: Mapping[str, Database] = state["databases"]
         entries = [entry for db in databases.values() for entry in await inbox.list_dead(db)]
         entries.sort(key=lambda e: (e.failed_at, str(e.id)))
-        start = int(decode_cursor(cursor, 1)[0]) if cursor else 0  # type: ignore[index]
+        start = offset_cursor(cursor)
         window = entries[start : start + limit]
         more = start + limit < len(entries)
         return Page(

@@ -19,7 +19,7 @@ from litestar.exceptions import NotFoundException, ServiceUnavailableException
 from litestar.params import FromPath
 
 from shop.security.guards import admin_only
-from shop.web.pagination import Cursor, Limit, decode_cursor, encode_cursor
+from shop.web.pagination import Cursor, Limit, encode_cursor, offset_cursor
 
 PATH = "/api/v1/admin/dead-letters"
 CALL_TIMEOUT_S = 3.0
@@ -73,7 +73,7 @@ class FanOutDeadLetterController(Controller):
             if answer is not None and answer[0] == 200:
                 items.extend(msgspec.json.decode(answer[1]).get("items", []))
         items.sort(key=lambda item: (str(item.get("failed_at")), str(item.get("id"))))
-        start = int(decode_cursor(cursor, 1)[0]) if cursor else 0  # type: ignore[index]
+        start = offset_cursor(cursor)
         window = items[start : start + limit]
         more = start + limit < len(items)
         return {"items": window, "next_cursor": encode_cursor(start + limit) if more else None}
