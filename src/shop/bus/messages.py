@@ -78,6 +78,7 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
     body: bytes | None = None
     error: str | None = None
     error_type: str | None = None
+    fault: str | None = None  # whose fault a handler error was (shop.bus.errors.HandlerFailed.fault)
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -132,18 +132,18 @@ async def test_a_journey_moves_every_family_by_what_it_did(tmp_path: Path) -> No
         for module in ("users", "catalog", "orders", "payments", "delivery"):
             assert has(after, "shop_bus_queue_depth", queue=module)
             assert value(after, "shop_registry_instances", module=module, healthy="true") == 1
-        assert value(after, "shop_breaker_state", breaker="module:catalog") == 0
+        assert value(after, "shop_breaker_state", breaker="module:catalog:queries") == 0
 
         # A breaker that trips shows 2 at the next scrape.
         shop = app.state["shop"]
 
         def trip() -> None:
-            breaker = shop.breakers.get("module:delivery")
+            breaker = shop.breakers.get("module:delivery:commands")
             for _ in range(breaker.config.sliding_window_size):
                 breaker.on_error(0.01, RuntimeError("delivery is down"))
 
         client.blocking_portal.call(trip)
-        assert value(await scrape(client), "shop_breaker_state", breaker="module:delivery") == 2
+        assert value(await scrape(client), "shop_breaker_state", breaker="module:delivery:commands") == 2
 
 
 async def _delivered(client: Any) -> Samples | None:
