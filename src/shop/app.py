@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import structlog
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -41,7 +41,7 @@ from shop.observability.logcontext import bound_module, set_process_module
 from shop.process import die_with_parent
 from shop.security.guards import provide_principal
 from shop.security.keys import load_keys
-from shop.security.throttle import Throttle
+from shop.security.throttle import Throttle, client_address
 from shop.security.tokens import Principal, TokenIssuer, TokenVerifier
 from shop.settings import MODULE_NAMES, Settings
 from shop.web.openapi import ShopOpenAPIJson, fix_options_allow
@@ -120,9 +120,17 @@ class Shop:
             await database.dispose()
         log.info("shop.stopped")
 
-    async def login_throttle(self, email: str) -> float | None:
-        """Login attempts per email (SHOP_LOGIN_RATE_LIMIT)."""
-        return await self.limiter.check("login", email, self.settings.login_rate_limit)
+    async def auth_throttle(self, action: str, email: str, address: str) -> float | None:
+        """Logins and sign-ups per client address (SHOP_AUTH_ADDRESS_RATE_LIMIT) and per email
+        from that address (SHOP_LOGIN_RATE_LIMIT); see shop.security.throttle."""
+        by_address = await self.limiter.check(
+            f"{action}-address", address, self.settings.auth_address_rate_limit
+        )
+        by_email = await self.limiter.check(
+            f"{action}-email", f"{address}|{email}", self.settings.login_rate_limit
+        )
+        waits = [wait for wait in (by_address, by_email) if wait is not None]
+        return max(waits) if waits else None
 
     async def describe_services(self) -> dict[str, Any]:
         url = f"http://{self.settings.host}:{self.settings.port}"
@@ -227,6 +235,10 @@ def build_app(
     }
     checks.update(ready_checks or {})
 
+    def provide_client_address(request: Request[Any, Any, Any]) -> str:
+        # Without the rate limit the app is a service behind `shop gateway` (see below).
+        return client_address(request.scope, behind_gateway=not rate_limit)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
         await shop.start()
@@ -256,7 +268,8 @@ def build_app(
             "bus": Provide(lambda: shop.bus, use_cache=True, sync_to_thread=False),
             "principal": Provide(provide_principal),
             "settings": Provide(lambda: shop.settings, use_cache=True, sync_to_thread=False),
-            "login_throttle": Provide(lambda: shop.login_throttle, use_cache=True, sync_to_thread=False),
+            "auth_throttle": Provide(lambda: shop.auth_throttle, use_cache=True, sync_to_thread=False),
+            "client_address": Provide(provide_client_address, sync_to_thread=False),
         },
         signature_namespace={"Bus": Bus, "Principal": Principal, "Settings": Settings, "Throttle": Throttle},
         exception_handlers=EXCEPTION_HANDLERS,

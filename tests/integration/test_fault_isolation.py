@@ -263,6 +263,7 @@ async def shopper(tmp_path: Path, settings_overrides: dict[str, Any]) -> AsyncIt
         admin_password=ADMIN["password"],
         rate_limit=RateLimit(100_000, 1.0),
         login_rate_limit=RateLimit(100_000, 60.0),
+        auth_address_rate_limit=RateLimit(100_000, 60.0),
         **settings_overrides,
     )
     async with serving(create_app(settings)) as client:

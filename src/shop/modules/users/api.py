@@ -26,11 +26,11 @@ from shop.security.guards import authenticated
 from shop.web.codes import NOT_BLANK, CountryCode
 from shop.web.owned_lists import keyset_after, keyset_page
 from shop.web.pagination import Cursor, Limit, Page
-from shop.web.params import BusDep, PrincipalDep, ThrottleDep
+from shop.web.params import BusDep, ClientAddressDep, PrincipalDep, ThrottleDep
 from shop.web.rejections import field_error, unwrap
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NOT_BLANK)]
-STATUSES = {"EMAIL_TAKEN": 409, "BAD_CREDENTIALS": 401}
+STATUSES = {"EMAIL_TAKEN": 409, "BAD_CREDENTIALS": 401, "BUSY": 503}
 
 
 class SignUp(msgspec.Struct, kw_only=True):
@@ -103,14 +103,35 @@ def _filled(field: str, value: str) -> str:
     return stripped
 
 
+def _throttled(retry_after: float | None, what: str) -> None:
+    if retry_after is not None:
+        raise HTTPException(
+            status_code=429,
+            detail=f"too many {what} from this address; retry later",
+            headers={"Retry-After": str(int(retry_after))},
+        )
+
+
 class UsersController(Controller):
     path = "/api/v1"
     tags = ["users"]
 
-    @post("/users", summary="Sign up", status_code=201, problems={409: "the email is taken"})
-    async def sign_up(self, data: JSONBody[SignUp], bus: BusDep) -> User:
+    @post(
+        "/users",
+        summary="Sign up",
+        status_code=201,
+        problems={409: "the email is taken", 429: "too many sign-ups from this address; retry later"},
+    )
+    async def sign_up(
+        self,
+        data: JSONBody[SignUp],
+        bus: BusDep,
+        auth_throttle: ThrottleDep,
+        client_address: ClientAddressDep,
+    ) -> User:
         email = _checked_email(data.email)
         name = _filled("name", data.name)
+        _throttled(await auth_throttle("signup", email, client_address), "sign-ups")
         reply = await bus.ask(RegisterUser(email=email, password=data.password, name=name))
         return _user(unwrap(reply, STATUSES))
 
@@ -121,16 +142,14 @@ class UsersController(Controller):
         problems={401: "unknown email or wrong password", 429: "too many login attempts; retry later"},
     )
     async def token(
-        self, data: JSONBody[Credentials], bus: BusDep, login_throttle: ThrottleDep
+        self,
+        data: JSONBody[Credentials],
+        bus: BusDep,
+        auth_throttle: ThrottleDep,
+        client_address: ClientAddressDep,
     ) -> TokenIssued:
         email = data.email.strip().lower()
-        retry_after = await login_throttle(email)
-        if retry_after is not None:
-            raise HTTPException(
-                status_code=429,
-                detail="too many login attempts for this account; retry later",
-                headers={"Retry-After": str(int(retry_after))},
-            )
+        _throttled(await auth_throttle("login", email, client_address), "login attempts")
         reply = await bus.ask(IssueToken(email=email, password=data.password))
         token: TokenIssued = unwrap(reply, STATUSES)
         return token
