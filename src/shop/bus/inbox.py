@@ -101,9 +101,18 @@ def _entry(module: str, row: sa.Row[tuple[object, ...]]) -> DeadLetter:
     )
 
 
-async def list_dead(database: Database) -> list[DeadLetter]:
+async def list_dead(
+    database: Database, *, limit: int | None = None, after: tuple[datetime, uuid.UUID] | None = None
+) -> list[DeadLetter]:
+    """Dead letters oldest first, by (failed_at, id): at most `limit`, those after `after`."""
+    query = sa.select(dead_letters)
+    if after is not None:
+        query = query.where(sa.tuple_(dead_letters.c.failed_at, dead_letters.c.id) > sa.tuple_(*after))
+    query = query.order_by(dead_letters.c.failed_at, dead_letters.c.id)
+    if limit is not None:
+        query = query.limit(limit)
     async with unit_of_work(database, write=False) as uow:
-        rows = await uow.session.execute(sa.select(dead_letters).order_by(dead_letters.c.failed_at))
+        rows = await uow.session.execute(query)
         return [_entry(database.module, row) for row in rows]
 
 

@@ -207,3 +207,51 @@ class TestPaymentDeadline:
         order = await shopper.settle(customer, order_id, timeout=30)
         assert (order["status"], order["failure_reason"]) == ("CANCELLED", "CANCELLED_BY_CUSTOMER")
         assert await shopper.stock(product) == 5
+
+
+async def _kept_tokens(shopper: Shopper, order_id: str) -> tuple[str, dict[str, Any]]:
+    """The payment token column of the order's row, and its saga's data."""
+    import sqlalchemy as sa
+
+    from shop.db import unit_of_work
+    from shop.modules.orders.models import orders
+    from shop.modules.orders.saga import OrderSagas
+
+    async def read() -> tuple[str, dict[str, Any]]:
+        database = shopper.shop.databases["orders"]
+        async with unit_of_work(database, write=False) as uow:
+            column = (
+                await uow.session.execute(
+                    sa.select(orders.c.payment_token).where(orders.c.id == uuid.UUID(order_id))
+                )
+            ).scalar_one()
+        sagas = shopper.shop.bus.injector_for("orders").resolve(OrderSagas)
+        state = await sagas.engine.get(uuid.UUID(order_id))
+        return column, dict(state.data)
+
+    return await read()
+
+
+@pytest.mark.parametrize(("token", "stock", "final"), [("tok_ok", 5, "COMPLETED"), ("tok_ok", 0, "FAILED")])
+async def test_the_payment_token_is_kept_only_until_the_payment_is_requested(
+    shopper: Shopper, token: str, stock: int, final: str
+) -> None:
+    customer, _product, _address, response = await journey(shopper, stock=stock, quantity=1, token=token)
+    order = await shopper.settle(customer, response.json()["id"])
+    assert order["status"] == final
+    column, data = await _kept_tokens(shopper, order["id"])
+    assert column == ""
+    assert "payment_token" not in data
+    assert token not in str(data)
+
+
+async def test_the_payment_token_is_dropped_once_take_payment_is_sent(shopper: Shopper) -> None:
+    customer, _product, _address, response = await journey(shopper, stock=5, quantity=1, token="tok_slow")
+    order_id = response.json()["id"]
+
+    async def awaiting() -> bool:
+        return (await shopper.order(customer, order_id))["status"] == "AWAITING_PAYMENT"
+
+    await shopper.until(awaiting, what="AWAITING_PAYMENT")
+    column, data = await _kept_tokens(shopper, order_id)
+    assert (column, "payment_token" in data) == ("", False)

@@ -48,6 +48,7 @@ CANCEL_COMPLETED_ORDER = "cancel_completed_order"
 ASK_TIMEOUT_S = 5.0
 DEPENDENCY_DEADLINE = timedelta(seconds=60)
 MIXED_CURRENCIES = "MIXED_CURRENCIES"
+PAYMENT_TOKEN = "payment_token"
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:shop:orders")
 
 
@@ -65,7 +66,7 @@ def initial_data(
     return {
         "customer_id": str(customer_id),
         "address_id": str(address_id),
-        "payment_token": token,
+        PAYMENT_TOKEN: token,
         "lines": [{"product_id": str(line.product_id), "quantity": line.quantity} for line in items],
     }
 
@@ -78,7 +79,7 @@ class OrderSagas:
         self.settings = settings
         self.database = database
         self.place_order = (
-            Saga(PLACE_ORDER, on_step=self._on_step, on_finish=self._on_finish)
+            Saga(PLACE_ORDER, on_step=self._on_step, on_finish=self._on_finish, transient=(PAYMENT_TOKEN,))
             .step(
                 "reserve_stock",
                 self.reserve_stock,
@@ -154,8 +155,13 @@ class OrderSagas:
         return {"address": msgspec.to_builtins(snapshot)}
 
     async def take_payment(self, ctx: SagaContext) -> Wait:
-        """Ask payments to charge (through the outbox) and wait for its verdict."""
+        """Ask payments to charge (through the outbox) and wait for its verdict.
+
+        The payment token is needed only for that TakePayment: once it is in the outbox the
+        token is dropped from the saga's data (kept until then, so a retried step has it)."""
         order_id = ctx.saga_id
+        if PAYMENT_TOKEN not in ctx.data:  # TakePayment was sent by an earlier run of this step
+            return Wait()
         customer_id = uuid.UUID(ctx.data["customer_id"])
         priced = msgspec.convert(ctx.data["priced"], list[PricedLine])
         currencies = sorted({line.currency for line in priced})
@@ -185,9 +191,10 @@ class OrderSagas:
                     customer_id=customer_id,
                     amount=total,
                     currency=currency,
-                    payment_token=ctx.data["payment_token"],
+                    payment_token=ctx.data[PAYMENT_TOKEN],
                 )
             )
+        del ctx.data[PAYMENT_TOKEN]
         return Wait()
 
     async def void_payment(self, ctx: SagaContext) -> None:

@@ -106,7 +106,7 @@ class OrderBook:
             "total": None,
             "currency": None,
             "address_id": address_id,
-            "payment_token": payment_token,
+            "payment_token": "",  # not kept: only the saga needs it, until TakePayment is sent
             "failure_reason": None,
             "idempotency_key": idempotency_key,
             "request_fingerprint": digest,
