@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -23,6 +24,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from shop import migrate as migrations
+from shop.bus import inbox
 from shop.bus.breaker import BreakerConfig, BreakerRegistry
 from shop.bus.bus import Bus
 from shop.bus.clock import Clock
@@ -90,8 +92,26 @@ class Shop:
                     arguments = injector.plan(task).arguments(_startup_scope())
                     coroutine = cast(Coroutine[Any, Any, None], task(**arguments))
                     self._tasks.append(asyncio.create_task(coroutine, name=f"{name}:{task.__name__}"))
+        if background:
+            self._tasks.append(asyncio.create_task(self._prune_inboxes(), name="shop:prune_inboxes"))
         metrics.on_scrape(f"shop:{id(self)}", self._report)
         log.info("shop.started", modules=list(self.local), transport=self.bus.transport.name)
+
+    async def _prune_inboxes(self) -> None:
+        """Every so often, forget inbox rows older than SHOP_INBOX_RETENTION_S (a tenth of the
+        retention, between 1 s and an hour); a failed round is logged and tried again later."""
+        retention = self.settings.inbox_retention_s
+        interval = min(3600.0, max(1.0, retention / 10))
+        while True:
+            await asyncio.sleep(interval)
+            for name, database in self.databases.items():
+                try:
+                    removed = await inbox.prune(database, time.time() - retention)
+                except Exception as exc:
+                    log.warning("inbox.prune_failed", module=name, error=repr(exc))
+                    continue
+                if removed:
+                    log.info("inbox.pruned", module=name, removed=removed)
 
     async def _report(self) -> None:
         """At each scrape: the depth of the queues this process consumes, every breaker's state."""

@@ -35,6 +35,30 @@ async def record(session: AsyncSession, consumer: str, message_id: uuid.UUID, re
     )
 
 
+PRUNE_BATCH = 1000
+
+
+async def prune(database: Database, older_than: float, *, batch: int = PRUNE_BATCH) -> int:
+    """Forget handlings recorded before `older_than` (epoch seconds), `batch` rows per short
+    transaction; how many were removed. A redelivery older than the retention is not expected:
+    the outbox, the transports' retries and a redrive all come much sooner."""
+    removed = 0
+    while True:
+        oldest = (
+            sa.select(inbox.c.consumer, inbox.c.message_id)
+            .where(inbox.c.handled_at < older_than)
+            .limit(batch)
+        )
+        async with unit_of_work(database) as uow:
+            result = await uow.session.execute(
+                inbox.delete().where(sa.tuple_(inbox.c.consumer, inbox.c.message_id).in_(oldest))
+            )
+        count = int(result.rowcount)  # type: ignore[attr-defined]
+        removed += count
+        if count < batch:
+            return removed
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     id: uuid.UUID
