@@ -49,6 +49,7 @@ from shop.settings import MODULE_NAMES, Settings
 from shop.web.openapi import ShopOpenAPIJson, fix_options_allow
 
 log = structlog.get_logger("shop.app")
+MAX_BODY_BYTES = 1024 * 1024  # no request of the API comes near it
 
 
 def load_module(name: str) -> Module:
@@ -301,6 +302,7 @@ def build_app(
         ),
         on_app_init=[_no_debug],
         logging_config=None,
+        request_max_body_size=MAX_BODY_BYTES,  # 413 past it, as at the gateway
     )
     fix_options_allow(app)
     # Around the whole router (not per route), so unmatched paths get request ids, logs and

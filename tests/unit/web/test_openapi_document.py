@@ -112,3 +112,13 @@ async def test_options_lists_every_method_of_the_path(
     not_allowed = await client.delete(path)
     assert not_allowed.status_code == 405
     assert not_allowed.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_body_over_a_mebibyte_is_413_problem_json(client: AsyncTestClient[Any]) -> None:
+    response = await client.post(
+        "/api/v1/users",
+        content=b'{"name": "' + b"x" * (1024 * 1024) + b'"}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.headers["content-type"].startswith("application/problem+json")
