@@ -7,7 +7,7 @@ route really does:
 
 * 400 where a route reads a query, header or body; 401 behind `authenticated`/`admin_only`,
   403 behind `admin_only`; 404 where the path has a parameter (a malformed id matches no
-  route); 413 where it reads a body (the size cap); 429 on every rate-limited path; 503 where
+  route); 408 and 413 where it reads a body (slow upload, size cap); 429 on every rate-limited path; 503 where
   it asks another module over the bus (its breaker open, no answer in time);
 * the statuses a route names itself with `problems={status: "when"}` in its decorator (e.g.
   409 for a conflict), and extra successes with Litestar's `responses=`;
@@ -70,6 +70,7 @@ GENERIC = {
     401: "a valid bearer token is required",
     403: "the token's role may not do this",
     404: "no such resource (or not the caller's)",
+    408: "the request body did not arrive in time (at the gateway)",
     413: "the request body is too large",
     429: "too many requests; retry after `Retry-After` seconds",
     503: "a dependency is unavailable; retry after `Retry-After` seconds",
@@ -93,6 +94,7 @@ def _statuses(handler: HTTPRouteHandler, path: str, operation: Mapping[str, Any]
     if "{" in path:
         found[404] = GENERIC[404]
     if "requestBody" in operation:
+        found[408] = GENERIC[408]
         found[413] = GENERIC[413]
     if path not in UNLIMITED_PATHS:
         found[429] = GENERIC[429]

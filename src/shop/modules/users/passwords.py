@@ -55,11 +55,6 @@ class Passwords:
         finally:
             self._slots.release()
 
-    @property
-    def busy(self) -> int:
-        """How many hashes run now (at most `threads`)."""
-        return 0 if self._slots is None else self.threads - self._slots._value
-
     async def hash(self, password: str) -> str:
         return await self._run(self._hasher.hash, password)
 
