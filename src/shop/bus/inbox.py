@@ -37,6 +37,30 @@ async def record(uow: UnitOfWork, consumer: str, message_id: uuid.UUID, reply: b
     )
 
 
+PRUNE_BATCH = 1000
+
+
+async def prune(database: Database, older_than: float, *, batch: int = PRUNE_BATCH) -> int:
+    """Forget handlings recorded before `older_than` (epoch seconds), `batch` rows per short
+    transaction; how many were removed. A redelivery older than the retention is not expected:
+    the outbox, the transports' retries and a redrive all come much sooner."""
+    removed = 0
+    while True:
+        oldest = (
+            sa.select(inbox.c.consumer, inbox.c.message_id)
+            .where(inbox.c.handled_at < older_than)
+            .limit(batch)
+        )
+        async with unit_of_work(database) as uow:
+            result = await uow.session.execute(
+                inbox.delete().where(sa.tuple_(inbox.c.consumer, inbox.c.message_id).in_(oldest))
+            )
+        count = int(result.rowcount)
+        removed += count
+        if count < batch:
+            return removed
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     id: uuid.UUID
@@ -103,9 +127,18 @@ def _entry(module: str, row: sa.Row[tuple[object, ...]]) -> DeadLetter:
     )
 
 
-async def list_dead(database: Database) -> list[DeadLetter]:
+async def list_dead(
+    database: Database, *, limit: int | None = None, after: tuple[datetime, uuid.UUID] | None = None
+) -> list[DeadLetter]:
+    """Dead letters oldest first, by (failed_at, id): at most `limit`, those after `after`."""
+    query = sa.select(dead_letters)
+    if after is not None:
+        query = query.where(sa.tuple_(dead_letters.c.failed_at, dead_letters.c.id) > sa.tuple_(*after))
+    query = query.order_by(dead_letters.c.failed_at, dead_letters.c.id)
+    if limit is not None:
+        query = query.limit(limit)
     async with unit_of_work(database, write=False) as uow:
-        rows = await uow.session.execute(sa.select(dead_letters).order_by(dead_letters.c.failed_at))
+        rows = await uow.session.execute(query)
         return [_entry(database.module, row) for row in rows]
 
 

@@ -272,6 +272,8 @@ class Saga:
     timeout_reason: str = DEADLINE_EXCEEDED
     timeout_status: str = FAILED
     steps: tuple[Step, ...] = ()
+    # Data keys not kept once the saga finishes (secrets such as a payment token).
+    transient: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_name("saga", self.name)
@@ -615,6 +617,9 @@ class SagaEngine:
         session = uow.session
         now = self._now()
         expected = row.version
+        if change.finish is not None:
+            for key in definition.transient:
+                row.data.pop(key, None)
         result = cast(
             CursorResult[Any],
             await session.execute(

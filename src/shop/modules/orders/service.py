@@ -111,7 +111,7 @@ class OrderBook:
             "total": None,
             "currency": None,
             "address_id": address_id,
-            "payment_token": payment_token,
+            "payment_token": "",  # not kept: only the saga needs it, until TakePayment is sent
             "failure_reason": None,
             "idempotency_key": idempotency_key,
             "request_fingerprint": digest,
@@ -165,8 +165,11 @@ class OrderBook:
         return bool(result.rowcount)
 
     async def price(self, order_id: uuid.UUID, lines: Sequence[PricedLine]) -> None:
-        """Record the catalog's snapshot of names and prices (taken when the stock was reserved)."""
-        currency = lines[0].currency if lines else None
+        """Record the catalog's snapshot of names and prices (taken when the stock was reserved).
+        Lines priced in more than one currency have no total (the saga fails MIXED_CURRENCIES)."""
+        currencies = {line.currency for line in lines}
+        single = len(currencies) == 1
+        currency = currencies.pop() if single else None
         await _PRICE.execute(
             self.session,
             {
@@ -180,7 +183,7 @@ class OrderBook:
                     }
                     for line in lines
                 ],
-                "total": sum(line.unit_price * line.quantity for line in lines),
+                "total": sum(line.unit_price * line.quantity for line in lines) if single else None,
                 "currency": currency,
                 "updated_at": datetime.now(UTC),
             },

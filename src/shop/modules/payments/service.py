@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.breaker import CircuitOpenError
 from shop.bus.bus import Bus
+from shop.bus.errors import DependencyFailure
 from shop.bus.messages import Event
 from shop.contracts.payments import (
     PaymentCaptured,
@@ -56,7 +57,7 @@ FINAL = frozenset({DECLINED, VOIDED, REFUNDED})
 MAX_STEPS = 10  # a payment settles in at most ~4 steps; more means someone keeps moving it
 
 
-class PaymentOutcomeUnknown(Exception):
+class PaymentOutcomeUnknown(DependencyFailure):
     """The provider failed, timed out or its breaker is open: whether money moved is unknown.
     The handler raises it so that the bus delivers the command again later."""
 
