@@ -89,6 +89,12 @@ class Database:
             self._reader = reader
         return self._reader
 
+    @property
+    def kept_connections(self) -> int:
+        """How many of the pool's connections this process keeps for its SQLite writers and
+        readers (checked out for good, held by no unit of work in particular)."""
+        return sum(1 for c in (self._writer, self._reader) if c is not None and not c.closed)
+
     async def dispose(self) -> None:
         for connection in (self._writer, self._reader):
             if connection is not None:

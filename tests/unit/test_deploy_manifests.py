@@ -151,7 +151,12 @@ def interpolate(value: str) -> str:
 
 
 # Variables that hold a credential: compose must require them (`${VAR:?...}`), never default them.
-CREDENTIALS = ("SHOP_ADMIN_PASSWORD", "SHOP_POSTGRES_PASSWORD", "SHOP_REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+CREDENTIALS = (
+    "SHOP_ADMIN_PASSWORD",
+    "SHOP_POSTGRES_PASSWORD",
+    "SHOP_REDIS_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+)
 
 
 def command_of(value: Any) -> list[str]:
@@ -454,7 +459,7 @@ def check_commands_parse(m: Manifests) -> Problems:
     """Every `shop ...` command line is one the CLI accepts, naming real modules."""
     problems: Problems = []
     for where, command in shop_commands(m):
-        if command[:1] == ["python"] or command[:2] == ["sh", "-c"] and "load_keys" in command[2]:
+        if command[:1] == ["python"] or (command[:2] == ["sh", "-c"] and "load_keys" in command[2]):
             continue  # the compose one-shot that writes the signing pair
         if command[:1] != ["shop"]:
             problems.append(f"{where}: {command} does not run the shop command")
