@@ -95,6 +95,13 @@ class Database:
             self._reader = reader
         return self._reader
 
+    async def drop_writer(self) -> None:
+        """Close the writers' connection (the next writer opens a new one)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.invalidate()
+            await writer.close()
+
     @property
     def kept_connections(self) -> int:
         """How many of the pool's connections this process keeps for its SQLite writers and
@@ -135,7 +142,9 @@ def _sqlite_begin_immediate(conn: Any) -> None:
     # A read-only unit of work runs without an explicit transaction (each SELECT is atomic
     # under WAL): no BEGIN/COMMIT statements.
     if conn.get_execution_options().get("shop_write", True):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Straight to the driver (SQLAlchemy's own execution of it costs ~30 µs); a busy
+        # database raises the driver's OperationalError (see _is_busy).
+        conn.connection.driver_connection.execute("BEGIN IMMEDIATE")
 
 
 AfterCommit = Callable[[], Awaitable[None]]
@@ -253,8 +262,11 @@ async def _begin(database: Database, write: bool, deadline: float) -> UnitOfWork
         try:
             await uow.begin()
             return uow
-        except OperationalError as exc:
-            await uow.release()
+        except (OperationalError, sqlite3.OperationalError) as exc:
+            if database.is_sqlite and write:
+                await database.drop_writer()  # a begin that failed half-way: start afresh
+            else:
+                await uow.release()
             if not (database.is_sqlite and _is_busy(exc)):
                 raise
             if loop.time() + delay > deadline:
@@ -266,8 +278,8 @@ async def _begin(database: Database, write: bool, deadline: float) -> UnitOfWork
         delay = min(delay * 2, 0.05)
 
 
-def _is_busy(exc: OperationalError) -> bool:
-    message = str(exc.orig).lower()
+def _is_busy(exc: OperationalError | sqlite3.OperationalError) -> bool:
+    message = str(exc.orig if isinstance(exc, OperationalError) else exc).lower()
     return "database is locked" in message or "database is busy" in message
 
 
