@@ -24,7 +24,16 @@ from shop.bus import context, inbox
 from shop.bus.breaker import BreakerRegistry, CircuitBreaker, CircuitOpenError
 from shop.bus.errors import AskTimeout, HandlerFailed, NoHandler, NoUnitOfWork
 from shop.bus.inject import InjectionError, Injector, Plan, Scope
-from shop.bus.messages import Command, Envelope, Event, Message, decode_body, encode, new_envelope
+from shop.bus.messages import (
+    Command,
+    Envelope,
+    Event,
+    Message,
+    aliases,
+    decode_body,
+    encode,
+    new_envelope,
+)
 from shop.bus.middleware import observe
 from shop.bus.module import HandlerSpec, Module
 from shop.bus.outbox import Relay, Route
@@ -62,13 +71,16 @@ class Router:
         self.by_consumer: dict[str, HandlerSpec] = {}
         for module in modules:
             for spec in module.handlers:
-                name = spec.message_type.type_name()
-                if spec.role == "owner":
-                    if name in self.owners:
-                        raise ValueError(f"{name} has two owners: {self.owners[name].module}, {spec.module}")
-                    self.owners[name] = spec
-                else:
-                    self.subscribers.setdefault(name, []).append(spec)
+                # The wire name, and the legacy names envelopes written before it still carry.
+                for name in aliases(spec.message_type):
+                    if spec.role == "owner":
+                        if name in self.owners:
+                            raise ValueError(
+                                f"{name} has two owners: {self.owners[name].module}, {spec.module}"
+                            )
+                        self.owners[name] = spec
+                    else:
+                        self.subscribers.setdefault(name, []).append(spec)
                 if spec.consumer in self.by_consumer:
                     raise ValueError(f"two handlers named {spec.consumer}")
                 self.by_consumer[spec.consumer] = spec
