@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from shop import migrate as migrations
+from shop import modules as modules_registry
 from shop.bus.breaker import BreakerConfig, BreakerRegistry
 from shop.bus.bus import Bus
 from shop.bus.clock import Clock
@@ -54,12 +54,7 @@ log = structlog.get_logger("shop.app")
 
 def load_module(name: str) -> Module:
     """A module's descriptor, by name."""
-    if name not in MODULE_NAMES:
-        raise ValueError(f"unknown module {name!r}; the modules are {', '.join(MODULE_NAMES)}")
-    descriptor = importlib.import_module(f"shop.modules.{name}").module
-    if not isinstance(descriptor, Module):
-        raise TypeError(f"shop.modules.{name}.module is not a Module")
-    return descriptor
+    return modules_registry.descriptor(name)
 
 
 @dataclass
@@ -381,4 +376,12 @@ def create_gateway() -> Any:
     from shop.gateway.gateway_app import create_gateway_app
 
     die_with_parent()
-    return create_gateway_app()
+    return create_gateway_app(known_routes=route_table())
+
+
+def route_table() -> dict[str, tuple[str, ...]]:
+    """The path prefixes each module serves, derived from its controllers: what `shop serve`
+    registers for it, and what the gateway and a static registry route by."""
+    from shop.discovery.routes import route_prefixes
+
+    return {module.name: route_prefixes(module.controllers) for module in modules_registry.descriptors()}

@@ -46,11 +46,7 @@ from sqlalchemy.engine import Connection
 import shop
 from shop.bus.tables import kernel_metadata
 from shop.db import Database
-from shop.modules.catalog import models as catalog_models
-from shop.modules.delivery import models as delivery_models
-from shop.modules.orders import models as orders_models
-from shop.modules.payments import models as payments_models
-from shop.modules.users import models as users_models
+from shop.modules import descriptor
 from shop.observability.logcontext import bound_module
 from shop.settings import MODULE_NAMES, Settings
 
@@ -79,15 +75,6 @@ log = logging.getLogger(__name__)
 VERSION_TABLE = "alembic_version"
 MIGRATIONS_DIR_ENV = "SHOP_MIGRATIONS_DIR"
 
-_MODULE_METADATA: Mapping[str, sa.MetaData] = {
-    "users": users_models.metadata,
-    "catalog": catalog_models.metadata,
-    "orders": orders_models.metadata,
-    "payments": payments_models.metadata,
-    "delivery": delivery_models.metadata,
-}
-
-
 class MigrationError(RuntimeError):
     """Migrations cannot run as asked; the message says why."""
 
@@ -115,12 +102,11 @@ def migrations_dir() -> Path:
 
 
 def module_metadata(module: str) -> sa.MetaData:
-    """The module's own tables (`shop.modules.<module>.models.metadata`)."""
-    try:
-        return _MODULE_METADATA[module]
-    except KeyError:
+    """The module's own tables: its descriptor's `metadata` (`Module("catalog", metadata=...)`)."""
+    if module not in MODULE_NAMES:
         expected = ", ".join(MODULE_NAMES)
-        raise MigrationError(f"unknown module {module!r}; expected one of {expected}") from None
+        raise MigrationError(f"unknown module {module!r}; expected one of {expected}")
+    return descriptor(module).metadata or sa.MetaData()
 
 
 def _modules(modules: Sequence[str] | None) -> list[str]:

@@ -38,7 +38,7 @@ import structlog
 
 from shop.bus import context
 from shop.bus.breaker import BreakerRegistry
-from shop.discovery.base import DEFAULT_ROUTES, InstanceView, Registry
+from shop.discovery.base import InstanceView, Registry
 from shop.gateway.upstream import (
     Upstream,
     UpstreamError,
@@ -154,7 +154,7 @@ class Proxy:
         *,
         config: ProxyConfig | None = None,
         upstream: Upstream | None = None,
-        known_routes: Mapping[str, Iterable[str]] = DEFAULT_ROUTES,
+        known_routes: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.registry = registry
         self.breakers = breakers
@@ -162,7 +162,7 @@ class Proxy:
         # One client (keep-alive pools per instance) per gateway; HTTP/1.1 to the instances.
         self.upstream: Upstream = upstream if upstream is not None else self.config.upstream_pool()
         self._claims: dict[str, str] = {}
-        for module, prefixes in sorted(known_routes.items()):
+        for module, prefixes in sorted((known_routes or {}).items()):
             for prefix in prefixes:
                 self._claims.setdefault(prefix.rstrip("/"), module)
         self.table = RouteTable(self._claims, [])
