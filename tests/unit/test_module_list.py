@@ -25,7 +25,7 @@ def test_every_module_package_is_listed_and_every_listed_module_has_a_package() 
 
 def test_every_module_has_its_contracts_file_and_its_migrations() -> None:
     contracts = {p.stem for p in (ROOT / "src/shop/contracts").glob("*.py")} - {"__init__"}
-    migrations = {p.parent.name for p in (ROOT / "migrations").glob("*/env.py")}
+    migrations = {p.parent.name for p in (ROOT / "migrations").glob("*/versions")} - {"_kernel"}
 
     assert contracts == set(MODULE_NAMES)
     assert migrations == set(MODULE_NAMES)
@@ -48,3 +48,16 @@ def test_migrations_and_the_composition_root_take_each_module_from_its_descripto
         assert migrate.module_metadata(name) is module.metadata
     assert [m.name for m in descriptors()] == list(MODULE_NAMES)
     assert tuple(route_table()) == MODULE_NAMES
+
+
+def test_the_kernel_revision_is_one_file_in_every_history_under_the_ids_databases_already_hold() -> None:
+    from alembic.script import ScriptDirectory
+
+    shared = migrate.migrations_dir() / "_kernel" / "versions" / "0001_kernel.py"
+    for name in MODULE_NAMES:
+        scripts = ScriptDirectory.from_config(migrate.alembic_config(name))
+        (base,) = [r for r in scripts.walk_revisions() if r.down_revision is None]
+        assert (base.revision, base.branch_labels) == (f"{name}_0001", {name})
+        assert base.path is not None
+        assert Path(base.path).resolve() == shared.resolve()
+        assert not list((migrate.migrations_dir() / name).glob("**/*kernel*.py"))
