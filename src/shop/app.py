@@ -317,7 +317,7 @@ def create_app(settings: Settings | None = None, *, local: Sequence[str] = MODUL
 
 def create_service_app(settings: Settings | None = None, modules: Sequence[str] | None = None) -> Litestar:
     """`shop serve MODULE...`'s app: those modules' routes and consumers on the Redis transport
-    (unless SHOP_TRANSPORT says otherwise), registered in discovery with a TTL heartbeat.
+    (unless `settings.transport` says otherwise), registered in discovery with a TTL heartbeat.
 
     The modules come from `modules` or SHOP_SERVE_MODULES (comma-separated, set by the CLI).
     Schemas are migrated by `shop migrate` (a deploy step), not by each instance."""
@@ -341,7 +341,7 @@ def create_service_app(settings: Settings | None = None, modules: Sequence[str] 
     tracing.configure_tracing(settings, "shop-" + "-".join(names))
     transport: Transport = (
         InProcessTransport()
-        if os.environ.get("SHOP_TRANSPORT", "").lower() == "inprocess"
+        if settings.service_transport == "inprocess"
         else DramatiqTransport(settings.redis_url)
     )
     shop = build_shop(
