@@ -29,4 +29,3 @@ def descriptor(name: str) -> Module:
 def descriptors() -> list[Module]:
     """Every module's descriptor, in `MODULE_NAMES` order."""
     return [descriptor(name) for name in MODULE_NAMES]
-
