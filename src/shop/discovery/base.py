@@ -22,6 +22,7 @@ __all__ = [
     "routes_of",
 ]
 
+
 class RegistryError(Exception):
     """The registry could not be read or written (its backend did not answer)."""
 

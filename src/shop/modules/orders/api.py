@@ -10,6 +10,7 @@ import msgspec
 from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody
 
 from shop.contracts.catalog import Line
@@ -31,7 +32,7 @@ from shop.contracts.orders import (
     TimelineItem,
 )
 from shop.security.guards import admin_only, authenticated
-from shop.web.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shop.web.pagination import Cursor, Limit, Page, encode_cursor, id_cursor, keyset_cursor, offset_cursor
 from shop.web.params import BusDep, PrincipalDep
 from shop.web.rejections import field_error, unwrap
 
@@ -103,7 +104,7 @@ def _saga(s: SagaSummary) -> SagaOut:
 
 
 def _timeline_page(items: tuple[TimelineItem, ...], limit: int, cursor: str | None) -> Page[TimelineOut]:
-    start = int(decode_cursor(cursor, 1)[0]) if cursor else 0  # type: ignore[index]
+    start = offset_cursor(cursor)
     window = items[start : start + limit]
     more = start + limit < len(items)
     return Page(
@@ -136,7 +137,17 @@ class OrdersController(Controller):
     tags = ["orders"]
     guards = [authenticated]
 
-    @post("/", summary="Place an order (starts the saga)", status_code=202)
+    @post(
+        "/",
+        summary="Place an order (starts the saga)",
+        status_code=202,
+        responses={
+            200: ResponseSpec(
+                OrderOut, description="the order an earlier request with this Idempotency-Key and body placed"
+            )
+        },
+        problems={409: "this Idempotency-Key was used with a different body"},
+    )
     async def place(
         self,
         data: JSONBody[NewOrder],
@@ -170,13 +181,8 @@ class OrdersController(Controller):
     async def list_orders(
         self, principal: PrincipalDep, bus: BusDep, limit: Limit = 20, cursor: Cursor = None
     ) -> Page[OrderOut]:
-        before = decode_cursor(cursor, 2)
         page: OrderPage = await bus.ask(
-            ListOrders(
-                customer_id=principal.user_id,
-                limit=limit,
-                before=(str(before[0]), str(before[1])) if before else None,
-            )
+            ListOrders(customer_id=principal.user_id, limit=limit, before=keyset_cursor(cursor))
         )
         last = page.items[-1] if page.items else None
         next_cursor = (
@@ -195,7 +201,12 @@ class OrdersController(Controller):
             raise NotFoundException(detail="no such order")
         return _order(view)
 
-    @post("/{order_id:uuid}/cancel", summary="Cancel an order", status_code=202)
+    @post(
+        "/{order_id:uuid}/cancel",
+        summary="Cancel an order",
+        status_code=202,
+        problems={409: "the order is already final, or its delivery has shipped"},
+    )
     async def cancel(
         self, order_id: FromPath[uuid.UUID], principal: PrincipalDep, bus: BusDep
     ) -> Response[OrderOut]:
@@ -238,12 +249,12 @@ class SagaAdminController(Controller):
     ) -> Page[SagaOut]:
         """`status` filters by state (e.g. `COMPENSATION_FAILED`); `overdue=true` keeps the sagas
         not final whose step or saga deadline has passed."""
-        after = decode_cursor(cursor, 1)
+        after = id_cursor(cursor)
         sagas: tuple[SagaSummary, ...] = await bus.ask(
             ListSagas(
                 status=status,
                 limit=limit + 1,
-                after=uuid.UUID(str(after[0])) if after else None,
+                after=after,
                 overdue=overdue,
             )
         )
@@ -275,7 +286,12 @@ class SagaAdminController(Controller):
             raise NotFoundException(detail="no such saga")
         return _timeline_page(reply, limit, cursor)
 
-    @post("/{saga_id:uuid}/retry", summary="Resume a COMPENSATION_FAILED saga", status_code=202)
+    @post(
+        "/{saga_id:uuid}/retry",
+        summary="Resume a COMPENSATION_FAILED saga",
+        status_code=202,
+        problems={409: "the saga has nothing to retry"},
+    )
     async def retry(self, saga_id: FromPath[uuid.UUID], bus: BusDep) -> SagaOut:
         """202 with the saga as it is now (it goes on in the background); 404 for an unknown
         saga; 409 for a saga that has nothing to retry."""
