@@ -51,8 +51,8 @@ WORKDIR /app
 # and the source keep the paths they were built at.
 COPY --from=builder /app/.venv /app/.venv
 COPY --from=builder /app/src /app/src
-# Alembic's configuration is the migrations folder itself: migrations/<module>/env.py and
-# versions/ per module (there is no alembic.ini).
+# Alembic's configuration is the migrations folder itself: migrations/_kernel (env.py, the
+# template, the kernel revision) and migrations/<module>/versions (there is no alembic.ini).
 COPY migrations /app/migrations
 # The data dir: dev JWT keys (compose shares it between containers), SQLite files for `shop run`.
 RUN mkdir -p /app/var && chown shop:shop /app/var

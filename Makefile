@@ -4,6 +4,7 @@
 #   make test-deep  the property tests with the deep profile (thousands of programs; long)
 #   make split   the split deployment on this machine: Redis, five services (catalog twice), gateway
 #   make lint    ruff + mypy + import contracts only
+#   make contracts-snapshot  record a compatible change of a published message (tests/contracts)
 #   make bench   benchmarks (bench/run.sh) if there are any
 #   make clean   caches and build output;  make distclean  also .venv and var/ (dev databases)
 # The virtualenv is built from the committed lock (uv.lock) and rebuilt when it or
@@ -26,7 +27,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: help install run split test test-deep lint typecheck imports pytest format bench clean distclean
+.PHONY: help install run split test test-deep lint typecheck imports pytest format bench clean distclean \
+	contracts-snapshot
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
@@ -65,6 +67,9 @@ test: lint pytest
 # SHOP_PROPERTY_SEED=<seed> replays a failing run's programs.
 test-deep: $(STAMP)
 	SHOP_PROPERTY_PROFILE=deep $(BIN)/pytest tests/property -o timeout=0 -s $(PYTEST_ARGS)
+
+contracts-snapshot: $(STAMP)
+	$(BIN)/python -m tests.contracts.snapshot --write
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests migrations

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -25,6 +24,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from shop import migrate as migrations
+from shop import modules as modules_registry
 from shop.bus import inbox
 from shop.bus.breaker import BreakerConfig, BreakerRegistry
 from shop.bus.bus import Bus
@@ -57,12 +57,7 @@ MAX_BODY_BYTES = 1024 * 1024  # no request of the API comes near it
 
 def load_module(name: str) -> Module:
     """A module's descriptor, by name."""
-    if name not in MODULE_NAMES:
-        raise ValueError(f"unknown module {name!r}; the modules are {', '.join(MODULE_NAMES)}")
-    descriptor = importlib.import_module(f"shop.modules.{name}").module
-    if not isinstance(descriptor, Module):
-        raise TypeError(f"shop.modules.{name}.module is not a Module")
-    return descriptor
+    return modules_registry.descriptor(name)
 
 
 @dataclass
@@ -358,7 +353,7 @@ def create_app(settings: Settings | None = None, *, local: Sequence[str] = MODUL
 
 def create_service_app(settings: Settings | None = None, modules: Sequence[str] | None = None) -> Litestar:
     """`shop serve MODULE...`'s app: those modules' routes and consumers on the Redis transport
-    (unless SHOP_TRANSPORT says otherwise), registered in discovery with a TTL heartbeat.
+    (unless `settings.transport` says otherwise), registered in discovery with a TTL heartbeat.
 
     The modules come from `modules` or SHOP_SERVE_MODULES (comma-separated, set by the CLI).
     Schemas are migrated by `shop migrate` (a deploy step), not by each instance."""
@@ -382,7 +377,7 @@ def create_service_app(settings: Settings | None = None, modules: Sequence[str] 
     tracing.configure_tracing(settings, "shop-" + "-".join(names))
     transport: Transport = (
         InProcessTransport()
-        if os.environ.get("SHOP_TRANSPORT", "").lower() == "inprocess"
+        if settings.service_transport == "inprocess"
         else DramatiqTransport(settings.redis_url)
     )
     shop = build_shop(
@@ -417,4 +412,12 @@ def create_gateway() -> Any:
     from shop.gateway.gateway_app import create_gateway_app
 
     die_with_parent()
-    return create_gateway_app()
+    return create_gateway_app(known_routes=route_table())
+
+
+def route_table() -> dict[str, tuple[str, ...]]:
+    """The path prefixes each module serves, derived from its controllers: what `shop serve`
+    registers for it, and what the gateway and a static registry route by."""
+    from shop.discovery.routes import route_prefixes
+
+    return {module.name: route_prefixes(module.controllers) for module in modules_registry.descriptors()}

@@ -97,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     modules = tuple(_modules(args.modules))
     os.environ["SHOP_SERVE_MODULES"] = ",".join(modules)
-    in_process = os.environ.get("SHOP_TRANSPORT", "").lower() == "inprocess"
+    in_process = _settings(args).service_transport == "inprocess"
     role = Role(
         "serve",
         "shop.app:create_service_app",

@@ -1,14 +1,18 @@
-"""Alembic migrations, one history per module: `migrations/<module>/`, its own version table.
+"""Alembic migrations, one history per module (`migrations/<module>/versions/`).
 
-Each module's history lives in its own script directory with its own branch label and its own
-`alembic_version` table: in the module's schema on PostgreSQL, in the module's own file on
-SQLite. `upgrade()` / `downgrade()` run Alembic for a set of modules on one connection of each
-module's async engine (`shop.db.Database`), inside `AsyncConnection.run_sync`, so the event loop
-never blocks on Alembic's synchronous work; the whole run of one module is one transaction.
+Each module's history has its own branch label and its own `alembic_version` table: in the
+module's schema on PostgreSQL, in the module's own file on SQLite. `upgrade()` / `downgrade()`
+run Alembic for a set of modules on one connection of each module's async engine
+(`shop.db.Database`), inside `AsyncConnection.run_sync`, so the event loop never blocks on
+Alembic's synchronous work; the whole run of one module is one transaction.
+
+What every module shares lives once in `migrations/_kernel/`: the Alembic environment (`env.py`),
+the revision template and the first revision, the kernel's tables (`versions/0001_kernel.py`),
+which is part of every module's history as `<module>_0001` (see `kernel_revision()`). A module's
+own revisions (`migrations/<module>/versions/0002_...`) follow it.
 
 Migration scripts call `schema()` for the schema to write to (None on SQLite, else the module's
-name), `ref("table.column")` for a foreign key's target in that schema and, in their first
-revision, `create_kernel_tables_v1()` for the kernel's tables.
+name) and `ref("table.column")` for a foreign key's target in that schema.
 
 `revision()` drafts the next revision of a module by Alembic autogenerate: a scratch SQLite
 database is migrated to head and compared with the module's metadata, and the operations found
@@ -24,6 +28,7 @@ locates code, not configuration.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import logging
 import os
@@ -46,11 +51,7 @@ from sqlalchemy.engine import Connection
 import shop
 from shop.bus.tables import kernel_metadata
 from shop.db import Database
-from shop.modules.catalog import models as catalog_models
-from shop.modules.delivery import models as delivery_models
-from shop.modules.orders import models as orders_models
-from shop.modules.payments import models as payments_models
-from shop.modules.users import models as users_models
+from shop.modules import descriptor
 from shop.observability.logcontext import bound_module
 from shop.settings import MODULE_NAMES, Settings
 
@@ -64,6 +65,7 @@ __all__ = [
     "downgrade",
     "drop_kernel_tables_v1",
     "heads",
+    "kernel_revision",
     "migrations_dir",
     "module_metadata",
     "ref",
@@ -78,14 +80,11 @@ log = logging.getLogger(__name__)
 
 VERSION_TABLE = "alembic_version"
 MIGRATIONS_DIR_ENV = "SHOP_MIGRATIONS_DIR"
+SHARED = "_kernel"  # migrations/_kernel: env.py, the template, the kernel's revision
 
-_MODULE_METADATA: Mapping[str, sa.MetaData] = {
-    "users": users_models.metadata,
-    "catalog": catalog_models.metadata,
-    "orders": orders_models.metadata,
-    "payments": payments_models.metadata,
-    "delivery": delivery_models.metadata,
-}
+# The module whose history Alembic is loading in this context (set by alembic_config): the shared
+# kernel revision takes its id from it while its file is loaded.
+_loading: contextvars.ContextVar[str] = contextvars.ContextVar("shop_migrate_loading")
 
 
 class MigrationError(RuntimeError):
@@ -96,7 +95,7 @@ class MigrationError(RuntimeError):
 
 
 def migrations_dir() -> Path:
-    """The folder holding `<module>/env.py` for every module (see the module docstring)."""
+    """The folder holding `_kernel/` and `<module>/versions/` (see the module docstring)."""
     override = os.environ.get(MIGRATIONS_DIR_ENV)
     if override:
         path = Path(override).expanduser().resolve()
@@ -115,12 +114,11 @@ def migrations_dir() -> Path:
 
 
 def module_metadata(module: str) -> sa.MetaData:
-    """The module's own tables (`shop.modules.<module>.models.metadata`)."""
-    try:
-        return _MODULE_METADATA[module]
-    except KeyError:
+    """The module's own tables: its descriptor's `metadata` (`Module("catalog", metadata=...)`)."""
+    if module not in MODULE_NAMES:
         expected = ", ".join(MODULE_NAMES)
-        raise MigrationError(f"unknown module {module!r}; expected one of {expected}") from None
+        raise MigrationError(f"unknown module {module!r}; expected one of {expected}")
+    return descriptor(module).metadata or sa.MetaData()
 
 
 def _modules(modules: Sequence[str] | None) -> list[str]:
@@ -136,18 +134,32 @@ def _modules(modules: Sequence[str] | None) -> list[str]:
 def alembic_config(module: str, connection: Connection | None = None) -> Config:
     """A programmatic Alembic config for one module's history, sharing `connection` if given."""
     module_metadata(module)
-    location = migrations_dir() / module
-    if not (location / "env.py").is_file():
-        raise MigrationError(f"no migrations for {module!r}: {location / 'env.py'} is missing")
+    folder = migrations_dir()
+    versions, shared = folder / module / "versions", folder / SHARED
+    for needed in (versions, shared / "versions"):
+        if not needed.is_dir():
+            raise MigrationError(f"no migrations for {module!r}: {needed} is missing")
     config = Config()
     # Config values go through ConfigParser interpolation: escape '%' in paths.
-    config.set_main_option("script_location", str(location).replace("%", "%%"))
+    config.set_main_option("script_location", str(shared).replace("%", "%%"))
     config.set_main_option("path_separator", "os")
+    locations = os.pathsep.join(str(p) for p in (versions, shared / "versions"))
+    config.set_main_option("version_locations", locations.replace("%", "%%"))
     config.set_main_option("version_table", VERSION_TABLE)
     config.attributes["shop_module"] = module
     if connection is not None:
         config.attributes["connection"] = connection
+    _loading.set(module)
     return config
+
+
+def kernel_revision() -> tuple[str, tuple[str]]:
+    """For migrations/_kernel/versions/0001_kernel.py: its revision id and branch label in the
+    history being loaded, `("<module>_0001", ("<module>",))`."""
+    module = _loading.get(None)
+    if module is None:
+        raise MigrationError("the kernel revision is loaded through shop.migrate.alembic_config()")
+    return f"{module}_0001", (module,)
 
 
 def _schema_for(connection: Connection, module: str) -> str | None:
@@ -226,17 +238,21 @@ def _run_sync(
 # --------------------------------------------------------------------------- inside Alembic
 
 
-def run_env(module: str) -> None:
-    """The body of `migrations/<module>/env.py`: online mode on the connection we were given."""
+def run_env(module: str | None = None) -> None:
+    """The body of `migrations/_kernel/env.py`: online mode on the connection we were given, for
+    the module alembic_config() named."""
     from alembic import context
 
     if context.is_offline_mode():
         raise MigrationError("offline (--sql) migrations are not supported; run `shop migrate`")
     config = context.config
+    module = module or config.attributes.get("shop_module")
+    if not isinstance(module, str):
+        raise MigrationError("migrations run through shop.migrate.alembic_config() (`shop migrate`)")
     connection = config.attributes.get("connection")
     if not isinstance(connection, Connection):
         raise MigrationError(
-            f"migrations/{module} runs on a shared connection: call shop.migrate.upgrade() or "
+            f"migrations of {module} run on a shared connection: call shop.migrate.upgrade() or "
             "`shop migrate`, or put a Connection in Config.attributes['connection']"
         )
     config.attributes["shop_module"] = module
@@ -414,7 +430,13 @@ def _write_revision(
     config.attributes["process_revision_directives"] = directives
     config.attributes["render_item"] = _render_item
     with contextlib.redirect_stdout(io.StringIO()):  # Alembic's "Generating ... done": the CLI says it
-        result = command.revision(config, message=message, autogenerate=True, rev_id=f"{module}_{number:04d}")
+        result = command.revision(
+            config,
+            message=message,
+            autogenerate=True,
+            rev_id=f"{module}_{number:04d}",
+            version_path=str(migrations_dir() / module / "versions"),
+        )
     if not isinstance(result, Script) or result.path is None:
         return None
     path = Path(result.path)

@@ -47,7 +47,7 @@ class Settings:
     data_dir: Path = Path("./var")
     database_url: str | None = None
     module_database_urls: Mapping[str, str] = field(default_factory=dict)
-    transport: str = "inprocess"
+    transport: str | None = None  # unset: the command's own (see service_transport)
     redis_url: str = "redis://127.0.0.1:6379/0"
     admin_email: str | None = None
     admin_password: str | None = None
@@ -120,6 +120,12 @@ class Settings:
             raise SettingsError("SHOP_ADMIN_PASSWORD: must be at least 8 characters")
         settings = cls(**values)
         return replace(settings, **overrides) if overrides else settings
+
+    @property
+    def service_transport(self) -> str:
+        """`shop serve`'s bus transport: SHOP_TRANSPORT, else dramatiq (`shop run` is always
+        in-process)."""
+        return self.transport or "dramatiq"
 
     def check_payment_provider(self) -> None:
         """Refuse a payment provider the payments module cannot take payments with; called at

@@ -361,15 +361,15 @@ def test_the_whole_journey_through_the_gateway(split: Deployment, journey: Journ
         timeout=20, what="the saga counted finished",
     )  # fmt: skip
     assert metric(orders, "shop_http_requests_total", **placed) == 1
-    placing = {"consumer": "orders.place_order", "type": "PlaceOrder"}
+    placing = {"consumer": "orders.place_order", "type": "orders.PlaceOrder.v1"}
     assert metric(orders, "shop_bus_messages_handled_total", **placing) == 1
     assert metric(orders, "shop_sagas_active", type="place_order", status="WAITING") == 0
     assert ("shop_bus_queue_depth", frozenset({("queue", "orders")})) in orders
-    reserved = {"consumer": "catalog.reserve_stock", "type": "ReserveStock"}
+    reserved = {"consumer": "catalog.reserve_stock", "type": "catalog.ReserveStock.v1"}
     catalogs = [split.metrics(name) for name in ("catalog-1", "catalog-2")]
     assert sum(metric(m, "shop_bus_messages_handled_total", **reserved) for m in catalogs) == 1
     assert metric(split.metrics("delivery"), "shop_bus_messages_handled_total",
-                  consumer="delivery.prepare_delivery", type="PaymentCaptured") == 1  # fmt: skip
+                  consumer="delivery.prepare_delivery", type="payments.PaymentCaptured.v1") == 1  # fmt: skip
 
     # Operators, through the gateway: the saga's timeline by its id, the console and the reference.
     saga = journey.client.get(f"/api/v1/admin/sagas/{order_id}/timeline", headers=journey.admin)

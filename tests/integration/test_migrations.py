@@ -253,7 +253,7 @@ async def test_unknown_module_is_refused(tmp_path: Path) -> None:
 
 def test_migrations_dir_can_be_overridden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     default = migrate.migrations_dir()
-    assert (default / "orders" / "env.py").is_file()
+    assert (default / "orders" / "versions").is_dir()
     copy = tmp_path / "migrations"
     shutil.copytree(default, copy)
     monkeypatch.setenv(migrate.MIGRATIONS_DIR_ENV, str(copy))

@@ -19,7 +19,8 @@ def test_the_defaults_match_the_settings_table() -> None:
     assert settings.data_dir == Path("./var")
     assert settings.database_url is None
     assert dict(settings.module_database_urls) == {}
-    assert settings.transport == "inprocess"
+    assert settings.transport is None
+    assert settings.service_transport == "dramatiq"
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.admin_email is None
     assert settings.admin_password is None

@@ -32,7 +32,17 @@ from shop.bus.errors import (
     NoUnitOfWork,
 )
 from shop.bus.inject import InjectionError, Injector, Plan, Scope
-from shop.bus.messages import Command, Envelope, Event, Message, Query, decode_body, encode, new_envelope
+from shop.bus.messages import (
+    Command,
+    Envelope,
+    Event,
+    Message,
+    Query,
+    aliases,
+    decode_body,
+    encode,
+    new_envelope,
+)
 from shop.bus.middleware import observe
 from shop.bus.module import HandlerSpec, Module
 from shop.bus.outbox import Relay, Route
@@ -70,13 +80,16 @@ class Router:
         self.by_consumer: dict[str, HandlerSpec] = {}
         for module in modules:
             for spec in module.handlers:
-                name = spec.message_type.type_name()
-                if spec.role == "owner":
-                    if name in self.owners:
-                        raise ValueError(f"{name} has two owners: {self.owners[name].module}, {spec.module}")
-                    self.owners[name] = spec
-                else:
-                    self.subscribers.setdefault(name, []).append(spec)
+                # The wire name, and the legacy names envelopes written before it still carry.
+                for name in aliases(spec.message_type):
+                    if spec.role == "owner":
+                        if name in self.owners:
+                            raise ValueError(
+                                f"{name} has two owners: {self.owners[name].module}, {spec.module}"
+                            )
+                        self.owners[name] = spec
+                    else:
+                        self.subscribers.setdefault(name, []).append(spec)
                 if spec.consumer in self.by_consumer:
                     raise ValueError(f"two handlers named {spec.consumer}")
                 self.by_consumer[spec.consumer] = spec
@@ -332,7 +345,7 @@ class Bus:
             await bound.invoke(Call(queue, bound.spec.consumer, envelope, message))
             return Result(Outcome.DONE)
         except Exception as exc:
-            token, module = context.enter(_context_of(envelope)), enter_module(queue)
+            token, module = context.enter(context.of_envelope(envelope, handling=True)), enter_module(queue)
             try:
                 return await self._failed(queue, envelope, exc)
             finally:
@@ -450,21 +463,15 @@ def _wrap(mw: Middleware, nxt: Next) -> Next:
     return call
 
 
-def _context_of(env: Envelope) -> context.MessageContext:
-    return context.MessageContext(
-        correlation_id=env.correlation_id,
-        causation_id=env.message_id,
-        traceparent=env.traceparent,
-        request_id=env.request_id or context.current().request_id,
-    )
-
-
 async def _context_middleware(call: Call, nxt: Next) -> Any:
     """Handlers run in the context of the message (its trace, correlation, cause and request)
     and log as its module."""
     if tracing.state.tracer is not None:
         return await _traced_handling(call, nxt)
-    token, module = context.enter(_context_of(call.envelope)), enter_module(call.module)
+    token, module = (
+        context.enter(context.of_envelope(call.envelope, handling=True)),
+        enter_module(call.module),
+    )
     try:
         return await nxt(call)
     finally:
@@ -488,7 +495,9 @@ async def _traced_handling(call: Call, nxt: Next) -> Any:
             "shop.attempt": env.attempt,
         },
     )
-    ctx = dataclasses.replace(_context_of(env), traceparent=tracing.traceparent_of(span))
+    ctx = dataclasses.replace(
+        context.of_envelope(env, handling=True), traceparent=tracing.traceparent_of(span)
+    )
     token, module = context.enter(ctx), enter_module(call.module)
     otel_token = tracing.attach(span)
     error: BaseException | None = None

@@ -20,3 +20,11 @@ class Clock:
     def monotonic(self) -> float:
         """Seconds that never go backwards (breaker windows and waits)."""
         return time.monotonic()
+
+
+def as_utc(value: datetime) -> datetime:
+    """A stored time as timezone-aware UTC: SQLite hands back naive datetimes, which are UTC by
+    construction; PostgreSQL's are aware."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)

@@ -11,6 +11,10 @@ import re
 import uuid
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shop.bus.messages import Envelope
 
 _random = random.Random()
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -37,6 +41,27 @@ def enter(ctx: MessageContext) -> Token[MessageContext]:
 
 def leave(token: Token[MessageContext]) -> None:
     _context.reset(token)
+
+
+def of_envelope(envelope: Envelope, *, handling: bool) -> MessageContext:
+    """The context an envelope carries.
+
+    `handling=False`: the one it was sent in (its own cause), for relaying it. `handling=True`:
+    the one to handle it in, where the message is the cause of whatever the handler sends, and
+    the request it came from (else the current one's) stays in the logs."""
+    if not handling:
+        return MessageContext(
+            correlation_id=envelope.correlation_id,
+            causation_id=envelope.causation_id,
+            traceparent=envelope.traceparent,
+            request_id=envelope.request_id,
+        )
+    return MessageContext(
+        correlation_id=envelope.correlation_id,
+        causation_id=envelope.message_id,
+        traceparent=envelope.traceparent,
+        request_id=envelope.request_id or current().request_id,
+    )
 
 
 def parse_traceparent(value: str | None) -> tuple[str, str] | None:

@@ -1,12 +1,21 @@
 """Message bases (frozen msgspec Structs), the Envelope that carries them, and the codec.
 
 Commands are imperative (`ReserveStock`), events past tense (`PaymentCaptured`), queries ask
-(`GetAddress`). Every concrete message class registers itself by name, so an Envelope names its
-body's type and any process running the same code can decode it.
+(`GetAddress`). Every concrete message class registers itself under its wire name, so an Envelope
+names its body's type and any process running the same code can decode it.
+
+Wire names: a published message (one in `shop.contracts`, or the bus's own `Rejected`) declares
+`wire_name: ClassVar[str] = "<module>.<Name>.v<N>"`; renaming the Python class leaves the wire
+alone. A `.v1` message also answers to its bare name (`ReserveStock`), the form envelopes carried
+before wire names existed, so outbox rows, retries and dead letters written then still decode and
+route. A message that declares none (tests' throwaway ones) is named by its class name;
+tests/contracts fails for such a message in `shop`. The rules for
+changing a published message are in README.md, "Evolving a message".
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any, ClassVar, TypeVar
@@ -16,23 +25,55 @@ import msgspec
 M = TypeVar("M", bound="Message")
 
 
+WIRE_NAME = re.compile(
+    r"^(?P<module>[a-z][a-z0-9_]*)\.(?P<name>[A-Z][A-Za-z0-9]*)\.v(?P<version>[1-9][0-9]*)$"
+)
+_BASES = frozenset({"Message", "Command", "Event", "Query"})
+
+
 class Message(msgspec.Struct, frozen=True, kw_only=True):
     """Base of everything that travels on the bus."""
 
     kind: ClassVar[str] = "message"
-    registry: ClassVar[dict[str, type[Message]]] = {}
+    wire_name: ClassVar[str] = ""
+    registry: ClassVar[dict[str, type[Message]]] = {}  # wire names and legacy aliases
+    published: ClassVar[dict[str, type[Message]]] = {}  # wire names of the declared ones only
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        name = cls.__name__
-        known = Message.registry.get(name)
-        if known is not None and known.__module__ != cls.__module__:
-            raise TypeError(f"message type name {name!r} is already used by {known.__module__}")
-        Message.registry[name] = cls
+        if cls.__module__ == __name__ and cls.__name__ in _BASES:
+            return
+        declared = cls.__dict__.get("wire_name")
+        if declared is None:  # tests/contracts requires one of every message in `shop`
+            cls.wire_name = cls.__name__
+            _register(cls.__name__, cls)
+            return
+        match = WIRE_NAME.match(declared)
+        if match is None:
+            raise TypeError(f"{cls.__qualname__}.wire_name {declared!r} is not <module>.<Name>.v<N>")
+        _register(declared, cls)
+        Message.published[declared] = cls
+        if match["version"] == "1":
+            _register(match["name"], cls)
 
     @classmethod
     def type_name(cls) -> str:
-        return cls.__name__
+        """The name envelopes carry for this message."""
+        return cls.wire_name
+
+
+def _register(name: str, cls: type[Message]) -> None:
+    known = Message.registry.get(name)
+    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise TypeError(
+            f"message type name {name!r} is already used by {known.__module__}.{known.__qualname__}"
+        )
+    Message.registry[name] = cls
+
+
+def aliases(cls: type[Message]) -> tuple[str, ...]:
+    """Every name `cls` is decoded and routed under: its wire name first, then legacy names."""
+    return (cls.type_name(), *(n for n, c in Message.registry.items() if c is cls and n != cls.type_name()))
 
 
 class Command(Message, frozen=True, kw_only=True):
@@ -182,6 +223,8 @@ class Rejected(Message, frozen=True, kw_only=True):
     """A handler's business refusal (out of stock, duplicate email …): a reply, not a failure.
 
     Breakers never count it; HTTP layers map `code` to a status."""
+
+    wire_name: ClassVar[str] = "bus.Rejected.v1"
 
     code: str
     detail: str = ""

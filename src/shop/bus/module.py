@@ -1,12 +1,19 @@
 """The module descriptor: what a bounded context declares about itself.
 
-    module = Module("catalog", metadata=models.metadata, controllers=[ProductController])
+A module's handlers.py collects its handlers, with no reference to the descriptor:
 
-    @module.handles(ReserveStock)
+    handlers = Handlers()
+
+    @handlers.handles(ReserveStock)
     async def reserve_stock(cmd: ReserveStock, stock: StockLedger) -> StockReserved: ...
 
-    @module.on(PaymentCaptured)
+    @handlers.on(PaymentCaptured)
     async def when_payment_captured_commit_stock(event: PaymentCaptured, session: AsyncConnection): ...
+
+and its package's `__init__.py` declares the descriptor and includes them, explicitly:
+
+    module = Module("catalog", metadata=models.metadata, controllers=[CatalogController])
+    module.include(handlers.handlers)
 
 The composition root reads descriptors; the kernel never imports a module.
 """
@@ -104,4 +111,57 @@ class Module:
     def background(self, task: F) -> F:
         """A long-running coroutine started with the module and cancelled at shutdown."""
         self.background_tasks.append(task)
+        return task
+
+    def include(self, handlers: Handlers) -> None:
+        """Register everything `handlers` collected, in the order it was declared."""
+        for register in handlers.registrations:
+            register(self)
+
+
+class Handlers:
+    """A module's handlers and hooks, collected where they are defined (`@handlers.handles(...)`,
+    `@handlers.on(...)`, `@handlers.on_startup`, ...) and registered on the descriptor by
+    `Module.include`: the same checks and the same order as declaring them on the module."""
+
+    def __init__(self) -> None:
+        self.registrations: list[Callable[[Module], object]] = []
+
+    def handles(
+        self, message_type: type[Command] | type[Query], *, transactional: bool = True
+    ) -> Callable[[F], F]:
+        """See `Module.handles`."""
+        if not issubclass(message_type, (Command, Query)):
+            raise TypeError(f"{message_type.__name__} is not a command or query; use .on() for events")
+
+        def collect(func: F) -> F:
+            self.registrations.append(lambda m: m.handles(message_type, transactional=transactional)(func))
+            return func
+
+        return collect
+
+    def on(self, event_type: type[Event]) -> Callable[[F], F]:
+        """See `Module.on`."""
+        if not issubclass(event_type, Event):
+            raise TypeError(f"{event_type.__name__} is not an event; use .handles() for commands")
+
+        def collect(func: F) -> F:
+            self.registrations.append(lambda m: m.on(event_type)(func))
+            return func
+
+        return collect
+
+    def on_startup(self, hook: F) -> F:
+        """See `Module.on_startup`."""
+        self.registrations.append(lambda m: m.on_startup(hook))
+        return hook
+
+    def on_shutdown(self, hook: F) -> F:
+        """See `Module.on_shutdown`."""
+        self.registrations.append(lambda m: m.on_shutdown(hook))
+        return hook
+
+    def background(self, task: F) -> F:
+        """See `Module.background`."""
+        self.registrations.append(lambda m: m.background(task))
         return task

@@ -122,14 +122,7 @@ class Relay:
     async def _deliver_one(self, module: str, envelope: Envelope) -> None:
         # A task of its own: what it logs is about the sending module and this message.
         enter_module(module)
-        context.enter(
-            context.MessageContext(
-                correlation_id=envelope.correlation_id,
-                causation_id=envelope.causation_id,
-                traceparent=envelope.traceparent,
-                request_id=envelope.request_id,
-            )
-        )
+        context.enter(context.of_envelope(envelope, handling=False))
         try:
             receipts = [
                 await self.deliver(queue, msgspec.structs.replace(envelope, consumer=consumer))

@@ -662,26 +662,29 @@ class SagaEngine:
                 if event.hook:
                     ctx = self._context(row, event.step)
                     await _call_hook(definition.on_step(ctx, event.step, event.status, session))
-        finish = change.finish
-        if finish is not None:
-            if definition.on_finish is not None:
-                ctx = self._context(row, row.step or "")
-                await _call_hook(definition.on_finish(ctx, finish.status, finish.reason, session))
-            if finish.final:
-                saga_type, status = row.type, finish.status
-
-                async def count() -> None:
-                    metrics.SAGAS.labels(saga_type, status).inc()
-
-                uow.after_commit(count)
-            log.info(
-                "saga.finished",
-                saga_id=str(row.id),
-                type=row.type,
-                status=finish.status,
-                reason=finish.reason,
-            )
+        if change.finish is not None:
+            await self._finished(uow, definition, row, change.finish)
         return True
+
+    async def _finished(self, uow: UnitOfWork, definition: Saga, row: _Row, finish: _Finish) -> None:
+        """The saga's finish, saved in ``uow``: its on_finish hook, the count once committed, the log."""
+        if definition.on_finish is not None:
+            ctx = self._context(row, row.step or "")
+            await _call_hook(definition.on_finish(ctx, finish.status, finish.reason, uow.session))
+        if finish.final:
+            saga_type, status = row.type, finish.status
+
+            async def count() -> None:
+                metrics.SAGAS.labels(saga_type, status).inc()
+
+            uow.after_commit(count)
+        log.info(
+            "saga.finished",
+            saga_id=str(row.id),
+            type=row.type,
+            status=finish.status,
+            reason=finish.reason,
+        )
 
     async def _save(self, definition: Saga, row: _Row, change: _Change) -> bool:
         async with unit_of_work(self.database) as uow:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import ClassVar
 
 import msgspec
 
@@ -55,6 +56,8 @@ class CategoryView(msgspec.Struct, frozen=True, kw_only=True):
 class CreateProduct(Command, frozen=True, kw_only=True):
     """Replies ProductView, or Rejected("SKU_TAKEN" | "INVALID")."""
 
+    wire_name: ClassVar[str] = "catalog.CreateProduct.v1"
+
     sku: str
     name: str
     description: str = ""
@@ -66,6 +69,8 @@ class CreateProduct(Command, frozen=True, kw_only=True):
 
 class UpdateProduct(Command, frozen=True, kw_only=True):
     """Only the fields given change. Replies ProductView, or Rejected("NOT_FOUND" | "INVALID")."""
+
+    wire_name: ClassVar[str] = "catalog.UpdateProduct.v1"
 
     product_id: uuid.UUID
     name: str | None = None
@@ -79,6 +84,8 @@ class AdjustStock(Command, frozen=True, kw_only=True):
     """Restock (delta > 0) or write off (delta < 0). Replies ProductView, or
     Rejected("NOT_FOUND" | "BELOW_RESERVED")."""
 
+    wire_name: ClassVar[str] = "catalog.AdjustStock.v1"
+
     product_id: uuid.UUID
     delta: int
 
@@ -86,11 +93,15 @@ class AdjustStock(Command, frozen=True, kw_only=True):
 class GetProduct(Query, frozen=True, kw_only=True):
     """Replies ProductView or None."""
 
+    wire_name: ClassVar[str] = "catalog.GetProduct.v1"
+
     product_id: uuid.UUID
 
 
 class ListProducts(Query, frozen=True, kw_only=True):
     """Replies ProductPage, ordered by (created_at, id)."""
+
+    wire_name: ClassVar[str] = "catalog.ListProducts.v1"
 
     category: str | None = None
     limit: int = 20
@@ -100,6 +111,8 @@ class ListProducts(Query, frozen=True, kw_only=True):
 class ListCategories(Query, frozen=True, kw_only=True):
     """Replies tuple[CategoryView, ...] ordered by name: at most `limit` (None: all), those
     after the category named `after` (keyset pagination)."""
+
+    wire_name: ClassVar[str] = "catalog.ListCategories.v1"
 
     limit: int | None = None
     after: str | None = None
@@ -114,12 +127,16 @@ class ReserveStock(Command, frozen=True, kw_only=True):
     reserves nothing more and answers as the first time; once that reservation was released
     (or a ReleaseStock for it came first), StockUnavailable(reason="RELEASED")."""
 
+    wire_name: ClassVar[str] = "catalog.ReserveStock.v1"
+
     reservation_id: uuid.UUID
     order_id: uuid.UUID
     lines: tuple[Line, ...]
 
 
 class StockReserved(Event, frozen=True, kw_only=True):
+    wire_name: ClassVar[str] = "catalog.StockReserved.v1"
+
     reservation_id: uuid.UUID
     order_id: uuid.UUID
     lines: tuple[PricedLine, ...]
@@ -128,6 +145,8 @@ class StockReserved(Event, frozen=True, kw_only=True):
 class StockUnavailable(Event, frozen=True, kw_only=True):
     """reason: OUT_OF_STOCK or UNKNOWN_PRODUCT (product_ids: the lines at fault), or RELEASED
     (the reservation was released before this command arrived again or at all)."""
+
+    wire_name: ClassVar[str] = "catalog.StockUnavailable.v1"
 
     reservation_id: uuid.UUID
     order_id: uuid.UUID
@@ -139,12 +158,16 @@ class ReleaseStock(Command, frozen=True, kw_only=True):
     """Give a reservation's stock back (compensation). Replies StockReleased. Idempotent; an
     unknown id reserves nothing but is remembered, so a late ReserveStock for it reserves nothing."""
 
+    wire_name: ClassVar[str] = "catalog.ReleaseStock.v1"
+
     reservation_id: uuid.UUID
 
 
 class CommitStock(Command, frozen=True, kw_only=True):
     """The order completed: the reserved stock leaves the shelf. Idempotent. Replies
     StockCommitted, or Rejected("NOT_RESERVED") for a reservation unknown, released or refused."""
+
+    wire_name: ClassVar[str] = "catalog.CommitStock.v1"
 
     reservation_id: uuid.UUID
 
@@ -153,16 +176,24 @@ class RestockItems(Command, frozen=True, kw_only=True):
     """A completed order was cancelled: its committed stock returns to the shelf. Idempotent.
     Replies StockRestocked, or Rejected("NOT_COMMITTED") for a reservation never committed."""
 
+    wire_name: ClassVar[str] = "catalog.RestockItems.v1"
+
     reservation_id: uuid.UUID
 
 
 class StockReleased(Event, frozen=True, kw_only=True):
+    wire_name: ClassVar[str] = "catalog.StockReleased.v1"
+
     reservation_id: uuid.UUID
 
 
 class StockCommitted(Event, frozen=True, kw_only=True):
+    wire_name: ClassVar[str] = "catalog.StockCommitted.v1"
+
     reservation_id: uuid.UUID
 
 
 class StockRestocked(Event, frozen=True, kw_only=True):
+    wire_name: ClassVar[str] = "catalog.StockRestocked.v1"
+
     reservation_id: uuid.UUID

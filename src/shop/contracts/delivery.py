@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import ClassVar
 
 import msgspec
 
@@ -36,6 +37,8 @@ class DeliveryPage(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ListDeliveries(Query, frozen=True, kw_only=True):
+    wire_name: ClassVar[str] = "delivery.ListDeliveries.v1"
+
     customer_id: uuid.UUID | None
     order_id: uuid.UUID | None = None
     limit: int = 20
@@ -45,12 +48,16 @@ class ListDeliveries(Query, frozen=True, kw_only=True):
 class RecordDeliveryEvent(Command, frozen=True, kw_only=True):
     """Admin moves a delivery along. Replies DeliveryView or Rejected("NOT_FOUND" | "ILLEGAL_TRANSITION")."""
 
+    wire_name: ClassVar[str] = "delivery.RecordDeliveryEvent.v1"
+
     delivery_id: uuid.UUID
     status: str
 
 
 class CancelDelivery(Command, frozen=True, kw_only=True):
     """Cancel an order's delivery if it has not shipped. Replies DeliveryCancellation."""
+
+    wire_name: ClassVar[str] = "delivery.CancelDelivery.v1"
 
     order_id: uuid.UUID
 
@@ -64,12 +71,16 @@ class DeliveryCancellation(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DeliveryShipped(Event, frozen=True, kw_only=True):
+    wire_name: ClassVar[str] = "delivery.DeliveryShipped.v1"
+
     delivery_id: uuid.UUID
     order_id: uuid.UUID
     tracking_number: str
 
 
 class DeliveryStatusChanged(Event, frozen=True, kw_only=True):
+    wire_name: ClassVar[str] = "delivery.DeliveryStatusChanged.v1"
+
     delivery_id: uuid.UUID
     order_id: uuid.UUID
     status: str

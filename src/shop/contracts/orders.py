@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import ClassVar
 
 import msgspec
 
@@ -16,6 +17,8 @@ class OrderAwaitingPayment(Event, frozen=True, kw_only=True):
     """The order's stock is reserved and its address confirmed; payment was requested.
     Delivery keeps the address for the shipment it prepares once the payment is captured."""
 
+    wire_name: ClassVar[str] = "orders.OrderAwaitingPayment.v1"
+
     order_id: uuid.UUID
     customer_id: uuid.UUID
     address_id: uuid.UUID
@@ -25,17 +28,23 @@ class OrderAwaitingPayment(Event, frozen=True, kw_only=True):
 
 
 class OrderCompleted(Event, frozen=True, kw_only=True):
+    wire_name: ClassVar[str] = "orders.OrderCompleted.v1"
+
     order_id: uuid.UUID
     customer_id: uuid.UUID
 
 
 class OrderCancelled(Event, frozen=True, kw_only=True):
+    wire_name: ClassVar[str] = "orders.OrderCancelled.v1"
+
     order_id: uuid.UUID
     customer_id: uuid.UUID
     reason: str
 
 
 class OrderFailed(Event, frozen=True, kw_only=True):
+    wire_name: ClassVar[str] = "orders.OrderFailed.v1"
+
     order_id: uuid.UUID
     customer_id: uuid.UUID
     reason: str
@@ -67,6 +76,8 @@ class OrderView(msgspec.Struct, frozen=True, kw_only=True):
 class PlaceOrder(Command, frozen=True, kw_only=True):
     """Accept an order and start its saga. Replies OrderPlaced, or Rejected("IDEMPOTENCY_CONFLICT")."""
 
+    wire_name: ClassVar[str] = "orders.PlaceOrder.v1"
+
     customer_id: uuid.UUID
     items: tuple[Line, ...]
     address_id: uuid.UUID
@@ -82,6 +93,8 @@ class OrderPlaced(msgspec.Struct, frozen=True, kw_only=True):
 class GetOrder(Query, frozen=True, kw_only=True):
     """The order if `viewer` may see it (its owner, or an admin); else None."""
 
+    wire_name: ClassVar[str] = "orders.GetOrder.v1"
+
     order_id: uuid.UUID
     viewer_id: uuid.UUID
     viewer_is_admin: bool = False
@@ -89,6 +102,8 @@ class GetOrder(Query, frozen=True, kw_only=True):
 
 class ListOrders(Query, frozen=True, kw_only=True):
     """A customer's own orders, newest first. Replies OrderPage."""
+
+    wire_name: ClassVar[str] = "orders.ListOrders.v1"
 
     customer_id: uuid.UUID
     limit: int = 20
@@ -104,6 +119,8 @@ class CancelOrder(Command, frozen=True, kw_only=True):
     """Cancel on behalf of the owner or an admin. Replies OrderView, or Rejected("NOT_FOUND" |
     "ALREADY_FINAL" | "ALREADY_SHIPPED" | "DEPENDENCY_UNAVAILABLE")."""
 
+    wire_name: ClassVar[str] = "orders.CancelOrder.v1"
+
     order_id: uuid.UUID
     viewer_id: uuid.UUID
     viewer_is_admin: bool = False
@@ -111,6 +128,8 @@ class CancelOrder(Command, frozen=True, kw_only=True):
 
 class GetTimeline(Query, frozen=True, kw_only=True):
     """The order saga's steps if `viewer` may see the order; else None. Replies tuple[TimelineItem, ...]."""
+
+    wire_name: ClassVar[str] = "orders.GetTimeline.v1"
 
     order_id: uuid.UUID
     viewer_id: uuid.UUID

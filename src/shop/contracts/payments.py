@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import ClassVar
 
 import msgspec
 
@@ -31,6 +32,8 @@ class TakePayment(Command, frozen=True, kw_only=True):
     the outcome comes back as PaymentCaptured or PaymentDeclined. Idempotent by `payment_id`
     (the saga's key for its payment step): a retried command never charges twice."""
 
+    wire_name: ClassVar[str] = "payments.TakePayment.v1"
+
     payment_id: uuid.UUID
     order_id: uuid.UUID
     customer_id: uuid.UUID
@@ -44,12 +47,16 @@ class VoidPayment(Command, frozen=True, kw_only=True):
     authorization, refund a capture, and make sure a capture that lands later is refunded.
     Idempotent; replies PaymentSettled."""
 
+    wire_name: ClassVar[str] = "payments.VoidPayment.v1"
+
     order_id: uuid.UUID
     reason: str
 
 
 class RefundPayment(Command, frozen=True, kw_only=True):
     """Refund an order's captured payment (cancel after payment). Idempotent; replies PaymentSettled."""
+
+    wire_name: ClassVar[str] = "payments.RefundPayment.v1"
 
     order_id: uuid.UUID
     reason: str
@@ -64,6 +71,8 @@ class PaymentSettled(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PaymentCaptured(Event, frozen=True, kw_only=True):
+    wire_name: ClassVar[str] = "payments.PaymentCaptured.v1"
+
     payment_id: uuid.UUID
     order_id: uuid.UUID
     customer_id: uuid.UUID
@@ -73,6 +82,8 @@ class PaymentCaptured(Event, frozen=True, kw_only=True):
 
 
 class PaymentDeclined(Event, frozen=True, kw_only=True):
+    wire_name: ClassVar[str] = "payments.PaymentDeclined.v1"
+
     payment_id: uuid.UUID
     order_id: uuid.UUID
     customer_id: uuid.UUID
@@ -80,18 +91,24 @@ class PaymentDeclined(Event, frozen=True, kw_only=True):
 
 
 class PaymentRefunded(Event, frozen=True, kw_only=True):
+    wire_name: ClassVar[str] = "payments.PaymentRefunded.v1"
+
     payment_id: uuid.UUID
     order_id: uuid.UUID
     amount: int
 
 
 class PaymentVoided(Event, frozen=True, kw_only=True):
+    wire_name: ClassVar[str] = "payments.PaymentVoided.v1"
+
     payment_id: uuid.UUID
     order_id: uuid.UUID
 
 
 class ListPayments(Query, frozen=True, kw_only=True):
     """The payments the caller may see: `customer_id` None means all (an admin)."""
+
+    wire_name: ClassVar[str] = "payments.ListPayments.v1"
 
     customer_id: uuid.UUID | None
     order_id: uuid.UUID | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import ClassVar
 
 import msgspec
 
@@ -32,6 +33,8 @@ class AddressView(msgspec.Struct, frozen=True, kw_only=True):
 class RegisterUser(Command, frozen=True, kw_only=True):
     """Sign up a customer. Replies UserView, or Rejected("EMAIL_TAKEN" | "BUSY": no hashing slot now)."""
 
+    wire_name: ClassVar[str] = "users.RegisterUser.v1"
+
     email: str
     password: str
     name: str
@@ -39,6 +42,8 @@ class RegisterUser(Command, frozen=True, kw_only=True):
 
 class CreateAdmin(Command, frozen=True, kw_only=True):
     """Create an admin user if the email is free. Replies UserView, or Rejected("EMAIL_TAKEN")."""
+
+    wire_name: ClassVar[str] = "users.CreateAdmin.v1"
 
     email: str
     password: str
@@ -48,6 +53,8 @@ class CreateAdmin(Command, frozen=True, kw_only=True):
 class IssueToken(Query, frozen=True, kw_only=True):
     """Log in. Replies TokenIssued, or Rejected("BAD_CREDENTIALS") for any wrong pair, or
     Rejected("BUSY") when no password can be checked right now."""
+
+    wire_name: ClassVar[str] = "users.IssueToken.v1"
 
     email: str
     password: str
@@ -62,11 +69,15 @@ class TokenIssued(msgspec.Struct, frozen=True, kw_only=True):
 class GetUser(Query, frozen=True, kw_only=True):
     """Replies UserView or None."""
 
+    wire_name: ClassVar[str] = "users.GetUser.v1"
+
     user_id: uuid.UUID
 
 
 class AddAddress(Command, frozen=True, kw_only=True):
     """Replies AddressView."""
+
+    wire_name: ClassVar[str] = "users.AddAddress.v1"
 
     user_id: uuid.UUID
     recipient: str
@@ -79,6 +90,8 @@ class AddAddress(Command, frozen=True, kw_only=True):
 
 class ListAddresses(Query, frozen=True, kw_only=True):
     """Replies AddressPage: the user's addresses, oldest first."""
+
+    wire_name: ClassVar[str] = "users.ListAddresses.v1"
 
     user_id: uuid.UUID
     limit: int = 20
@@ -93,11 +106,15 @@ class AddressPage(msgspec.Struct, frozen=True, kw_only=True):
 class GetAddress(Query, frozen=True, kw_only=True):
     """The address, only if it belongs to `user_id`; else None. Orders asks it."""
 
+    wire_name: ClassVar[str] = "users.GetAddress.v1"
+
     address_id: uuid.UUID
     user_id: uuid.UUID
 
 
 class UserRegistered(Event, frozen=True, kw_only=True):
+    wire_name: ClassVar[str] = "users.UserRegistered.v1"
+
     user_id: uuid.UUID
     email: str
     role: str

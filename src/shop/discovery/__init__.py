@@ -1,7 +1,6 @@
 """Service discovery: where each module's instances are and whether they are healthy."""
 
 from shop.discovery.base import (
-    DEFAULT_ROUTES,
     Instance,
     InstanceView,
     Registry,
@@ -17,7 +16,6 @@ from shop.discovery.routes import route_prefixes
 from shop.discovery.static import StaticRegistry, parse_service_urls
 
 __all__ = [
-    "DEFAULT_ROUTES",
     "Instance",
     "InstanceView",
     "MemoryRegistry",

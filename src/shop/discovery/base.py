@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 import msgspec
 
 __all__ = [
-    "DEFAULT_ROUTES",
     "Instance",
     "InstanceView",
     "Registry",
@@ -22,17 +21,6 @@ __all__ = [
     "rfc3339",
     "routes_of",
 ]
-
-# The path prefixes each module serves (API.md); what `shop serve` registers for it (see
-# `shop.discovery.routes.route_prefixes`) and what a static registry assumes. A test checks that
-# this table matches the modules' controllers.
-DEFAULT_ROUTES: Mapping[str, tuple[str, ...]] = {
-    "users": ("/api/v1/auth", "/api/v1/users"),
-    "catalog": ("/api/v1/categories", "/api/v1/products"),
-    "orders": ("/api/v1/admin/sagas", "/api/v1/orders"),
-    "payments": ("/api/v1/payments",),
-    "delivery": ("/api/v1/deliveries",),
-}
 
 
 class RegistryError(Exception):

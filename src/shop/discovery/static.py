@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from shop.discovery.base import DEFAULT_ROUTES, Instance, InstanceView, from_epoch, routes_of, sort_views
+from shop.discovery.base import Instance, InstanceView, from_epoch, routes_of, sort_views
 
 
 def parse_service_urls(text: str) -> dict[str, list[str]]:
@@ -53,7 +53,7 @@ class StaticRegistry:
         self,
         services: Mapping[str, Sequence[str]] | str,
         *,
-        routes: Mapping[str, Sequence[str]] = DEFAULT_ROUTES,
+        routes: Mapping[str, Sequence[str]] | None = None,
         probe_interval_s: float | None = None,
         probe_timeout_s: float = 1.0,
         probe_path: str = "/ready",
@@ -67,7 +67,7 @@ class StaticRegistry:
                 module=module,
                 instance_id=f"{module}@{urlsplit(url).netloc}",
                 url=url.rstrip("/"),
-                routes=tuple(routes.get(module, ())),
+                routes=tuple((routes or {}).get(module, ())),
             )
             for module, urls in sorted(services.items())
             for url in urls

@@ -28,7 +28,7 @@ from litestar.datastructures import State
 from shop.bus.breaker import BreakerConfig, BreakerRegistry
 from shop.console.console import console_router
 from shop.console.reference import reference_handlers
-from shop.discovery.base import DEFAULT_ROUTES, Registry
+from shop.discovery.base import Registry
 from shop.discovery.factory import registry_for
 from shop.gateway.fanout_deadletters import PATH as DEAD_LETTERS
 from shop.gateway.fanout_deadletters import FanOutDeadLetterController
@@ -97,7 +97,7 @@ class Gateway:
         breakers: BreakerRegistry,
         http_client: httpx.AsyncClient | None = None,
         config: ProxyConfig | None = None,
-        known_routes: Mapping[str, Iterable[str]] = DEFAULT_ROUTES,
+        known_routes: Mapping[str, Iterable[str]] | None = None,
         on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self.settings = settings
@@ -307,7 +307,7 @@ def build_gateway_app(
     breakers: BreakerRegistry,
     http_client: httpx.AsyncClient | None = None,
     config: ProxyConfig | None = None,
-    known_routes: Mapping[str, Iterable[str]] = DEFAULT_ROUTES,
+    known_routes: Mapping[str, Iterable[str]] | None = None,
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> Gateway:
     """The gateway over `registry`. Its ASGI lifespan (or `async with app.running()`) starts the
@@ -330,15 +330,22 @@ def build_gateway_app(
     )
 
 
-def create_gateway_app(settings: Settings | None = None, *, service_urls: str | None = None) -> Gateway:
+def create_gateway_app(
+    settings: Settings | None = None,
+    *,
+    service_urls: str | None = None,
+    known_routes: Mapping[str, Sequence[str]] | None = None,
+) -> Gateway:
     """`shop gateway`'s app factory: Redis registry (or static URLs, `SHOP_SERVICE_URLS`),
-    Redis rate limits shared by every gateway, the public key from the settings or data dir."""
+    Redis rate limits shared by every gateway, the public key from the settings or data dir.
+    `known_routes`: the path prefixes of every module (`shop.app.route_table()`), routed (503
+    while no instance is healthy) before any instance registers."""
     settings = settings or Settings.from_env()
     shop_logging.configure(settings.log_level)
     tracing.configure_tracing(settings, "shop-gateway")
     set_process_module("gateway")
     keys = load_keys(settings, generate=False)
-    registry = registry_for(settings, service_urls)
+    registry = registry_for(settings, service_urls, routes=known_routes)
     store = RedisRateLimitStore(settings.redis_url)
     breakers = BreakerRegistry(on_state_change=metrics.on_breaker_change)
     breakers.configure(UPSTREAM_BREAKER_PREFIX, UPSTREAM_BREAKER)
@@ -348,5 +355,6 @@ def create_gateway_app(settings: Settings | None = None, *, service_urls: str | 
         verifier=TokenVerifier(keys.public_pem),
         limiter=RateLimiter(store),
         breakers=breakers,
+        known_routes=known_routes,
         on_shutdown=[registry.aclose, store.aclose, tracing.ashutdown_tracing],
     )

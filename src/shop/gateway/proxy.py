@@ -31,10 +31,11 @@ Content-Length are read whole and sent in one message; others are streamed.
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
@@ -42,8 +43,8 @@ import msgspec
 import structlog
 
 from shop.bus import context
-from shop.bus.breaker import BreakerRegistry
-from shop.discovery.base import DEFAULT_ROUTES, InstanceView, Registry
+from shop.bus.breaker import BreakerRegistry, CircuitBreaker
+from shop.discovery.base import InstanceView, Registry
 from shop.gateway.upstream import (
     Upstream,
     UpstreamConnectError,
@@ -162,7 +163,7 @@ class Proxy:
         *,
         config: ProxyConfig | None = None,
         upstream: Upstream | None = None,
-        known_routes: Mapping[str, Iterable[str]] = DEFAULT_ROUTES,
+        known_routes: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.registry = registry
         self.breakers = breakers
@@ -170,7 +171,7 @@ class Proxy:
         # One client (keep-alive pools per instance) per gateway; HTTP/1.1 to the instances.
         self.upstream: Upstream = upstream if upstream is not None else self.config.upstream_pool()
         self._claims: dict[str, str] = {}
-        for module, prefixes in sorted(known_routes.items()):
+        for module, prefixes in sorted((known_routes or {}).items()):
             for prefix in prefixes:
                 self._claims.setdefault(prefix.rstrip("/"), module)
         self.table = RouteTable(self._claims, [])
@@ -269,92 +270,106 @@ class Proxy:
         if isinstance(body, int):
             await send_problem(send, body, _BODY_PROBLEMS[body])
             return
-        method: str = scope["method"]
-        traced = tracing.state.tracer is not None
-        # With tracing on, each attempt sends its own CLIENT span's traceparent.
-        headers, idempotency_key = _upstream_headers(scope, traceparent=not traced)
-        idempotent = method in IDEMPOTENT_METHODS or (method == "POST" and idempotency_key)
-        target = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-        if scope.get("query_string"):
-            target = f"{target}?{scope['query_string'].decode('latin-1')}"
+        request = _forwarded(scope, module, body)
         candidates = self.candidates(module)
-        pending = list(candidates)
-        seen = {view.instance_id for view in candidates}
-        tried = 0
-        error: UpstreamError | None = None
-        held: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None  # a 5xx kept in reserve
-        while pending:
-            view = pending.pop(0)
+        request.pending = list(candidates)
+        request.seen = {view.instance_id for view in candidates}
+        while request.pending:
+            view = request.pending.pop(0)
             breaker = self.breakers.get(UPSTREAM_BREAKER_PREFIX + view.instance_id)
             if not breaker.try_acquire():
                 continue
-            tried += 1
-            span = _client_span(method, module, view.instance_id, view.url) if traced else None
-            sent = (
-                headers
-                if span is None
-                else [*headers, (b"traceparent", tracing.traceparent_of(span).encode())]
-            )
-            failure: BaseException | None = None
-            try:
-                started = time.monotonic()
-                try:
-                    response = await self.upstream.request(
-                        view.url, method, target, sent, body, idempotent=idempotent
-                    )
-                except UpstreamError as exc:
-                    breaker.on_error(time.monotonic() - started, exc)
-                    error = failure = exc
-                    if _refused(exc):  # the instance is gone: no more traffic; who replaced it?
-                        breaker.force_open()
-                        await self.refresh_now()
-                        for fresh in self.candidates(module):
-                            if fresh.instance_id not in seen:
-                                seen.add(fresh.instance_id)
-                                pending.append(fresh)
-                    log.warning(
-                        "gateway.upstream_failed",
-                        module=module,
-                        instance=view.instance_id,
-                        error=repr(exc),
-                        sent=exc.sent,
-                    )
-                    if (idempotent or not exc.sent) and tried <= self.config.retries:
-                        continue
-                    break
-                except BaseException as exc:  # cancelled (the client went away): not the instance's fault
-                    breaker.on_error(time.monotonic() - started, exc)
-                    failure = exc
-                    raise
-                status = response.status
-                if span is not None:
-                    span.set_attribute("http.response.status_code", status)
-                if status in _FAILURE_STATUS:
-                    breaker.on_error(time.monotonic() - started, UpstreamStatusError(status))
-                else:
-                    breaker.on_success(time.monotonic() - started)
-                if status in _RETRYABLE_STATUS and idempotent and tried <= self.config.retries and pending:
-                    try:
-                        held = (status, _relayed_headers(response.headers), await response.read())
-                    except UpstreamError:
-                        held = None
-                    finally:
-                        await response.aclose()
-                    error = None
-                    continue
-                await self._relay(response, send)
+            request.tried += 1
+            step = await self._attempt(request, view, breaker, send)
+            if step is _Step.ANSWERED:
                 return
-            finally:
-                if span is not None:
-                    tracing.end(span, failure)
-        if held is not None:
-            status, response_headers, content = held
+            if step is _Step.STOP:
+                break
+        await self._give_up(request, bool(candidates), send)
+
+    async def _attempt(
+        self, request: _Forwarded, view: InstanceView, breaker: CircuitBreaker, send: Send
+    ) -> _Step:
+        """Send the request to one instance through its breaker; relay its answer unless the
+        answer is worth retrying on the next instance (then it is held in reserve)."""
+        span = (
+            _client_span(request.method, request.module, view.instance_id, view.url)
+            if request.traced
+            else None
+        )
+        sent = (
+            request.headers
+            if span is None
+            else [*request.headers, (b"traceparent", tracing.traceparent_of(span).encode())]
+        )
+        failure: BaseException | None = None
+        try:
+            started = time.monotonic()
+            try:
+                response = await self.upstream.request(
+                    view.url,
+                    request.method,
+                    request.target,
+                    sent,
+                    request.body,
+                    idempotent=request.idempotent,
+                )
+            except UpstreamError as exc:
+                breaker.on_error(time.monotonic() - started, exc)
+                request.error = failure = exc
+                if _refused(exc):  # the instance is gone: no more traffic; who replaced it?
+                    breaker.force_open()
+                    await self._replacements(request)
+                log.warning(
+                    "gateway.upstream_failed",
+                    module=request.module,
+                    instance=view.instance_id,
+                    error=repr(exc),
+                    sent=exc.sent,
+                )
+                retry = (request.idempotent or not exc.sent) and request.tried <= self.config.retries
+                return _Step.NEXT if retry else _Step.STOP
+            except BaseException as exc:  # cancelled (the client went away): not the instance's fault
+                breaker.on_error(time.monotonic() - started, exc)
+                failure = exc
+                raise
+            status = response.status
+            if span is not None:
+                span.set_attribute("http.response.status_code", status)
+            if status in _FAILURE_STATUS:
+                breaker.on_error(time.monotonic() - started, UpstreamStatusError(status))
+            else:
+                breaker.on_success(time.monotonic() - started)
+            retryable = status in _RETRYABLE_STATUS and request.idempotent
+            if retryable and request.tried <= self.config.retries and request.pending:
+                request.held, request.error = await _hold(response), None
+                return _Step.NEXT
+            await self._relay(response, send)
+            return _Step.ANSWERED
+        finally:
+            if span is not None:
+                tracing.end(span, failure)
+
+    async def _replacements(self, request: _Forwarded) -> None:
+        """Read the registry again and queue the instances it lists that were not candidates."""
+        await self.refresh_now()
+        for fresh in self.candidates(request.module):
+            if fresh.instance_id not in request.seen:
+                request.seen.add(fresh.instance_id)
+                request.pending.append(fresh)
+
+    async def _give_up(self, request: _Forwarded, had_candidates: bool, send: Send) -> None:
+        """No instance's answer was relayed: the 5xx held in reserve, else a problem saying why."""
+        if request.held is not None:
+            status, response_headers, content = request.held
             await send({"type": "http.response.start", "status": status, "headers": response_headers})
             await send({"type": "http.response.body", "body": content})
             return
-        retry_after = self.config.retry_after_s
+        module, error, retry_after = request.module, request.error, self.config.retry_after_s
         if error is None:
-            detail = "no healthy instance" if not candidates else "every instance's circuit breaker is open"
+            detail = (
+                "no healthy instance" if not had_candidates else "every instance's circuit breaker is open"
+            )
             await send_problem(send, 503, f"{module} is unavailable ({detail}); retry later", retry_after)
         elif not error.sent:
             detail = f"{module} is unavailable (no instance answered); retry later"
@@ -400,6 +415,53 @@ def _client_span(method: str, module: str, instance_id: str, url: str) -> tracin
             "shop.instance_id": instance_id,
         },
     )
+
+
+class _Step(enum.Enum):
+    """What to do after one attempt."""
+
+    ANSWERED = "answered"  # an answer was relayed to the client
+    NEXT = "next"  # try the next instance
+    STOP = "stop"  # no more attempts: give up
+
+
+@dataclass(slots=True)
+class _Forwarded:
+    """One proxied request: what each attempt sends, and what the attempts left."""
+
+    module: str
+    method: str
+    target: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    idempotent: bool
+    traced: bool  # with tracing on, each attempt sends its own CLIENT span's traceparent
+    tried: int = 0
+    error: UpstreamError | None = None  # the last attempt's failure, if it failed
+    held: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None  # a 5xx kept in reserve
+    pending: list[InstanceView] = field(default_factory=list)  # instances still to try, in order
+    seen: set[str] = field(default_factory=set)  # instance ids already queued (tried or pending)
+
+
+def _forwarded(scope: Scope, module: str, body: bytes) -> _Forwarded:
+    method: str = scope["method"]
+    traced = tracing.state.tracer is not None
+    headers, idempotency_key = _upstream_headers(scope, traceparent=not traced)
+    target = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    if scope.get("query_string"):
+        target = f"{target}?{scope['query_string'].decode('latin-1')}"
+    idempotent = method in IDEMPOTENT_METHODS or (method == "POST" and bool(idempotency_key))
+    return _Forwarded(module, method, target, headers, body, idempotent, traced)
+
+
+async def _hold(response: UpstreamResponse) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    """A retryable answer read and closed, to relay if no other instance answers better."""
+    try:
+        return (response.status, _relayed_headers(response.headers), await response.read())
+    except UpstreamError:
+        return None
+    finally:
+        await response.aclose()
 
 
 def _upstream_headers(scope: Scope, *, traceparent: bool = True) -> tuple[list[tuple[bytes, bytes]], bool]:

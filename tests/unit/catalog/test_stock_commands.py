@@ -454,10 +454,10 @@ async def test_stock_events_reach_a_subscriber_once_per_change(stock_bus: Any) -
 
     assert sorted(Seen.events) == sorted(
         [
-            ("StockReserved", kept),
-            ("StockReserved", dropped),
-            ("StockReleased", dropped),
-            ("StockCommitted", kept),
-            ("StockRestocked", kept),
+            ("catalog.StockReserved.v1", kept),
+            ("catalog.StockReserved.v1", dropped),
+            ("catalog.StockReleased.v1", dropped),
+            ("catalog.StockCommitted.v1", kept),
+            ("catalog.StockRestocked.v1", kept),
         ]
     )

@@ -179,7 +179,6 @@ def test_revision_without_changes_writes_nothing_and_exits_1_unless_empty(
         "(--empty writes a revision to fill in by hand)\n"
     )
     assert sorted(p.name for p in (migrations_copy / "catalog" / "versions").glob("*.py")) == [
-        "0001_kernel.py",
         "0002_products_and_reservations.py",
     ]
 

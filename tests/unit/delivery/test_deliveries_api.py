@@ -134,13 +134,16 @@ async def test_another_customer_gets_404_for_that_order_and_an_empty_list_of_the
     async with open_shop() as shop:
         ada, _ = await shop.customer()
         _, eve = await shop.customer()
-        addresses = shop.handled("delivery.keep_shipping_address", "OrderAwaitingPayment")
+        addresses = shop.handled("delivery.keep_shipping_address", "orders.OrderAwaitingPayment.v1")
         order_id, _ = await shop.paid_order(ada)
         # an order awaiting payment is known to delivery too, before any shipment exists
         unpaid = uuid.uuid4()
         await shop.send(shop.awaiting_payment(unpaid, ada))
         await shop.eventually(
-            lambda: shop.handled("delivery.keep_shipping_address", "OrderAwaitingPayment") >= addresses + 2
+            lambda: (
+                shop.handled("delivery.keep_shipping_address", "orders.OrderAwaitingPayment.v1")
+                >= addresses + 2
+            )
         )
 
         paid = await shop.client.get("/api/v1/deliveries", headers=eve, params={"order_id": str(order_id)})

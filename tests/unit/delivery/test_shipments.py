@@ -68,28 +68,30 @@ async def test_a_capture_heard_before_the_address_is_retried_until_the_address_a
     async with open_shop() as shop:
         order_id, customer_id = uuid.uuid4(), uuid.uuid4()
         await shop.admin()  # logged in up front: the retries do not wait for argon2
-        before = shop.handled("delivery.keep_shipping_address", "OrderAwaitingPayment")
+        before = shop.handled("delivery.keep_shipping_address", "orders.OrderAwaitingPayment.v1")
 
-        failures = shop.failed("delivery.prepare_delivery", "PaymentCaptured")
+        failures = shop.failed("delivery.prepare_delivery", "payments.PaymentCaptured.v1")
         await shop.send(_captured(order_id, customer_id))
-        await shop.eventually(lambda: shop.failed("delivery.prepare_delivery", "PaymentCaptured") > failures)
+        await shop.eventually(
+            lambda: shop.failed("delivery.prepare_delivery", "payments.PaymentCaptured.v1") > failures
+        )
         assert await shop.delivery_of(order_id) is None
         await shop.send(shop.awaiting_payment(order_id, customer_id))
 
         delivery = await shop.eventually(lambda: shop.delivery_of(order_id))
         assert delivery["status"] == "PREPARING"
-        assert shop.handled("delivery.keep_shipping_address", "OrderAwaitingPayment") == before + 1
+        assert shop.handled("delivery.keep_shipping_address", "orders.OrderAwaitingPayment.v1") == before + 1
 
 
 async def test_a_repeated_capture_prepares_only_one_delivery(open_shop: Any) -> None:
     async with open_shop() as shop:
         customer_id = uuid.uuid4()
         order_id, delivery = await shop.paid_order(customer_id)
-        before = shop.handled("delivery.prepare_delivery", "PaymentCaptured")
+        before = shop.handled("delivery.prepare_delivery", "payments.PaymentCaptured.v1")
 
         await shop.send(_captured(order_id, customer_id), _captured(order_id, customer_id))
         await shop.eventually(
-            lambda: shop.handled("delivery.prepare_delivery", "PaymentCaptured") >= before + 2
+            lambda: shop.handled("delivery.prepare_delivery", "payments.PaymentCaptured.v1") >= before + 2
         )
 
         assert await shop.deliveries(await shop.admin()) == [delivery]
@@ -124,9 +126,11 @@ async def test_cancel_delivery_before_any_delivery_means_none_is_ever_prepared(o
         await shop.send(shop.awaiting_payment(order_id, customer_id))
 
         reply = await shop.ask(CancelDelivery(order_id=order_id))
-        before = shop.handled("delivery.prepare_delivery", "PaymentCaptured")
+        before = shop.handled("delivery.prepare_delivery", "payments.PaymentCaptured.v1")
         await shop.send(_captured(order_id, customer_id))  # a capture that lands late
-        await shop.eventually(lambda: shop.handled("delivery.prepare_delivery", "PaymentCaptured") > before)
+        await shop.eventually(
+            lambda: shop.handled("delivery.prepare_delivery", "payments.PaymentCaptured.v1") > before
+        )
 
         assert reply == DeliveryCancellation(order_id=order_id, cancelled=True, status=None)
         assert await shop.delivery_of(order_id) is None

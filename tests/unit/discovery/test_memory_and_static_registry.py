@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shop.app import route_table
 from shop.discovery import (
-    DEFAULT_ROUTES,
     Instance,
     MemoryRegistry,
     Registry,
@@ -20,8 +20,8 @@ from shop.discovery import (
     registry_for,
 )
 from shop.discovery.redis_registry import RedisRegistry
-from shop.discovery.routes import prefix_of, route_prefixes
-from shop.settings import Settings
+from shop.discovery.routes import prefix_of
+from shop.settings import MODULE_NAMES, Settings
 
 
 class FakeClock:
@@ -151,7 +151,9 @@ def test_bad_service_urls_are_refused(bad: str) -> None:
 
 
 async def test_a_static_registry_lists_every_url_healthy_with_the_known_routes() -> None:
-    registry = StaticRegistry("catalog=http://catalog:8000,orders=http://orders:8000|http://orders-2:8000")
+    registry = StaticRegistry(
+        "catalog=http://catalog:8000,orders=http://orders:8000|http://orders-2:8000", routes=route_table()
+    )
 
     views = await registry.instances()
 
@@ -160,7 +162,7 @@ async def test_a_static_registry_lists_every_url_healthy_with_the_known_routes()
         ("orders", "orders@orders-2:8000", "http://orders-2:8000", True),
         ("orders", "orders@orders:8000", "http://orders:8000", True),
     ]
-    assert views[0].routes == DEFAULT_ROUTES["catalog"]
+    assert views[0].routes == ("/api/v1/categories", "/api/v1/products")
     assert [v.url for v in await registry.instances("catalog")] == ["http://catalog:8000"]
     # registration is the platform's business: no-ops
     await registry.register(catalog(), 5)
@@ -204,13 +206,26 @@ def test_route_prefixes_of_a_path() -> None:
     assert prefix_of("/health") is None
 
 
-@pytest.mark.parametrize("module", sorted(DEFAULT_ROUTES))
-def test_the_known_routes_are_what_each_modules_controllers_serve(module: str) -> None:
-    import importlib
+def test_the_route_table_is_every_modules_controllers_prefixes() -> None:
+    table = route_table()
 
-    descriptor = importlib.import_module(f"shop.modules.{module}").module
+    assert tuple(table) == MODULE_NAMES
+    assert table == {  # the prefixes of docs/api.md
+        "users": ("/api/v1/auth", "/api/v1/users"),
+        "catalog": ("/api/v1/categories", "/api/v1/products"),
+        "orders": ("/api/v1/admin/sagas", "/api/v1/orders"),
+        "payments": ("/api/v1/payments",),
+        "delivery": ("/api/v1/deliveries",),
+    }
 
-    assert route_prefixes(descriptor.controllers) == DEFAULT_ROUTES[module]
+
+def test_a_static_registry_given_the_route_table_by_the_gateway_serves_it(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+
+    registry = registry_for(settings, "payments=http://p:1", routes=route_table())
+
+    assert isinstance(registry, StaticRegistry)
+    assert registry._instances[0].routes == ("/api/v1/payments",)
 
 
 def test_instance_ids_are_unique_and_urls_advertise_a_reachable_host() -> None:

@@ -55,7 +55,7 @@ async def test_a_dead_letter_is_listed_shown_and_redriven_over_the_api(tmp_path:
         assert listing.status_code == 200
         [item] = listing.json()["items"]
         assert item["id"] == str(entry_id)
-        assert item["message_type"] == "RegisterUser"
+        assert item["message_type"] == "users.RegisterUser.v1"
         assert item["consumer"] == "users.register_user"
         assert item["attempts"] == 5
         assert item["error"] == "RuntimeError: db down"

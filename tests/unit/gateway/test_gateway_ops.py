@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from shop.app import route_table
 from shop.bus.breaker import BreakerRegistry
 from shop.discovery import Instance, InstanceView, MemoryRegistry, RegistryError
 from shop.gateway.gateway_app import Gateway, build_gateway_app, merge_openapi
@@ -102,6 +103,7 @@ async def open_gateway(
             breakers=breakers,
             http_client=upstream_client,
             config=ProxyConfig(refresh_interval_s=3600),
+            known_routes=route_table(),
         )
         transport = httpx.ASGITransport(app=gateway, client=(peer, 5555))
         async with (

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 
+from shop.app import route_table
 from shop.bus.breaker import BreakerConfig, BreakerRegistry, CircuitState
 from shop.discovery import Instance, MemoryRegistry
-from shop.discovery.base import DEFAULT_ROUTES
 from shop.gateway.gateway_app import Gateway, build_gateway_app
 from shop.gateway.proxy import ProxyConfig
 from shop.gateway.ratelimit import MemoryRateLimitStore, RateLimiter
@@ -128,6 +128,7 @@ def open_gateway() -> OpenGateway:
                 breakers=breakers,
                 http_client=upstream_client,
                 config=config or ProxyConfig(refresh_interval_s=3600),
+                known_routes=route_table(),
             )
             transport = httpx.ASGITransport(app=gateway, client=(PEER, 5555))
             async with (
@@ -177,8 +178,8 @@ async def test_a_request_goes_to_the_module_of_the_longest_matching_prefix(open_
 
 async def test_the_operator_saga_views_go_to_orders(open_gateway: OpenGateway) -> None:
     async with open_gateway() as gw:
-        await gw.add("orders", "orders-a", DEFAULT_ROUTES["orders"])
-        await gw.add("users", "users-a", DEFAULT_ROUTES["users"])
+        await gw.add("orders", "orders-a", route_table()["orders"])
+        await gw.add("users", "users-a", route_table()["users"])
         saga = "/api/v1/admin/sagas/9c3e8a52-5d3f-4f4e-9a38-4a55a1e0a9a1"
         for method, path in [
             ("GET", "/api/v1/admin/sagas?overdue=true"),

@@ -115,10 +115,10 @@ async def test_a_journey_moves_every_family_by_what_it_did(tmp_path: Path) -> No
         assert delta("shop_http_requests_total", **orders_202) == 1
         assert delta("shop_http_request_duration_seconds_count", method="POST", route="/api/v1/orders") == 1
         for consumer, message in [
-            ("orders.place_order", "PlaceOrder"),
-            ("catalog.reserve_stock", "ReserveStock"),
-            ("users.get_address", "GetAddress"),
-            ("orders.when_payment_captured_complete_order", "PaymentCaptured"),
+            ("orders.place_order", "orders.PlaceOrder.v1"),
+            ("catalog.reserve_stock", "catalog.ReserveStock.v1"),
+            ("users.get_address", "users.GetAddress.v1"),
+            ("orders.when_payment_captured_complete_order", "payments.PaymentCaptured.v1"),
         ]:
             assert delta("shop_bus_messages_handled_total", consumer=consumer, type=message) == 1, consumer
             assert delta("shop_bus_handler_duration_seconds_count", consumer=consumer) >= 1, consumer
@@ -149,7 +149,7 @@ async def test_a_journey_moves_every_family_by_what_it_did(tmp_path: Path) -> No
 async def _delivered(client: Any) -> Samples | None:
     """The metrics once the journey's last event (delivery's PaymentCaptured) is handled."""
     samples = await scrape(client)
-    labels = {"consumer": "delivery.prepare_delivery", "type": "PaymentCaptured"}
+    labels = {"consumer": "delivery.prepare_delivery", "type": "payments.PaymentCaptured.v1"}
     return samples if value(samples, "shop_bus_messages_handled_total", **labels) else None
 
 

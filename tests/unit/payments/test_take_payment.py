@@ -81,7 +81,7 @@ async def test_tok_error_is_retried_opens_the_provider_breaker_and_charges_nothi
 
         # the bus retried the command until it gave up on it: the outcome stays unknown
         dead = await shop.eventually(lambda: shop.dead_letters("payments"))
-        assert [d.message_type for d in dead] == ["TakePayment"]
+        assert [d.message_type for d in dead] == ["payments.TakePayment.v1"]
         assert dead[0].attempts > 1
         assert "PaymentOutcomeUnknown" in dead[0].error
         assert shop.provider.calls["authorize"] >= 3  # each delivery retried the call itself
@@ -134,13 +134,15 @@ async def test_a_redelivered_take_payment_charges_once(open_shop: Any) -> None:
     async with open_shop() as shop:
         order_id = uuid.uuid4()
         cmd = shop.take_payment(order_id, uuid.uuid4(), "tok_ok")
-        before = shop.handled("payments.take_payment", "TakePayment")
+        before = shop.handled("payments.take_payment", "payments.TakePayment.v1")
 
         # the same payment_id in new messages: twice at once, then once more after the capture
         await shop.send(cmd, cmd)
         await shop.status_becomes(order_id, "CAPTURED")
         await shop.send(cmd)
-        await shop.eventually(lambda: shop.handled("payments.take_payment", "TakePayment") >= before + 3)
+        await shop.eventually(
+            lambda: shop.handled("payments.take_payment", "payments.TakePayment.v1") >= before + 3
+        )
 
         assert len(shop.provider.authorizations) == 1
         assert shop.provider.captured_total == cmd.amount

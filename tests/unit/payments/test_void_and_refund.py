@@ -72,7 +72,7 @@ async def test_refund_payment_twice_refunds_once_and_never_more_than_was_capture
 async def test_a_void_of_an_authorized_payment_voids_it_before_it_is_captured(open_shop: Any) -> None:
     async with open_shop(payment_provider_timeout_s=HELD_TIMEOUT_S) as shop:
         order_id = uuid.uuid4()
-        before = shop.handled("payments.take_payment", "TakePayment")
+        before = shop.handled("payments.take_payment", "payments.TakePayment.v1")
         gate = shop.hold("capture")
         await shop.send(shop.take_payment(order_id, uuid.uuid4(), "tok_ok"))
         await shop.eventually(gate.arrived.is_set)
@@ -82,7 +82,9 @@ async def test_a_void_of_an_authorized_payment_voids_it_before_it_is_captured(op
         gate.open()  # the capture reaches the provider after the void: refused there
 
         assert settled == PaymentSettled(order_id=order_id, status="VOIDED", net_charged=0)
-        await shop.eventually(lambda: shop.handled("payments.take_payment", "TakePayment") > before)
+        await shop.eventually(
+            lambda: shop.handled("payments.take_payment", "payments.TakePayment.v1") > before
+        )
         assert shop.provider.calls["capture"] == 1
         assert (await shop.payment_of(order_id) or {})["status"] == "VOIDED"
         assert [a.state for a in shop.provider.authorizations.values()] == ["VOIDED"]
@@ -93,7 +95,7 @@ async def test_a_void_of_an_authorized_payment_voids_it_before_it_is_captured(op
 async def test_a_capture_that_lands_after_the_void_is_refunded_instead_of_announced(open_shop: Any) -> None:
     async with open_shop(payment_provider_timeout_s=HELD_TIMEOUT_S) as shop:
         order_id = uuid.uuid4()
-        before = shop.handled("payments.take_payment", "TakePayment")
+        before = shop.handled("payments.take_payment", "payments.TakePayment.v1")
         gate = shop.hold("capture", after=True)  # the provider captures; its answer is late
         cmd = shop.take_payment(order_id, uuid.uuid4(), "tok_ok")
         await shop.send(cmd)
@@ -101,7 +103,9 @@ async def test_a_capture_that_lands_after_the_void_is_refunded_instead_of_announ
 
         settled = await shop.ask(VoidPayment(order_id=order_id, reason="PAYMENT_TIMEOUT"))
         gate.open()
-        await shop.eventually(lambda: shop.handled("payments.take_payment", "TakePayment") > before)
+        await shop.eventually(
+            lambda: shop.handled("payments.take_payment", "payments.TakePayment.v1") > before
+        )
 
         assert settled == PaymentSettled(order_id=order_id, status="REFUNDED", net_charged=0)
         assert (await shop.payment_of(order_id) or {})["status"] == "REFUNDED"
@@ -113,14 +117,16 @@ async def test_a_capture_that_lands_after_the_void_is_refunded_instead_of_announ
 async def test_a_void_while_authorizing_releases_the_authorization_that_lands_later(open_shop: Any) -> None:
     async with open_shop(payment_provider_timeout_s=HELD_TIMEOUT_S) as shop:
         order_id = uuid.uuid4()
-        before = shop.handled("payments.take_payment", "TakePayment")
+        before = shop.handled("payments.take_payment", "payments.TakePayment.v1")
         gate = shop.hold("authorize", after=True)
         await shop.send(shop.take_payment(order_id, uuid.uuid4(), "tok_ok"))
         await shop.eventually(gate.arrived.is_set)
 
         settled = await shop.ask(VoidPayment(order_id=order_id, reason="PAYMENT_TIMEOUT"))
         gate.open()
-        await shop.eventually(lambda: shop.handled("payments.take_payment", "TakePayment") > before)
+        await shop.eventually(
+            lambda: shop.handled("payments.take_payment", "payments.TakePayment.v1") > before
+        )
 
         assert settled == PaymentSettled(order_id=order_id, status="VOIDED", net_charged=0)
         payment = await shop.payment_of(order_id)
@@ -154,9 +160,11 @@ async def test_a_void_of_a_payment_with_an_unknown_outcome_voids_it_and_a_redeli
         await shop.eventually(lambda: shop.dead_letters("payments"))
 
         settled = await shop.ask(VoidPayment(order_id=order_id, reason="PAYMENT_TIMEOUT"))
-        before = shop.handled("payments.take_payment", "TakePayment")
+        before = shop.handled("payments.take_payment", "payments.TakePayment.v1")
         await shop.send(cmd)  # e.g. an operator redrives the dead letter
-        await shop.eventually(lambda: shop.handled("payments.take_payment", "TakePayment") > before)
+        await shop.eventually(
+            lambda: shop.handled("payments.take_payment", "payments.TakePayment.v1") > before
+        )
 
         assert settled == PaymentSettled(order_id=order_id, status="VOIDED", net_charged=0)
         assert (await shop.payment_of(order_id) or {})["status"] == "VOIDED"

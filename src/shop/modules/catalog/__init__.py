@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from shop.bus.module import Module
-from shop.modules.catalog import models
+from shop.modules.catalog import api, handlers, models
+from shop.modules.catalog.service import Catalog, StockLedger
 
-module = Module("catalog", metadata=models.metadata)
-
-from shop.modules.catalog import api, handlers  # noqa: E402  (they register on `module`)
-from shop.modules.catalog.service import Catalog, StockLedger  # noqa: E402
-
-module.controllers = [api.CatalogController]
+module = Module("catalog", metadata=models.metadata, controllers=[api.CatalogController])
+module.include(handlers.handlers)
 module.provide(Catalog, Catalog)
 module.provide(StockLedger, StockLedger)
 
-__all__ = ["handlers", "module"]
+__all__ = ["module"]

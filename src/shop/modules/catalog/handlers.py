@@ -13,6 +13,7 @@ from uuid import UUID
 
 from shop.bus.bus import Bus
 from shop.bus.messages import Event, Rejected
+from shop.bus.module import Handlers
 from shop.contracts.catalog import (
     AdjustStock,
     CategoryView,
@@ -33,7 +34,6 @@ from shop.contracts.catalog import (
     StockUnavailable,
     UpdateProduct,
 )
-from shop.modules.catalog import module
 from shop.modules.catalog.service import (
     COMMITTED,
     RESTOCKED,
@@ -44,6 +44,8 @@ from shop.modules.catalog.service import (
     SkuTaken,
     StockLedger,
 )
+
+handlers = Handlers()
 
 MAX_AMOUNT = 10**12  # prices and stock quantities; far below what BIGINT holds
 
@@ -87,7 +89,7 @@ async def _announce(bus: Bus, event: Event) -> None:
 # -- products ---------------------------------------------------------------------------------
 
 
-@module.handles(CreateProduct)
+@handlers.handles(CreateProduct)
 async def create_product(cmd: CreateProduct, catalog: Catalog) -> ProductView | Rejected:
     invalid = _check_product_fields(
         sku=cmd.sku,
@@ -113,7 +115,7 @@ async def create_product(cmd: CreateProduct, catalog: Catalog) -> ProductView | 
         return Rejected(code="SKU_TAKEN", detail="a product with this SKU already exists", field="sku")
 
 
-@module.handles(UpdateProduct)
+@handlers.handles(UpdateProduct)
 async def update_product(cmd: UpdateProduct, catalog: Catalog) -> ProductView | Rejected:
     invalid = _check_product_fields(name=cmd.name, price=cmd.price, category=cmd.category)
     if invalid is not None:
@@ -136,7 +138,7 @@ async def update_product(cmd: UpdateProduct, catalog: Catalog) -> ProductView | 
         return Rejected(code="NOT_FOUND", detail="no such product")
 
 
-@module.handles(AdjustStock)
+@handlers.handles(AdjustStock)
 async def adjust_stock(cmd: AdjustStock, catalog: Catalog) -> ProductView | Rejected:
     if not -MAX_AMOUNT <= cmd.delta <= MAX_AMOUNT:
         return _invalid("delta", f"must be between -{MAX_AMOUNT} and {MAX_AMOUNT}")
@@ -152,18 +154,18 @@ async def adjust_stock(cmd: AdjustStock, catalog: Catalog) -> ProductView | Reje
         )
 
 
-@module.handles(GetProduct)
+@handlers.handles(GetProduct)
 async def get_product(query: GetProduct, catalog: Catalog) -> ProductView | None:
     return await catalog.get(query.product_id)
 
 
-@module.handles(ListProducts)
+@handlers.handles(ListProducts)
 async def list_products(query: ListProducts, catalog: Catalog) -> ProductPage:
     after = (datetime.fromisoformat(query.after[0]), UUID(query.after[1])) if query.after else None
     return await catalog.page(category=query.category, limit=query.limit, after=after)
 
 
-@module.handles(ListCategories)
+@handlers.handles(ListCategories)
 async def list_categories(query: ListCategories, catalog: Catalog) -> tuple[CategoryView, ...]:
     return await catalog.categories(limit=query.limit, after=query.after)
 
@@ -171,7 +173,7 @@ async def list_categories(query: ListCategories, catalog: Catalog) -> tuple[Cate
 # -- the order saga's stock commands ----------------------------------------------------------
 
 
-@module.handles(ReserveStock)
+@handlers.handles(ReserveStock)
 async def reserve_stock(
     cmd: ReserveStock, stock: StockLedger, bus: Bus
 ) -> StockReserved | StockUnavailable | Rejected:
@@ -196,7 +198,7 @@ async def reserve_stock(
     )
 
 
-@module.handles(ReleaseStock)
+@handlers.handles(ReleaseStock)
 async def release_stock(cmd: ReleaseStock, stock: StockLedger, bus: Bus) -> StockReleased:
     """Gives a reservation's stock back; anything else (unknown, already released, committed,
     refused) is a no-op that answers the same. An unknown id leaves a tombstone."""
@@ -206,7 +208,7 @@ async def release_stock(cmd: ReleaseStock, stock: StockLedger, bus: Bus) -> Stoc
     return released
 
 
-@module.handles(CommitStock)
+@handlers.handles(CommitStock)
 async def commit_stock(cmd: CommitStock, stock: StockLedger, bus: Bus) -> StockCommitted | Rejected:
     transition = await stock.commit(cmd.reservation_id)
     committed = StockCommitted(reservation_id=cmd.reservation_id)
@@ -221,7 +223,7 @@ async def commit_stock(cmd: CommitStock, stock: StockLedger, bus: Bus) -> StockC
     )
 
 
-@module.handles(RestockItems)
+@handlers.handles(RestockItems)
 async def restock_items(cmd: RestockItems, stock: StockLedger, bus: Bus) -> StockRestocked | Rejected:
     transition = await stock.restock(cmd.reservation_id)
     restocked = StockRestocked(reservation_id=cmd.reservation_id)

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shop.bus.clock import as_utc
 from shop.contracts.catalog import CategoryView, Line, PricedLine, ProductPage, ProductView
 from shop.db import Prepared
 from shop.modules.catalog.models import products, reservation_lines, reservations
@@ -47,10 +48,6 @@ class ProductNotFound(Exception):
 
 class BelowReserved(Exception):
     """The change would leave less stock on hand than is reserved."""
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _now() -> datetime:
@@ -84,7 +81,7 @@ def _product(m: Mapping[Any, Any]) -> ProductView:
         stock_available=on_hand - reserved,
         on_hand=on_hand,
         reserved=reserved,
-        created_at=_utc(m["created_at"]),
+        created_at=as_utc(m["created_at"]),
     )
 
 

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from shop.bus.module import Module
-from shop.modules.delivery import models
+from shop.modules.delivery import api, handlers, models
+from shop.modules.delivery.service import DeliveryDesk
 
-module = Module("delivery", metadata=models.metadata)
-
-from shop.modules.delivery import api, handlers  # noqa: E402  (they register on `module`)
-from shop.modules.delivery.service import DeliveryDesk  # noqa: E402
-
-module.controllers = [api.DeliveriesController]
+module = Module("delivery", metadata=models.metadata, controllers=[api.DeliveriesController])
+module.include(handlers.handlers)
 module.provide(DeliveryDesk, DeliveryDesk)
 
-__all__ = ["handlers", "module"]
+__all__ = ["module"]

@@ -9,6 +9,7 @@ import structlog
 
 from shop.bus.bus import Bus
 from shop.bus.messages import Rejected
+from shop.bus.module import Handlers
 from shop.contracts.delivery import (
     CancelDelivery,
     DeliveryCancellation,
@@ -21,8 +22,9 @@ from shop.contracts.delivery import (
 )
 from shop.contracts.orders import OrderAwaitingPayment, OrderCancelled
 from shop.contracts.payments import PaymentCaptured
-from shop.modules.delivery import module
 from shop.modules.delivery.service import CANCELLED, SHIPPED, STATUSES, DeliveryDesk, can_move
+
+handlers = Handlers()
 
 log = structlog.get_logger("shop.delivery")
 
@@ -55,12 +57,12 @@ async def _call_off(order_id: UUID, reason: str, desk: DeliveryDesk, bus: Bus) -
     return DeliveryCancellation(order_id=order_id, cancelled=True, status=CANCELLED)
 
 
-@module.on(OrderAwaitingPayment)
+@handlers.on(OrderAwaitingPayment)
 async def keep_shipping_address(event: OrderAwaitingPayment, desk: DeliveryDesk) -> None:
     await desk.remember(event.order_id, event.customer_id, event.address)
 
 
-@module.on(PaymentCaptured)
+@handlers.on(PaymentCaptured)
 async def prepare_delivery(event: PaymentCaptured, desk: DeliveryDesk, bus: Bus) -> None:
     """One delivery per order, PREPARING, to the address the order was placed with."""
     if await desk.of_order(event.order_id) is not None or await desk.is_called_off(event.order_id):
@@ -71,17 +73,17 @@ async def prepare_delivery(event: PaymentCaptured, desk: DeliveryDesk, bus: Bus)
     await _changed(bus, await desk.create(instruction))
 
 
-@module.on(OrderCancelled)
+@handlers.on(OrderCancelled)
 async def cancel_delivery_of_cancelled_order(event: OrderCancelled, desk: DeliveryDesk, bus: Bus) -> None:
     await _call_off(event.order_id, event.reason, desk, bus)
 
 
-@module.handles(CancelDelivery)
+@handlers.handles(CancelDelivery)
 async def cancel_delivery(cmd: CancelDelivery, desk: DeliveryDesk, bus: Bus) -> DeliveryCancellation:
     return await _call_off(cmd.order_id, "CANCELLED_BY_CUSTOMER", desk, bus)
 
 
-@module.handles(RecordDeliveryEvent)
+@handlers.handles(RecordDeliveryEvent)
 async def record_delivery_event(
     cmd: RecordDeliveryEvent, desk: DeliveryDesk, bus: Bus
 ) -> DeliveryView | Rejected:
@@ -103,7 +105,7 @@ async def record_delivery_event(
     return view
 
 
-@module.handles(ListDeliveries)
+@handlers.handles(ListDeliveries)
 async def list_deliveries(query: ListDeliveries, desk: DeliveryDesk) -> DeliveryPage | Rejected:
     """The caller's deliveries (all of them for an admin). Rejected("NOT_FOUND") for another
     customer's order: nobody learns that it exists."""

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shop.bus.clock import as_utc
 from shop.contracts.delivery import AddressSnapshot, DeliveryPage, DeliveryView
 from shop.db import Prepared
 from shop.db_tables import is_marked_cancelled, keyset_rows, mark_cancelled
@@ -65,10 +66,6 @@ class Instruction:
     address: AddressSnapshot
 
 
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _address(m: Any) -> AddressSnapshot:
     return AddressSnapshot(**{name: m[name] for name in _ADDRESS_FIELDS})
 
@@ -81,8 +78,8 @@ def _delivery(m: Any) -> DeliveryView:
         status=m["status"],
         tracking_number=m["tracking_number"],
         address=_address(m),
-        created_at=_utc(m["created_at"]),
-        updated_at=_utc(m["updated_at"]),
+        created_at=as_utc(m["created_at"]),
+        updated_at=as_utc(m["updated_at"]),
     )
 
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from shop.bus.module import Module
-from shop.modules.orders import models
+from shop.modules.orders import api, handlers, models
+from shop.modules.orders.saga import OrderSagas
+from shop.modules.orders.service import OrderBook
 
-module = Module("orders", metadata=models.metadata)
-
-from shop.modules.orders import api, handlers  # noqa: E402  (they register on `module`)
-from shop.modules.orders.saga import OrderSagas  # noqa: E402
-from shop.modules.orders.service import OrderBook  # noqa: E402
-
-module.controllers = [api.OrdersController, api.SagaAdminController]
+module = Module(
+    "orders", metadata=models.metadata, controllers=[api.OrdersController, api.SagaAdminController]
+)
+module.include(handlers.handlers)
 module.provide(OrderBook, OrderBook)
 module.provide(OrderSagas, OrderSagas, singleton=True)
 
-__all__ = ["handlers", "module"]
+__all__ = ["module"]

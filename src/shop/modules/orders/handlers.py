@@ -10,6 +10,7 @@ from shop.bus.breaker import CircuitOpenError
 from shop.bus.bus import Bus
 from shop.bus.errors import BusError
 from shop.bus.messages import Rejected
+from shop.bus.module import Handlers
 from shop.bus.saga import CANCELLED, NOT_FINAL, SagaEngine, SagaState
 from shop.contracts.delivery import CancelDelivery, DeliveryCancellation
 from shop.contracts.orders import (
@@ -31,16 +32,18 @@ from shop.contracts.orders import (
 )
 from shop.contracts.payments import PaymentCaptured, PaymentDeclined
 from shop.db import Database, unit_of_work
-from shop.modules.orders import module, service
+from shop.modules.orders import service
 from shop.modules.orders.saga import OrderSagas, cancel_saga_id, initial_data
 from shop.modules.orders.service import IdempotencyConflict, OrderBook
 from shop.observability import metrics
+
+handlers = Handlers()
 
 STARTUP_GRACE_S = 5.0
 NOT_FOUND = Rejected(code="NOT_FOUND", detail="no such order")
 
 
-@module.handles(PlaceOrder)
+@handlers.handles(PlaceOrder)
 async def place_order(cmd: PlaceOrder, book: OrderBook, sagas: OrderSagas) -> OrderPlaced | Rejected:
     """Persist the order PENDING and start its saga in the same transaction."""
     try:
@@ -63,18 +66,18 @@ async def place_order(cmd: PlaceOrder, book: OrderBook, sagas: OrderSagas) -> Or
     return OrderPlaced(order=order, created=created)
 
 
-@module.handles(GetOrder)
+@handlers.handles(GetOrder)
 async def get_order(query: GetOrder, book: OrderBook) -> OrderView | None:
     return await book.visible(query.order_id, query.viewer_id, query.viewer_is_admin)
 
 
-@module.handles(ListOrders)
+@handlers.handles(ListOrders)
 async def list_orders(query: ListOrders, book: OrderBook) -> OrderPage:
     before = (datetime.fromisoformat(query.before[0]), uuid.UUID(query.before[1])) if query.before else None
     return await book.page(query.customer_id, limit=query.limit, before=before)
 
 
-@module.handles(CancelOrder, transactional=False)
+@handlers.handles(CancelOrder, transactional=False)
 async def cancel_order(
     cmd: CancelOrder, database: Database, sagas: OrderSagas, bus: Bus
 ) -> OrderView | Rejected:
@@ -114,7 +117,7 @@ async def cancel_order(
     return order
 
 
-@module.handles(GetTimeline)
+@handlers.handles(GetTimeline)
 async def get_timeline(
     query: GetTimeline, book: OrderBook, sagas: OrderSagas
 ) -> tuple[TimelineItem, ...] | None:
@@ -127,7 +130,7 @@ async def get_timeline(
     return tuple(TimelineItem(step=e.step, status=e.status, at=e.at, detail=e.detail) for e in entries)
 
 
-@module.handles(GetSagaTimeline)
+@handlers.handles(GetSagaTimeline)
 async def get_saga_timeline(query: GetSagaTimeline, sagas: OrderSagas) -> tuple[TimelineItem, ...] | None:
     if await sagas.engine.get(query.saga_id) is None:
         return None
@@ -147,7 +150,7 @@ def _summary(s: SagaState) -> SagaSummary:
     )
 
 
-@module.handles(ListSagas)
+@handlers.handles(ListSagas)
 async def list_sagas(query: ListSagas, sagas: OrderSagas) -> tuple[SagaSummary, ...]:
     states = await sagas.engine.list(
         status=query.status, limit=query.limit, after=query.after, overdue=query.overdue
@@ -155,7 +158,7 @@ async def list_sagas(query: ListSagas, sagas: OrderSagas) -> tuple[SagaSummary, 
     return tuple(_summary(s) for s in states)
 
 
-@module.handles(CountSagas)
+@handlers.handles(CountSagas)
 async def count_sagas(query: CountSagas, sagas: OrderSagas) -> SagaCounts:
     by_type: dict[str, dict[str, int]] = {}
     for (saga_type, status), count in sorted((await sagas.engine.counts()).items()):
@@ -164,7 +167,7 @@ async def count_sagas(query: CountSagas, sagas: OrderSagas) -> SagaCounts:
     return SagaCounts(by_type=by_type, overdue=overdue)
 
 
-@module.handles(RetrySaga, transactional=False)
+@handlers.handles(RetrySaga, transactional=False)
 async def retry_saga(cmd: RetrySaga, database: Database, sagas: OrderSagas) -> SagaSummary | Rejected:
     """Operator: resume a parked saga; it advances in the background once this commits."""
     async with unit_of_work(database):
@@ -192,13 +195,13 @@ async def report_sagas(engine: SagaEngine) -> None:
     metrics.SAGAS_OVERDUE_READING.set_all({(t,): overdue.get(t, 0) for t in types})
 
 
-@module.on_startup
+@handlers.on_startup
 async def report_sagas_at_scrape(sagas: OrderSagas) -> None:
     engine = sagas.engine
     metrics.on_scrape(f"sagas:{id(engine)}", lambda: report_sagas(engine))
 
 
-@module.on(PaymentCaptured)
+@handlers.on(PaymentCaptured)
 async def when_payment_captured_complete_order(event: PaymentCaptured, sagas: OrderSagas) -> None:
     await sagas.engine.complete_step(
         event.order_id,
@@ -207,14 +210,14 @@ async def when_payment_captured_complete_order(event: PaymentCaptured, sagas: Or
     )
 
 
-@module.on(PaymentDeclined)
+@handlers.on(PaymentDeclined)
 async def when_payment_declined_cancel_order(event: PaymentDeclined, sagas: OrderSagas) -> None:
     await sagas.engine.fail_step(
         event.order_id, "take_payment", "PAYMENT_DECLINED", status=CANCELLED, detail=event.reason
     )
 
 
-@module.background
+@handlers.background
 async def resume_sagas_and_run_timers(sagas: OrderSagas) -> None:
     """Resume unfinished sagas, then tick deadlines and retries (once a second, or faster when
     the payment deadline is short).
@@ -228,7 +231,7 @@ async def resume_sagas_and_run_timers(sagas: OrderSagas) -> None:
     await sagas.engine.run(interval=min(1.0, max(0.05, sagas.settings.payment_deadline_s / 10)))
 
 
-@module.on_shutdown
+@handlers.on_shutdown
 async def close_saga_engine(sagas: OrderSagas) -> None:
     metrics.off_scrape(f"sagas:{id(sagas.engine)}")
     await sagas.engine.close()

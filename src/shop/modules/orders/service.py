@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shop.bus.clock import as_utc
 from shop.contracts.catalog import Line, PricedLine
 from shop.contracts.orders import OrderLine, OrderPage, OrderView
 from shop.db import Prepared
@@ -45,10 +46,6 @@ def fingerprint(items: Sequence[Line], address_id: uuid.UUID, payment_token: str
     return hashlib.sha256(msgspec.json.encode(body)).hexdigest()
 
 
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def view(m: Any) -> OrderView:
     return OrderView(
         id=m["id"],
@@ -59,8 +56,8 @@ def view(m: Any) -> OrderView:
         currency=m["currency"],
         address_id=m["address_id"],
         failure_reason=m["failure_reason"],
-        created_at=_utc(m["created_at"]),
-        updated_at=_utc(m["updated_at"]),
+        created_at=as_utc(m["created_at"]),
+        updated_at=as_utc(m["updated_at"]),
     )
 
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from uuid import UUID
 
 from shop.bus.messages import Rejected
+from shop.bus.module import Handlers
 from shop.contracts.payments import (
     ListPayments,
     PaymentPage,
@@ -19,31 +20,32 @@ from shop.contracts.payments import (
     TakePayment,
     VoidPayment,
 )
-from shop.modules.payments import module
 from shop.modules.payments.service import PaymentBook, PaymentProcessor
 
+handlers = Handlers()
 
-@module.handles(TakePayment, transactional=False)
+
+@handlers.handles(TakePayment, transactional=False)
 async def take_payment(cmd: TakePayment, processor: PaymentProcessor) -> None:
     """Authorize and capture; PaymentCaptured or PaymentDeclined follows. An unknown outcome
     (provider error, timeout, open breaker) raises, so the bus delivers the command again."""
     await processor.take(cmd)
 
 
-@module.handles(VoidPayment, transactional=False)
+@handlers.handles(VoidPayment, transactional=False)
 async def void_payment(cmd: VoidPayment, processor: PaymentProcessor) -> PaymentSettled:
     """Give up on the order's payment: void an authorization, refund a capture, and make a
     TakePayment that arrives later charge nothing."""
     return await processor.give_up(cmd.order_id, cmd.reason)
 
 
-@module.handles(RefundPayment, transactional=False)
+@handlers.handles(RefundPayment, transactional=False)
 async def refund_payment(cmd: RefundPayment, processor: PaymentProcessor) -> PaymentSettled:
     """Refund the order's captured payment (the order was cancelled after payment)."""
     return await processor.give_up(cmd.order_id, cmd.reason)
 
 
-@module.handles(ListPayments)
+@handlers.handles(ListPayments)
 async def list_payments(query: ListPayments, book: PaymentBook) -> PaymentPage | Rejected:
     """The caller's payments (all of them for an admin). Rejected("NOT_FOUND") for an order
     whose payments belong to someone else: nobody learns that another's order exists."""

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.breaker import CircuitOpenError
 from shop.bus.bus import Bus
+from shop.bus.clock import as_utc
 from shop.bus.errors import DependencyFailure
 from shop.bus.messages import Event
 from shop.contracts.payments import (
@@ -96,10 +97,6 @@ class Payment:
         )
 
 
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 _OPEN = Prepared(payments.insert())
 _GET = Prepared(sa.select(payments).where(payments.c.id == sa.bindparam("b_id")))
 _MOVE = Prepared(
@@ -120,7 +117,7 @@ def _payment(m: Any) -> Payment:
         provider_ref=m["provider_ref"],
         decline_reason=m["decline_reason"],
         refunded=m["refunded"],
-        created_at=_utc(m["created_at"]),
+        created_at=as_utc(m["created_at"]),
     )
 
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from shop.bus.module import Module
-from shop.modules.users import models
+from shop.modules.users import api, handlers, models
+from shop.modules.users.passwords import Passwords
+from shop.modules.users.service import UserDirectory
 
-module = Module("users", metadata=models.metadata)
-
-from shop.modules.users import api, handlers  # noqa: E402  (they register on `module`)
-from shop.modules.users.passwords import Passwords  # noqa: E402
-from shop.modules.users.service import UserDirectory  # noqa: E402
-
-module.controllers = [api.UsersController]
+module = Module("users", metadata=models.metadata, controllers=[api.UsersController])
+module.include(handlers.handlers)
 module.provide(UserDirectory, UserDirectory)
 module.provide(Passwords, Passwords, singleton=True)
 
-__all__ = ["handlers", "module"]
+__all__ = ["module"]

@@ -9,6 +9,7 @@ import structlog
 
 from shop.bus.bus import Bus
 from shop.bus.messages import Rejected
+from shop.bus.module import Handlers
 from shop.contracts.users import (
     AddAddress,
     AddressPage,
@@ -24,11 +25,12 @@ from shop.contracts.users import (
     UserView,
 )
 from shop.db import Database, unit_of_work
-from shop.modules.users import module
 from shop.modules.users.passwords import HashingBusy, Passwords
 from shop.modules.users.service import EmailTaken, UserDirectory, normalise_email
 from shop.security.tokens import TokenIssuer
 from shop.settings import Settings
+
+handlers = Handlers()
 
 log = structlog.get_logger("shop.users")
 BUSY = Rejected(code="BUSY", detail="too many passwords are being checked right now; retry shortly")
@@ -56,7 +58,7 @@ async def _create(
     return user
 
 
-@module.handles(RegisterUser, transactional=False)
+@handlers.handles(RegisterUser, transactional=False)
 async def register_user(
     cmd: RegisterUser, database: Database, passwords: Passwords, bus: Bus
 ) -> UserView | Rejected:
@@ -64,14 +66,14 @@ async def register_user(
     return await _create(cmd.email, cmd.password, cmd.name, "customer", database, passwords, bus)
 
 
-@module.handles(CreateAdmin, transactional=False)
+@handlers.handles(CreateAdmin, transactional=False)
 async def create_admin(
     cmd: CreateAdmin, database: Database, passwords: Passwords, bus: Bus
 ) -> UserView | Rejected:
     return await _create(cmd.email, cmd.password, cmd.name, "admin", database, passwords, bus)
 
 
-@module.handles(IssueToken)
+@handlers.handles(IssueToken)
 async def issue_token(
     query: IssueToken, database: Database, passwords: Passwords, issuer: TokenIssuer
 ) -> TokenIssued | Rejected:
@@ -92,12 +94,12 @@ async def issue_token(
     )
 
 
-@module.handles(GetUser)
+@handlers.handles(GetUser)
 async def get_user(query: GetUser, directory: UserDirectory) -> UserView | None:
     return await directory.get(query.user_id)
 
 
-@module.handles(AddAddress)
+@handlers.handles(AddAddress)
 async def add_address(cmd: AddAddress, directory: UserDirectory) -> AddressView:
     return await directory.add_address(
         cmd.user_id,
@@ -110,24 +112,24 @@ async def add_address(cmd: AddAddress, directory: UserDirectory) -> AddressView:
     )
 
 
-@module.handles(ListAddresses)
+@handlers.handles(ListAddresses)
 async def list_addresses(query: ListAddresses, directory: UserDirectory) -> AddressPage:
     after = (datetime.fromisoformat(query.after[0]), UUID(query.after[1])) if query.after else None
     return await directory.addresses(query.user_id, limit=query.limit, after=after)
 
 
-@module.handles(GetAddress)
+@handlers.handles(GetAddress)
 async def get_address(query: GetAddress, directory: UserDirectory) -> AddressView | None:
     """An address only for its owner: anyone else learns nothing, not even that it exists."""
     return await directory.address_of(query.address_id, query.user_id)
 
 
-@module.on_shutdown
+@handlers.on_shutdown
 async def stop_hashing(passwords: Passwords) -> None:
     passwords.close()
 
 
-@module.on_startup
+@handlers.on_startup
 async def apply_admin_from_settings(
     settings: Settings, database: Database, passwords: Passwords, bus: Bus
 ) -> None:

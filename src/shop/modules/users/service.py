@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shop.bus.clock import as_utc
 from shop.contracts.users import AddressPage, AddressView, UserView
 from shop.modules.users.models import addresses, users
 
@@ -20,10 +21,6 @@ class EmailTaken(Exception):
 
 def normalise_email(email: str) -> str:
     return email.strip().lower()
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class UserDirectory:
@@ -109,5 +106,5 @@ def _address(m: Any) -> AddressView:
         city=m["city"],
         postal_code=m["postal_code"],
         country=m["country"],
-        created_at=_utc(m["created_at"]),
+        created_at=as_utc(m["created_at"]),
     )

@@ -1,5 +1,0 @@
-"""Alembic environment of the users module; the logic lives in shop.migrate (run via `shop migrate`)."""
-
-from shop.migrate import run_env
-
-run_env("users")
