@@ -10,7 +10,7 @@ from shop.bus.breaker import CircuitOpenError
 from shop.bus.bus import Bus
 from shop.bus.errors import BusError
 from shop.bus.messages import Rejected
-from shop.bus.saga import CANCELLED, NOT_FINAL, SagaEngine, SagaState
+from shop.bus.saga import NOT_FINAL, SagaEngine, SagaState, SagaStatus
 from shop.contracts.delivery import CancelDelivery, DeliveryCancellation
 from shop.contracts.orders import (
     CancelOrder,
@@ -32,8 +32,8 @@ from shop.contracts.orders import (
 from shop.contracts.payments import PaymentCaptured, PaymentDeclined
 from shop.db import Database, unit_of_work
 from shop.modules.orders import module, service
-from shop.modules.orders.saga import OrderSagas, cancel_saga_id, initial_data
-from shop.modules.orders.service import IdempotencyConflict, OrderBook
+from shop.modules.orders.saga import TAKE_PAYMENT, OrderSagas, cancel_saga_id, initial_data
+from shop.modules.orders.service import IdempotencyConflict, OrderBook, OrderStatus
 from shop.observability import metrics
 
 STARTUP_GRACE_S = 5.0
@@ -87,12 +87,12 @@ async def cancel_order(
         return NOT_FOUND
     if order.status in service.FINAL:
         return Rejected(code="ALREADY_FINAL", detail=f"the order is already {order.status}")
-    if order.status != service.COMPLETED:
+    if order.status != OrderStatus.COMPLETED:
         async with unit_of_work(database) as uow:
-            cancelled = await sagas.engine.cancel(order.id, "CANCELLED_BY_CUSTOMER", CANCELLED)
+            cancelled = await sagas.engine.cancel(order.id, "CANCELLED_BY_CUSTOMER", SagaStatus.CANCELLED)
         if not cancelled:
             state = await sagas.engine.get(order.id)
-            if state is None or state.status not in ("COMPLETED",):
+            if state is None or state.status != SagaStatus.COMPLETED:
                 return Rejected(code="ALREADY_FINAL", detail="the order is already being cancelled")
         async with unit_of_work(database, write=False) as uow:
             return await OrderBook(uow.session).get(order.id) or order
@@ -149,7 +149,7 @@ def _summary(s: SagaState) -> SagaSummary:
 
 @module.handles(ListSagas)
 async def list_sagas(query: ListSagas, sagas: OrderSagas) -> tuple[SagaSummary, ...]:
-    states = await sagas.engine.list(
+    states = await sagas.engine.list_sagas(
         status=query.status, limit=query.limit, after=query.after, overdue=query.overdue
     )
     return tuple(_summary(s) for s in states)
@@ -202,7 +202,7 @@ async def report_sagas_at_scrape(sagas: OrderSagas) -> None:
 async def when_payment_captured_complete_order(event: PaymentCaptured, sagas: OrderSagas) -> None:
     await sagas.engine.complete_step(
         event.order_id,
-        "take_payment",
+        TAKE_PAYMENT,
         {"payment_id": str(event.payment_id), "provider_ref": event.provider_ref},
     )
 
@@ -210,7 +210,7 @@ async def when_payment_captured_complete_order(event: PaymentCaptured, sagas: Or
 @module.on(PaymentDeclined)
 async def when_payment_declined_cancel_order(event: PaymentDeclined, sagas: OrderSagas) -> None:
     await sagas.engine.fail_step(
-        event.order_id, "take_payment", "PAYMENT_DECLINED", status=CANCELLED, detail=event.reason
+        event.order_id, TAKE_PAYMENT, "PAYMENT_DECLINED", status=SagaStatus.CANCELLED, detail=event.reason
     )
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.bus import Bus
 from shop.bus.clock import Clock
-from shop.bus.saga import CANCELLED, COMPLETED, FAILED, Saga, SagaContext, SagaEngine, StepFailed, Wait
+from shop.bus.saga import Saga, SagaContext, SagaEngine, SagaStatus, StepFailed, StepStatus, Wait
 from shop.contracts.catalog import (
     CommitStock,
     Line,
@@ -38,12 +38,16 @@ from shop.contracts.orders import OrderAwaitingPayment, OrderCancelled, OrderCom
 from shop.contracts.payments import RefundPayment, TakePayment, VoidPayment
 from shop.contracts.users import AddressView, GetAddress
 from shop.db import Database, UnitOfWork
-from shop.modules.orders import service
-from shop.modules.orders.service import OrderBook
+from shop.modules.orders.service import OrderBook, OrderStatus
 from shop.settings import Settings
 
 PLACE_ORDER = "place_order"
 CANCEL_COMPLETED_ORDER = "cancel_completed_order"
+# place_order's steps (the payment outcome handlers name take_payment too)
+RESERVE_STOCK = "reserve_stock"
+CHECK_ADDRESS = "check_address"
+TAKE_PAYMENT = "take_payment"
+COMPLETE = "complete"
 ASK_TIMEOUT_S = 5.0
 DEPENDENCY_DEADLINE = timedelta(seconds=60)
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:shop:orders")
@@ -78,7 +82,7 @@ class OrderSagas:
         self.place_order = (
             Saga(PLACE_ORDER, on_step=self._on_step, on_finish=self._on_finish)
             .step(
-                "reserve_stock",
+                RESERVE_STOCK,
                 self.reserve_stock,
                 compensate=self.release_stock,
                 abort=self.release_stock,
@@ -86,22 +90,22 @@ class OrderSagas:
                 timeout_reason="DEPENDENCY_UNAVAILABLE",
             )
             .step(
-                "check_address",
+                CHECK_ADDRESS,
                 self.check_address,
                 deadline=DEPENDENCY_DEADLINE,
                 timeout_reason="DEPENDENCY_UNAVAILABLE",
             )
             .step(
-                "take_payment",
+                TAKE_PAYMENT,
                 self.take_payment,
                 compensate=self.refund_payment,
                 abort=self.void_payment,
                 deadline=timedelta(seconds=settings.payment_deadline_s),
                 timeout_reason="PAYMENT_TIMEOUT",
-                timeout_status=CANCELLED,
+                timeout_status=SagaStatus.CANCELLED,
                 local=True,
             )
-            .step("complete", self.complete, local=True)
+            .step(COMPLETE, self.complete, local=True)
         )
         self.cancel_completed = (
             Saga(CANCEL_COMPLETED_ORDER, on_finish=self._on_cancel_finished)
@@ -161,7 +165,9 @@ class OrderSagas:
         currency = priced[0].currency if priced else "EUR"
         uow = _local(ctx)
         await OrderBook(uow.session).set_status(
-            order_id, service.AWAITING_PAYMENT, only_from=(service.PENDING, service.AWAITING_PAYMENT)
+            order_id,
+            OrderStatus.AWAITING_PAYMENT,
+            only_from=(OrderStatus.PENDING, OrderStatus.AWAITING_PAYMENT),
         )
         await self.bus.publish(
             OrderAwaitingPayment(
@@ -201,7 +207,7 @@ class OrderSagas:
         order_id = ctx.saga_id
         book = OrderBook(_local(ctx).session)
         if await book.set_status(
-            order_id, service.COMPLETED, only_from=(service.PENDING, service.AWAITING_PAYMENT)
+            order_id, OrderStatus.COMPLETED, only_from=(OrderStatus.PENDING, OrderStatus.AWAITING_PAYMENT)
         ):
             await self.bus.send(CommitStock(reservation_id=reservation_id(order_id)))
             await self.bus.publish(
@@ -217,7 +223,7 @@ class OrderSagas:
     # -- hooks (inside the transaction that persists the saga's state) ---------------------
 
     async def _on_step(self, ctx: SagaContext, step: str, status: str, session: AsyncConnection) -> None:
-        if step == "reserve_stock" and status == "DONE" and "priced" in ctx.data:
+        if step == RESERVE_STOCK and status == StepStatus.DONE and "priced" in ctx.data:
             await OrderBook(session).price(ctx.saga_id, msgspec.convert(ctx.data["priced"], list[PricedLine]))
 
     async def _on_finish(
@@ -226,12 +232,12 @@ class OrderSagas:
         book = OrderBook(session)
         order_id = ctx.saga_id
         customer_id = uuid.UUID(ctx.data["customer_id"])
-        if status == COMPLETED:
+        if status == SagaStatus.COMPLETED:
             return  # the complete step already did it, in its own transaction
-        if status in (FAILED, CANCELLED):
-            final = service.CANCELLED if status == CANCELLED else service.FAILED
+        if status in (SagaStatus.FAILED, SagaStatus.CANCELLED):
+            final = OrderStatus.CANCELLED if status == SagaStatus.CANCELLED else OrderStatus.FAILED
             if await book.set_status(order_id, final, failure_reason=reason or status):
-                if final == service.CANCELLED:
+                if final == OrderStatus.CANCELLED:
                     await self.bus.publish(
                         OrderCancelled(order_id=order_id, customer_id=customer_id, reason=reason or "")
                     )
@@ -243,15 +249,15 @@ class OrderSagas:
     async def _on_cancel_finished(
         self, ctx: SagaContext, status: str, reason: str | None, session: AsyncConnection
     ) -> None:
-        if status != COMPLETED:
+        if status != SagaStatus.COMPLETED:
             return  # parked or failed: an operator sees it in the saga views
         order_id = uuid.UUID(ctx.data["order_id"])
         book = OrderBook(session)
         if await book.set_status(
             order_id,
-            service.CANCELLED,
+            OrderStatus.CANCELLED,
             failure_reason="CANCELLED_BY_CUSTOMER",
-            only_from=(service.COMPLETED,),
+            only_from=(OrderStatus.COMPLETED,),
         ):
             await self.bus.publish(
                 OrderCancelled(

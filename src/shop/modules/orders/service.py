@@ -6,6 +6,7 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -17,12 +18,18 @@ from shop.contracts.catalog import Line, PricedLine
 from shop.contracts.orders import OrderLine, OrderPage, OrderView
 from shop.modules.orders.models import orders
 
-PENDING = "PENDING"
-AWAITING_PAYMENT = "AWAITING_PAYMENT"
-COMPLETED = "COMPLETED"
-FAILED = "FAILED"
-CANCELLED = "CANCELLED"
-FINAL = frozenset({FAILED, CANCELLED})
+
+class OrderStatus(StrEnum):
+    """Where an order stands (what the REST API shows as its ``status``)."""
+
+    PENDING = "PENDING"
+    AWAITING_PAYMENT = "AWAITING_PAYMENT"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+FINAL = frozenset({OrderStatus.FAILED, OrderStatus.CANCELLED})
 
 
 class IdempotencyConflict(Exception):
@@ -101,7 +108,7 @@ class OrderBook:
         values = {
             "id": order_id,
             "customer_id": customer_id,
-            "status": PENDING,
+            "status": OrderStatus.PENDING,
             "items": [{"product_id": str(line.product_id), "quantity": line.quantity} for line in items],
             "total": None,
             "currency": None,
