@@ -11,6 +11,7 @@ import pytest
 from shop.bus.saga import Saga, SagaContext, SagaStatus, StepStatus
 from shop.bus.saga import transitions as t
 from shop.bus.saga.state import SagaRow
+from shop.bus.saga.versions import Resolution, Versions, resolve
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -47,6 +48,7 @@ def row_at(step: str, status: str = SagaStatus.RUNNING, **meta: Any) -> SagaRow:
         version=3,
         created_at=T0,
         updated_at=T0,
+        completed=[step.name for step in TRIP.steps[:index]],
     )
 
 
@@ -88,7 +90,7 @@ def test_a_failed_step_compensates_the_completed_ones_with_a_compensation() -> N
     assert row.meta == {"outcome": "FAILED", "failed_step": "hotel"}
     assert statuses(change) == [("hotel", StepStatus.FAILED), ("trip", SagaStatus.COMPENSATING)]
     assert change.events[0].detail == "NO_ROOM: full"
-    assert t.next_compensation(TRIP, row) == 0  # flight; check has nothing to undo
+    assert t.next_compensation(TRIP, row) == (0, TRIP.steps[0])  # flight; check has nothing to undo
 
 
 def test_a_failure_with_nothing_to_undo_ends_the_saga_at_once() -> None:
@@ -99,9 +101,7 @@ def test_a_failure_with_nothing_to_undo_ends_the_saga_at_once() -> None:
 
 
 def test_abandoning_a_started_step_aborts_it_before_compensating() -> None:
-    row = row_at("check", started=True)
-    row.step_index = 0
-    row.step = "flight"
+    row = row_at("flight", started=True)
     change = t.abandon(TRIP, row, "CANCELLED", "BY_CUSTOMER", StepStatus.CANCELLED)
     assert row.meta["abort"] == "flight"
     assert statuses(change) == [("flight", StepStatus.CANCELLED), ("trip", SagaStatus.COMPENSATING)]
@@ -146,13 +146,13 @@ def test_an_unknown_outcome_is_retried_later() -> None:
 def test_compensations_walk_back_and_then_finish_with_the_outcome() -> None:
     row = row_at("confirm", started=True)
     t.step_failed(TRIP, row, TRIP.steps[3], row.data, "CARD", "FAILED", None)
-    hotel = t.next_compensation(TRIP, row)
-    assert hotel == 2
+    assert t.next_compensation(TRIP, row) == (2, TRIP.steps[2])
     claim = t.claim_undo(row, TRIP.steps[2], "compensate")
     assert statuses(claim) == [("hotel", StepStatus.COMPENSATING)]
-    change = t.undo_done(TRIP, row, TRIP.steps[2], row.data, "compensate", hotel)
+    change = t.undo_done(TRIP, row, TRIP.steps[2], row.data, "compensate", 2)
     assert statuses(change) == [("hotel", StepStatus.COMPENSATED)]
-    assert t.next_compensation(TRIP, row) == 0
+    assert row.completed == ["flight", "check"]
+    assert t.next_compensation(TRIP, row) == (0, TRIP.steps[0])
     change = t.undo_done(TRIP, row, TRIP.steps[0], row.data, "compensate", 0)
     assert row.status == "FAILED"
     assert row.step == "confirm"
@@ -193,3 +193,75 @@ def test_an_operator_retry_resumes_only_a_parked_or_backing_off_saga(
     else:
         assert change is not None
         assert (row.status, row.attempts, row.next_attempt_at) == (resumed, 0, None)
+
+
+# -- versions -------------------------------------------------------------------------------
+
+TRIP_V2 = (
+    Saga("trip", version=2)
+    .step("flight", _noop, compensate=_noop)
+    .step("insurance", _noop, compensate=_noop)  # inserted
+    .step("hotel", _noop, compensate=_noop)
+    .step("confirm", _noop)  # check removed
+)
+
+
+def versions_of(*definitions: Saga) -> Versions:
+    versions = Versions("trip")
+    for definition in definitions:
+        versions.add(definition)
+    return versions
+
+
+def test_a_saga_resolves_to_the_version_it_started_on_while_registered() -> None:
+    row = row_at("hotel")
+    assert resolve(versions_of(TRIP, TRIP_V2), row) == Resolution(TRIP)
+
+
+def test_a_row_stored_before_versions_gets_its_completed_steps_from_version_1() -> None:
+    row = row_at("hotel")
+    row.completed, row.versioned = [], False
+    assert resolve(versions_of(TRIP, TRIP_V2), row) == Resolution(TRIP)
+    assert (row.completed, row.versioned) == (["flight", "check"], True)
+
+
+def test_the_newest_version_takes_over_only_when_it_agrees_by_step_names() -> None:
+    at_start = row_at("flight")
+    assert resolve(versions_of(TRIP_V2), at_start) == Resolution(TRIP_V2, adopted=True)
+    later = row_at("hotel")
+    found = resolve(versions_of(TRIP_V2), later)
+    assert found.definition is None
+    assert found.why == "trip v1 is not registered; v2 does not begin with the completed steps flight, check"
+
+
+def test_compensation_by_a_newer_version_needs_every_step_to_undo_by_name() -> None:
+    row = row_at("hotel", status=SagaStatus.COMPENSATING)
+    assert resolve(versions_of(TRIP_V2), row).why == "trip v1 is not registered; v2 has no step check to undo"
+    row.completed = ["flight"]
+    assert resolve(versions_of(TRIP_V2), row) == Resolution(TRIP_V2, adopted=True)
+    assert t.next_compensation(TRIP_V2, row) == (0, TRIP_V2.steps[0])
+
+
+def test_compensation_walks_the_completed_names_not_the_positions() -> None:
+    row = row_at("hotel", status=SagaStatus.COMPENSATING)
+    row.completed = ["flight", "hotel"]  # by position 1 version 2 would undo insurance
+    assert t.next_compensation(TRIP_V2, row) == (1, TRIP_V2.steps[2])
+
+
+def test_parking_keeps_where_the_saga_stood_and_a_retry_goes_back_there() -> None:
+    row = row_at("hotel", status=SagaStatus.COMPENSATING)
+    row.failure_reason = "NO_ROOM"
+    change = t.park(row, "DEFINITION_CHANGED", "why not")
+    assert (row.status, row.failure_reason) == (SagaStatus.PARKED, "DEFINITION_CHANGED")
+    assert change.finish == t.Finish(SagaStatus.PARKED, "DEFINITION_CHANGED", final=False)
+    assert statuses(change) == [("trip", SagaStatus.PARKED)]
+    assert t.operator_retry(row) is not None
+    assert (row.status, row.failure_reason) == (SagaStatus.COMPENSATING, "NO_ROOM")
+    assert "parked" not in row.meta
+
+
+def test_adopting_a_version_records_the_move() -> None:
+    row = row_at("flight")
+    change = t.adopt(row, TRIP_V2)
+    assert row.definition_version == 2
+    assert [(e.status, e.detail) for e in change.events] == [(StepStatus.MIGRATED, "v1 -> v2")]

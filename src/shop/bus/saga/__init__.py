@@ -22,6 +22,18 @@ any transaction. What an action's outcome means:
 Compensations and aborts are retried with backoff; after ``max_compensation_attempts`` the
 saga is parked in ``COMPENSATION_FAILED`` until an operator calls :meth:`SagaEngine.retry`.
 
+Definitions are versioned (``Saga(..., version=n)``) and a saga runs on the version it
+started on: the engine keeps that version and the names of the completed steps in its
+bookkeeping, and compensation walks those names back. Register the older versions beside the
+new one until their sagas are gone; a saga whose version is not registered moves onto the
+newest only when it agrees by step names, else it is ``PARKED`` (reason ``DEFINITION_CHANGED``)
+for an operator (see :mod:`shop.bus.saga.versions` and docs/adr/0019-saga-versions.md).
+
+The package: :mod:`~shop.bus.saga.statuses`, :mod:`~shop.bus.saga.definition`,
+:mod:`~shop.bus.saga.state` (the row and its views), :mod:`~shop.bus.saga.transitions` (pure),
+:mod:`~shop.bus.saga.versions`, :mod:`~shop.bus.saga.store`, :mod:`~shop.bus.saga.engine`,
+:mod:`~shop.bus.saga.timers`, :mod:`~shop.bus.saga.queries`, :mod:`~shop.bus.saga.traced`.
+
 Concurrency: optimistic (``version`` column) across processes, and an :class:`asyncio.Lock`
 per saga within one process. Time comes from an injectable clock, so tests never sleep.
 

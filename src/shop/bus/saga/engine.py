@@ -20,20 +20,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 import structlog
 
 from shop.bus import context
 from shop.bus.retry import RetryPolicy
-from shop.bus.saga import store, timers
+from shop.bus.saga import store
 from shop.bus.saga import transitions as t
 from shop.bus.saga.checks import check_final_status, check_reason, utcnow
 from shop.bus.saga.definition import Action, Clock, Saga, SagaContext, Step, Wait, resolve_deadline
 from shop.bus.saga.errors import NoUnitOfWorkForSaga, SagaError, StepFailed, UnknownSaga
-from shop.bus.saga.queries import SagaQueries
 from shop.bus.saga.state import (
+    DONE_KEY,
     META_KEY,
     TRACE_KEY,
+    VERSION_KEY,
     Change,
     Event,
     Finish,
@@ -43,7 +43,9 @@ from shop.bus.saga.state import (
     merge,
 )
 from shop.bus.saga.statuses import SagaStatus, StepStatus
+from shop.bus.saga.timers import SagaTimers
 from shop.bus.saga.traced import trace_of, traced
+from shop.bus.saga.versions import DEFINITION_CHANGED, Versions, resolve
 from shop.db import Database, UnitOfWork, current_unit_of_work, unit_of_work
 from shop.observability.logcontext import bound_module
 
@@ -62,7 +64,7 @@ class _LockEntry:
     users: int = 0
 
 
-class SagaEngine(SagaQueries):
+class SagaEngine(SagaTimers):
     """Runs the sagas of one module on that module's database; see :mod:`shop.bus.saga`."""
 
     def __init__(
@@ -78,18 +80,13 @@ class SagaEngine(SagaQueries):
     ) -> None:
         if max_compensation_attempts < 1:
             raise ValueError("max_compensation_attempts must be >= 1")
-        super().__init__(database, clock)
-        self._definitions: dict[str, Saga] = {}
+        super().__init__(database, clock, stale_after, batch_size)
+        # name -> its registered versions; a saga runs on the version it started on
+        self._definitions: dict[str, Versions] = {}
         for definition in definitions:
-            if definition.name in self._definitions:
-                raise ValueError(f"two saga definitions named {definition.name!r}")
-            if not definition.steps:
-                raise ValueError(f"saga {definition.name!r} has no steps")
-            self._definitions[definition.name] = definition
+            self._definitions.setdefault(definition.name, Versions(definition.name)).add(definition)
         self._retry = retry if retry is not None else RetryPolicy(base_delay=1.0, max_delay=300.0, jitter=0.2)
         self.max_compensation_attempts = max_compensation_attempts
-        self._stale_after = stale_after
-        self._batch_size = batch_size
         self._locks: dict[uuid.UUID, _LockEntry] = {}
         # saga id -> the version whose save claimed the current step on the way (see claim_next)
         self._preclaimed: dict[uuid.UUID, int] = {}
@@ -98,12 +95,34 @@ class SagaEngine(SagaQueries):
 
     # -- definitions and plumbing ---------------------------------------------------------
 
-    def definition(self, name: str) -> Saga:
-        """The registered definition called ``name``."""
-        try:
-            return self._definitions[name]
-        except KeyError:
-            raise UnknownSaga(f"no saga definition named {name!r} is registered") from None
+    def definition(self, name: str, version: int | None = None) -> Saga:
+        """The registered definition called ``name``: its newest version, or ``version``."""
+        versions = self._definitions.get(name)
+        found = None if versions is None else versions.newest if version is None else versions.get(version)
+        if found is None:
+            which = f"{name!r}" if version is None else f"{name!r} of version {version}"
+            raise UnknownSaga(f"no saga definition named {which} is registered")
+        return found
+
+    def _resolve(self, row: SagaRow) -> tuple[Saga | None, Change | None]:
+        """The definition ``row`` runs on, and a change to save first: its move onto a newer
+        version, or (with no definition) its parking. (None, None): no definition of that name."""
+        versions = self._definitions.get(row.type)
+        if versions is None:
+            log.error("saga.unknown_definition", saga_id=str(row.id), type=row.type)
+            return None, None
+        if row.status not in (SagaStatus.RUNNING, SagaStatus.WAITING, SagaStatus.COMPENSATING):
+            # not moving: nothing runs a step; an operator's retry re-resolves when it moves
+            return versions.get(row.definition_version) or Saga(row.type), None
+        found = resolve(versions, row)
+        if found.definition is None:
+            why = found.why or "no definition can run it"
+            log.error("saga.parked", saga_id=str(row.id), type=row.type, why=why)
+            return None, t.park(row, DEFINITION_CHANGED, why)
+        if found.adopted:
+            log.warning("saga.migrated", saga_id=str(row.id), type=row.type, version=found.definition.version)
+            return found.definition, t.adopt(row, found.definition)
+        return found.definition, None
 
     @property
     def saga_types(self) -> list[str]:
@@ -139,6 +158,7 @@ class SagaEngine(SagaQueries):
                 self._locks.pop(saga_id, None)
 
     def _busy(self, saga_id: uuid.UUID) -> bool:
+        """Whether the saga is being advanced in this process right now."""
         entry = self._locks.get(saga_id)
         return entry is not None and entry.lock.locked()
 
@@ -233,9 +253,10 @@ class SagaEngine(SagaQueries):
         saga_id = row.id
         if row.status not in (SagaStatus.RUNNING, SagaStatus.WAITING, SagaStatus.COMPENSATING):
             return False
-        definition = self._definitions.get(row.type)
+        definition, note = self._resolve(row)
+        if note is not None:  # parked (stops the loop), or moved onto a newer version
+            return await self._save(definition or Saga(row.type), row, note)
         if definition is None:
-            log.error("saga.unknown_definition", saga_id=str(saga_id), type=row.type)
             return False
         now = self._now()
         if row.status in (SagaStatus.RUNNING, SagaStatus.WAITING):
@@ -350,17 +371,17 @@ class SagaEngine(SagaQueries):
                 row.meta.pop("abort", None)
                 t.settle(definition, row, change)
                 return await self._save(definition, row, change)
-            return await self._undo(definition, row, step, step.abort, "abort", index)
+            return await self._undo(definition, row, step, step.abort, "abort", None)
         compensation = t.next_compensation(definition, row)
         if compensation is None:
             t.finish(row, change)
             return await self._save(definition, row, change)
-        step = definition.steps[compensation]
+        position, step = compensation
         assert step.compensate is not None
-        return await self._undo(definition, row, step, step.compensate, "compensate", compensation)
+        return await self._undo(definition, row, step, step.compensate, "compensate", position)
 
     async def _undo(
-        self, definition: Saga, row: SagaRow, step: Step, fn: Action, phase: str, index: int | None
+        self, definition: Saga, row: SagaRow, step: Step, fn: Action, phase: str, position: int | None
     ) -> bool:
         if not await self._save(definition, row, t.claim_undo(row, step, phase)):
             return False
@@ -370,7 +391,7 @@ class SagaEngine(SagaQueries):
             data = merge(ctx.data, None if isinstance(result, Wait) else result)
         except Exception as error:
             return await self._save(definition, row, self._undo_failed(row, step.name, error))
-        return await self._save(definition, row, t.undo_done(definition, row, step, data, phase, index))
+        return await self._save(definition, row, t.undo_done(definition, row, step, data, phase, position))
 
     # -- entry points ---------------------------------------------------------------------
 
@@ -378,6 +399,8 @@ class SagaEngine(SagaQueries):
         self, saga: Saga | str, saga_id: uuid.UUID, data: Mapping[str, Any] | None = None
     ) -> None:
         """Create a saga in the caller's open unit of work; it advances after that commits.
+
+        It runs on the version of ``saga`` (a name: its newest registered version) to its end.
 
         Starting an id that already exists with the same type does nothing (idempotent).
         """
@@ -387,7 +410,9 @@ class SagaEngine(SagaQueries):
                 "SagaEngine.start() must be awaited inside an open unit of work on the "
                 f"{self.database.module!r} database (shop.db.unit_of_work)"
             )
-        definition = self.definition(saga if isinstance(saga, str) else saga.name)
+        definition = (
+            self.definition(saga) if isinstance(saga, str) else self.definition(saga.name, saga.version)
+        )
         initial = merge(dict(data or {}), None)
         existing = await self._load(saga_id, uow.session)
         if existing is not None:
@@ -402,7 +427,10 @@ class SagaEngine(SagaQueries):
             ctx = SagaContext(saga_id, definition.name, first, copy.deepcopy(initial))
             deadline = now + resolve_deadline(definition.deadline, ctx)
         trace = trace_of(context.current())
-        stored = {**initial, META_KEY: {TRACE_KEY: trace}} if trace else initial
+        meta: dict[str, Any] = {VERSION_KEY: definition.version, DONE_KEY: []}
+        if trace:
+            meta[TRACE_KEY] = trace
+        stored = {**initial, META_KEY: meta}
         await store.insert(
             uow.session,
             saga_id,
@@ -433,11 +461,10 @@ class SagaEngine(SagaQueries):
         uow = self._joined()
         if uow is not None:
             row = await self._load(saga_id, uow.session)
-            definition = self._definitions.get(row.type) if row is not None else None
-            if row is None or definition is None:
+            prepared = None if row is None else self._prepare(row, transition)
+            if row is None or prepared is None or not await self._write(uow, prepared[0], row, prepared[1]):
                 return False
-            change = transition(definition, row)
-            if change is None or not await self._write(uow, definition, row, change):
+            if row.status == SagaStatus.PARKED:
                 return False
 
             async def advance_after_commit() -> None:
@@ -447,17 +474,32 @@ class SagaEngine(SagaQueries):
             return True
         async with self._locked(saga_id):
             row = await self._load(saga_id)
-            definition = self._definitions.get(row.type) if row is not None else None
-            if row is None or definition is None:
+            prepared = None if row is None else self._prepare(row, transition)
+            if row is None or prepared is None or not await self._save(prepared[0], row, prepared[1]):
                 return False
-            change = transition(definition, row)
-            if change is None or not await self._save(definition, row, change):
+            if row.status == SagaStatus.PARKED:
                 return False
         try:
             await self.advance(saga_id)
         except Exception:
             log.exception("saga.advance_failed", saga_id=str(saga_id))
         return True
+
+    def _prepare(
+        self, row: SagaRow, transition: Callable[[Saga, SagaRow], Change | None]
+    ) -> tuple[Saga, Change] | None:
+        """The definition and the change to save for an outside request: the transition's on
+        the resolved definition, or the parking of a saga no definition can run (so the
+        request is refused and an operator sees why)."""
+        definition, note = self._resolve(row)
+        if definition is None:
+            return None if note is None else (Saga(row.type), note)
+        change = transition(definition, row)
+        if change is None:
+            return None
+        if note is not None:
+            change.events[:0] = note.events
+        return definition, change
 
     @staticmethod
     def _awaiting(definition: Saga, row: SagaRow, step: str) -> Step | None:
@@ -527,41 +569,6 @@ class SagaEngine(SagaQueries):
     async def retry(self, saga_id: uuid.UUID) -> bool:
         """Operator: resume a COMPENSATION_FAILED saga, or skip a pending retry wait now."""
         return await self._external(saga_id, lambda _definition, row: t.operator_retry(row))
-
-    # -- timers ---------------------------------------------------------------------------
-
-    async def _due(self, query: sa.Select[Any]) -> list[uuid.UUID]:
-        async with unit_of_work(self.database, write=False) as uow:
-            return list((await uow.session.execute(query)).scalars().all())
-
-    async def _advance_each(self, ids: Iterable[uuid.UUID]) -> int:
-        count = 0
-        for saga_id in ids:
-            if self._busy(saga_id):
-                continue  # being advanced in this process right now
-            try:
-                await self.advance(saga_id)
-            except Exception:
-                log.exception("saga.advance_failed", saga_id=str(saga_id))
-            count += 1
-        return count
-
-    async def tick(self) -> int:
-        """One pass of timers: advance sagas whose retry time or deadline has come.
-
-        Also picks up RUNNING/COMPENSATING sagas nobody touched for ``stale_after`` (their
-        advancing process died). Returns how many sagas were advanced.
-        """
-        query = timers.due(self._now(), self._stale_after, self._batch_size)
-        return await self._advance_each(await self._due(query))
-
-    async def resume_all(self) -> int:
-        """At start-up: advance every RUNNING/COMPENSATING saga, and WAITING ones past a deadline."""
-        return await self._advance_each(await self._due(timers.unfinished(self._now())))
-
-    async def run(self, interval: float = 1.0) -> None:
-        """Call :meth:`tick` every ``interval`` seconds until cancelled."""
-        await timers.run_every(self.tick, interval)
 
     async def drain(self) -> None:
         """Wait for the background advancing scheduled so far (and any it schedules)."""

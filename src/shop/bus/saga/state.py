@@ -32,6 +32,8 @@ __all__ = [
 
 META_KEY = "__saga__"
 TRACE_KEY = "trace"
+VERSION_KEY = "version"  # the definition version the saga runs on
+DONE_KEY = "done"  # the names of its completed steps, in order (what compensation walks back)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +72,14 @@ class TimelineEntry:
 class SagaRow:
     """A saga instance as loaded, mutated by a transition, then saved with a version check.
 
-    ``meta`` is the engine's per-step bookkeeping (reset between steps); ``trace`` is kept
-    across those resets. Both are stored in ``data`` under :data:`META_KEY`.
+    ``meta`` is the engine's per-step bookkeeping (reset between steps); ``trace``,
+    ``definition_version`` and ``completed`` are kept across those resets. All are stored in
+    ``data`` under :data:`META_KEY` (the version and the completed steps only while the saga is
+    not final: nothing reads them after). ``version`` is the row's optimistic-lock counter.
+
+    A row stored before sagas were versioned has neither: it ran on version 1, and its
+    completed steps are the first ``step_index`` steps of that version (``versioned`` is False
+    until the engine has filled them in, see :func:`shop.bus.saga.versions.resolve`).
     """
 
     id: uuid.UUID
@@ -90,6 +98,9 @@ class SagaRow:
     created_at: datetime
     updated_at: datetime
     trace: dict[str, Any] = field(default_factory=dict)  # kept in meta, across its resets
+    definition_version: int = 1
+    completed: list[str] = field(default_factory=list)
+    versioned: bool = True  # False: stored before versions; ``completed`` is not known yet
     stale: bool = False  # a save found the stored saga changed by someone else: reload
 
     @classmethod
@@ -98,6 +109,9 @@ class SagaRow:
         meta = data.pop(META_KEY, None)
         meta = dict(meta) if isinstance(meta, dict) else {}
         trace = meta.pop(TRACE_KEY, None)
+        version = meta.pop(VERSION_KEY, None)
+        done = meta.pop(DONE_KEY, None)
+        versioned = isinstance(version, int) and isinstance(done, list)
         return cls(
             id=row["id"],
             type=row["type"],
@@ -115,11 +129,16 @@ class SagaRow:
             created_at=utc(row["created_at"]),
             updated_at=utc(row["updated_at"]),
             trace=dict(trace) if isinstance(trace, dict) else {},
+            definition_version=version if versioned else 1,
+            completed=[str(name) for name in done] if versioned else [],
+            versioned=versioned,
         )
 
     def stored_data(self) -> dict[str, Any]:
         stored = dict(self.data)
         meta = {**self.meta, TRACE_KEY: self.trace} if self.trace else self.meta
+        if self.versioned and not is_final(self.status):
+            meta = {**meta, VERSION_KEY: self.definition_version, DONE_KEY: self.completed}
         if meta:
             stored[META_KEY] = meta
         return stored

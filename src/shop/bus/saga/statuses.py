@@ -38,6 +38,7 @@ class StepStatus(StrEnum):
     COMPENSATED = "COMPENSATED"
     COMPENSATION_FAILED = "COMPENSATION_FAILED"
     RESUMED = "RESUMED"
+    MIGRATED = "MIGRATED"  # the saga moved onto a newer definition version (by step names)
 
 
 DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"

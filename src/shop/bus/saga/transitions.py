@@ -13,6 +13,7 @@ from shop.bus.saga.statuses import SagaStatus, StepStatus
 
 __all__ = [
     "abandon",
+    "adopt",
     "claim_next",
     "claim_step",
     "claim_undo",
@@ -21,6 +22,7 @@ __all__ = [
     "finish",
     "next_compensation",
     "operator_retry",
+    "park",
     "retry_later",
     "settle",
     "step_done",
@@ -50,11 +52,13 @@ def finish(row: SagaRow, change: Change) -> None:
     change.finish = Finish(status, row.failure_reason)
 
 
-def next_compensation(definition: Saga, row: SagaRow) -> int | None:
-    """The index of the last completed step that has a compensation, or None."""
-    for index in range(min(row.step_index, len(definition.steps)) - 1, -1, -1):
-        if definition.steps[index].compensate is not None:
-            return index
+def next_compensation(definition: Saga, row: SagaRow) -> tuple[int, Step] | None:
+    """The last completed step (by name, walking back) that has a compensation: its position
+    among the completed steps, and the step; None when nothing is left to compensate."""
+    for position in range(len(row.completed) - 1, -1, -1):
+        index = definition.index_of(row.completed[position])
+        if index is not None and definition.steps[index].compensate is not None:
+            return position, definition.steps[index]
     return None
 
 
@@ -109,6 +113,7 @@ def step_done(
     row.next_attempt_at = None
     row.step_deadline = None
     row.step_index += 1
+    row.completed = [*row.completed, step.name]
     if row.step_index >= len(definition.steps):
         row.status = SagaStatus.COMPLETED
         row.step = step.name
@@ -202,9 +207,10 @@ def claim_undo(row: SagaRow, step: Step, phase: str) -> Change:
 
 
 def undo_done(
-    definition: Saga, row: SagaRow, step: Step, data: dict[str, Any], phase: str, index: int | None
+    definition: Saga, row: SagaRow, step: Step, data: dict[str, Any], phase: str, position: int | None
 ) -> Change:
-    """The abort or the compensation of ``step`` (at ``index``) succeeded: on to the next."""
+    """The abort or the compensation of ``step`` (at ``position`` among the completed steps)
+    succeeded: on to the next."""
     change = Change()
     row.data = data
     row.attempts = 0
@@ -212,8 +218,9 @@ def undo_done(
         row.meta.pop("abort", None)
         change.events.append(Event(step.name, StepStatus.ABORTED))
     else:
-        assert index is not None
-        row.step_index = index
+        assert position is not None
+        row.completed = row.completed[:position]
+        row.step_index = position
         change.events.append(Event(step.name, StepStatus.COMPENSATED))
     settle(definition, row, change)
     return change
@@ -239,11 +246,38 @@ def undo_failed(
 
 
 def operator_retry(row: SagaRow) -> Change | None:
-    """Resume a COMPENSATION_FAILED saga, or skip a pending retry wait; None if neither."""
+    """Resume a COMPENSATION_FAILED or a PARKED saga, or skip a pending retry wait; None if
+    none of these. A parked saga goes back to where it was parked (and may park again)."""
     if row.status == SagaStatus.COMPENSATION_FAILED:
         row.status = SagaStatus.COMPENSATING
+    elif row.status == SagaStatus.PARKED:
+        parked = row.meta.pop("parked", None)
+        parked = parked if isinstance(parked, dict) else {}
+        row.status = str(parked.get("status") or SagaStatus.COMPENSATING)
+        row.failure_reason = parked.get("failure_reason")
     elif row.status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING) or row.next_attempt_at is None:
         return None
     row.attempts = 0
     row.next_attempt_at = None
     return Change([Event(row.type, StepStatus.RESUMED, "operator retry", hook=False)])
+
+
+def park(row: SagaRow, reason: str, why: str) -> Change:
+    """The saga cannot go on (e.g. no definition can run it): park it for an operator with
+    ``reason`` as its failure reason and ``why`` on its timeline. Where it stood is kept for
+    :func:`operator_retry`."""
+    row.meta["parked"] = {"status": row.status, "failure_reason": row.failure_reason}
+    row.status = SagaStatus.PARKED
+    row.failure_reason = reason
+    row.next_attempt_at = None
+    return Change(
+        [Event(row.type, SagaStatus.PARKED, why, hook=False)], Finish(SagaStatus.PARKED, reason, final=False)
+    )
+
+
+def adopt(row: SagaRow, definition: Saga) -> Change:
+    """The saga's own version is gone and ``definition`` (a newer one) can finish it by step
+    names: it runs on that version from now on."""
+    old = row.definition_version
+    row.definition_version = definition.version
+    return Change([Event(row.type, StepStatus.MIGRATED, f"v{old} -> v{definition.version}", hook=False)])

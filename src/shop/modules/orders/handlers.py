@@ -175,8 +175,8 @@ async def retry_saga(cmd: RetrySaga, database: Database, sagas: OrderSagas) -> S
     if not retried:
         return Rejected(
             code="NOT_RETRYABLE",
-            detail=f"the saga is {state.status}: only COMPENSATION_FAILED sagas (or steps waiting "
-            "to be retried) can be retried",
+            detail=f"the saga is {state.status}: only COMPENSATION_FAILED or PARKED sagas (or "
+            "steps waiting to be retried) can be retried",
         )
     return _summary(state)
 
