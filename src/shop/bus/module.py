@@ -8,6 +8,8 @@
     @module.on(PaymentCaptured)
     async def when_payment_captured_commit_stock(event: PaymentCaptured, session: AsyncConnection): ...
 
+    module.sagas(saga_engine)  # a module that runs sagas: def saga_engine(...) -> SagaEngine
+
 The composition root reads descriptors; the kernel never imports a module.
 """
 
@@ -20,6 +22,7 @@ from typing import Any, Literal, TypeVar
 import sqlalchemy as sa
 
 from shop.bus.messages import Command, Event, Message, Query
+from shop.bus.saga import SagaEngine
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 Hook = Callable[..., Awaitable[None]]
@@ -53,6 +56,7 @@ class Module:
     startup_hooks: list[Hook] = field(default_factory=list)
     background_tasks: list[Hook] = field(default_factory=list)
     shutdown_hooks: list[Hook] = field(default_factory=list)
+    saga_engine: Callable[..., SagaEngine] | None = None  # see sagas()
 
     def handles(
         self, message_type: type[Command] | type[Query], *, transactional: bool = True
@@ -105,3 +109,15 @@ class Module:
         """A long-running coroutine started with the module and cancelled at shutdown."""
         self.background_tasks.append(task)
         return task
+
+    def sagas(self, factory: Callable[..., SagaEngine]) -> None:
+        """Declare that this module runs sagas: ``factory`` (its parameters injected, singletons)
+        builds the module's :class:`SagaEngine` once, and it is injectable as ``SagaEngine``.
+
+        The composition root does the rest for every module alike: it resumes the unfinished
+        sagas and ticks the timers (:meth:`SagaEngine.serve`), reports the saga gauges at each
+        scrape, closes the engine at shutdown and serves the saga admin views over it."""
+        if self.saga_engine is not None:
+            raise ValueError(f"{self.name} already declares its sagas")
+        self.provide(SagaEngine, factory, singleton=True)
+        self.saga_engine = factory

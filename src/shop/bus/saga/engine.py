@@ -77,10 +77,12 @@ class SagaEngine(SagaTimers):
         max_compensation_attempts: int = 5,
         stale_after: timedelta = timedelta(minutes=5),
         batch_size: int = 100,
+        tick_interval: float = 1.0,
+        startup_grace: float = 0.0,
     ) -> None:
         if max_compensation_attempts < 1:
             raise ValueError("max_compensation_attempts must be >= 1")
-        super().__init__(database, clock, stale_after, batch_size)
+        super().__init__(database, clock, stale_after, batch_size, tick_interval, startup_grace)
         # name -> its registered versions; a saga runs on the version it started on
         self._definitions: dict[str, Versions] = {}
         for definition in definitions:

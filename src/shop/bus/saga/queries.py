@@ -76,8 +76,10 @@ class SagaQueries:
         after: uuid.UUID | None = None,
         *,
         overdue: bool = False,
+        after_key: tuple[datetime, uuid.UUID] | None = None,
     ) -> list[SagaState]:
-        """Sagas, newest first; ``after`` is the id of the last saga of the previous page;
+        """Sagas, newest first; ``after`` is the id of the last saga of the previous page (or
+        ``after_key`` its creation time and id, when it may be in another module's database);
         ``overdue``: only those not final and past their step's or their own deadline."""
         c = saga_instances.c
         query = sa.select(saga_instances)
@@ -86,13 +88,15 @@ class SagaQueries:
         if overdue:
             query = query.where(self._overdue())
         async with unit_of_work(self.database, write=False) as uow:
-            if after is not None:
+            if after is not None and after_key is None:
                 anchor = (
                     await uow.session.execute(sa.select(c.created_at, c.id).where(c.id == after))
                 ).first()
                 if anchor is None:
                     return []
-                created_at, anchor_id = utc(anchor[0]), anchor[1]
+                after_key = (utc(anchor[0]), anchor[1])
+            if after_key is not None:
+                created_at, anchor_id = after_key
                 query = query.where(
                     sa.or_(c.created_at < created_at, sa.and_(c.created_at == created_at, c.id < anchor_id))
                 )

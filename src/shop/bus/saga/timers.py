@@ -75,10 +75,20 @@ async def run_every(tick: Callable[[], Awaitable[int]], interval: float) -> None
 class SagaTimers(SagaQueries):
     """Timer passes over a module's sagas; the engine supplies :meth:`advance` and :meth:`_busy`."""
 
-    def __init__(self, database: Database, clock: Clock, stale_after: timedelta, batch_size: int) -> None:
+    def __init__(
+        self,
+        database: Database,
+        clock: Clock,
+        stale_after: timedelta,
+        batch_size: int,
+        tick_interval: float = 1.0,
+        startup_grace: float = 0.0,
+    ) -> None:
         super().__init__(database, clock)
         self._stale_after = stale_after
         self._batch_size = batch_size
+        self.tick_interval = tick_interval
+        self.startup_grace = startup_grace
 
     async def advance(self, saga_id: uuid.UUID) -> SagaState | None:
         raise NotImplementedError
@@ -115,6 +125,17 @@ class SagaTimers(SagaQueries):
         """At start-up: advance every RUNNING/COMPENSATING saga, and WAITING ones past a deadline."""
         return await self._advance_each(await self._due(unfinished(self._now())))
 
-    async def run(self, interval: float = 1.0) -> None:
-        """Call :meth:`tick` every ``interval`` seconds until cancelled."""
-        await run_every(self.tick, interval)
+    async def run(self, interval: float | None = None) -> None:
+        """Call :meth:`tick` every ``interval`` seconds (``tick_interval``) until cancelled."""
+        await run_every(self.tick, self.tick_interval if interval is None else interval)
+
+    async def serve(self) -> None:
+        """What the composition root runs for a module's sagas: after ``startup_grace`` seconds
+        :meth:`resume_all`, then :meth:`run` until cancelled.
+
+        The grace lets outcomes that were on their way at a restart (an event still in an
+        outbox, relayed by the start-up sweep) land before a deadline that passed while the
+        process was down is enforced."""
+        await asyncio.sleep(self.startup_grace)
+        await self.resume_all()
+        await self.run()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import datetime
 
@@ -10,33 +9,16 @@ from shop.bus.breaker import CircuitOpenError
 from shop.bus.bus import Bus
 from shop.bus.errors import BusError
 from shop.bus.messages import Rejected
-from shop.bus.saga import NOT_FINAL, SagaEngine, SagaState, SagaStatus
+from shop.bus.saga import SagaStatus
 from shop.contracts.delivery import CancelDelivery, DeliveryCancellation
-from shop.contracts.orders import (
-    CancelOrder,
-    CountSagas,
-    GetOrder,
-    GetSagaTimeline,
-    GetTimeline,
-    ListOrders,
-    ListSagas,
-    OrderPage,
-    OrderPlaced,
-    OrderView,
-    PlaceOrder,
-    RetrySaga,
-    SagaCounts,
-    SagaSummary,
-    TimelineItem,
-)
+from shop.contracts.orders import CancelOrder, OrderPlaced, OrderView, PlaceOrder
 from shop.contracts.payments import PaymentCaptured, PaymentDeclined
 from shop.db import Database, unit_of_work
 from shop.modules.orders import module, service
+from shop.modules.orders.messages import GetOrder, GetTimeline, ListOrders, OrderPage, TimelineItem
 from shop.modules.orders.saga import TAKE_PAYMENT, OrderSagas, cancel_saga_id, initial_data
 from shop.modules.orders.service import IdempotencyConflict, OrderBook, OrderStatus
-from shop.observability import metrics
 
-STARTUP_GRACE_S = 5.0
 NOT_FOUND = Rejected(code="NOT_FOUND", detail="no such order")
 
 
@@ -127,77 +109,6 @@ async def get_timeline(
     return tuple(TimelineItem(step=e.step, status=e.status, at=e.at, detail=e.detail) for e in entries)
 
 
-@module.handles(GetSagaTimeline)
-async def get_saga_timeline(query: GetSagaTimeline, sagas: OrderSagas) -> tuple[TimelineItem, ...] | None:
-    if await sagas.engine.get(query.saga_id) is None:
-        return None
-    entries = await sagas.engine.timeline(query.saga_id)
-    return tuple(TimelineItem(step=e.step, status=e.status, at=e.at, detail=e.detail) for e in entries)
-
-
-def _summary(s: SagaState) -> SagaSummary:
-    return SagaSummary(
-        id=s.id,
-        type=s.type,
-        status=s.status,
-        step=s.step,
-        deadline=s.step_deadline or s.deadline,
-        updated_at=s.updated_at,
-        failure_reason=s.failure_reason,
-    )
-
-
-@module.handles(ListSagas)
-async def list_sagas(query: ListSagas, sagas: OrderSagas) -> tuple[SagaSummary, ...]:
-    states = await sagas.engine.list_sagas(
-        status=query.status, limit=query.limit, after=query.after, overdue=query.overdue
-    )
-    return tuple(_summary(s) for s in states)
-
-
-@module.handles(CountSagas)
-async def count_sagas(query: CountSagas, sagas: OrderSagas) -> SagaCounts:
-    by_type: dict[str, dict[str, int]] = {}
-    for (saga_type, status), count in sorted((await sagas.engine.counts()).items()):
-        by_type.setdefault(saga_type, {})[status] = count
-    overdue = sum((await sagas.engine.overdue_counts()).values())
-    return SagaCounts(by_type=by_type, overdue=overdue)
-
-
-@module.handles(RetrySaga, transactional=False)
-async def retry_saga(cmd: RetrySaga, database: Database, sagas: OrderSagas) -> SagaSummary | Rejected:
-    """Operator: resume a parked saga; it advances in the background once this commits."""
-    async with unit_of_work(database):
-        retried = await sagas.engine.retry(cmd.saga_id)
-    state = await sagas.engine.get(cmd.saga_id)
-    if state is None:
-        return Rejected(code="NOT_FOUND", detail="no such saga")
-    if not retried:
-        return Rejected(
-            code="NOT_RETRYABLE",
-            detail=f"the saga is {state.status}: only COMPENSATION_FAILED or PARKED sagas (or "
-            "steps waiting to be retried) can be retried",
-        )
-    return _summary(state)
-
-
-async def report_sagas(engine: SagaEngine) -> None:
-    """The saga gauges, read from the orders database when /metrics is scraped."""
-    active, overdue = await engine.counts(final=False), await engine.overdue_counts()
-    types = sorted({*engine.saga_types, *(t for t, _ in active), *overdue})
-    by_state: dict[tuple[str, ...], float] = {(t, s): 0 for t in types for s in sorted(NOT_FINAL)}
-    for (saga_type, status), count in active.items():
-        by_state[(saga_type, status)] = count
-    metrics.SAGAS_ACTIVE_READING.set_all(by_state)
-    metrics.SAGAS_OVERDUE_READING.set_all({(t,): overdue.get(t, 0) for t in types})
-
-
-@module.on_startup
-async def report_sagas_at_scrape(sagas: OrderSagas) -> None:
-    engine = sagas.engine
-    metrics.on_scrape(f"sagas:{id(engine)}", lambda: report_sagas(engine))
-
-
 @module.on(PaymentCaptured)
 async def when_payment_captured_complete_order(event: PaymentCaptured, sagas: OrderSagas) -> None:
     await sagas.engine.complete_step(
@@ -212,26 +123,3 @@ async def when_payment_declined_cancel_order(event: PaymentDeclined, sagas: Orde
     await sagas.engine.fail_step(
         event.order_id, TAKE_PAYMENT, "PAYMENT_DECLINED", status=SagaStatus.CANCELLED, detail=event.reason
     )
-
-
-@module.background
-async def resume_sagas_and_run_timers(sagas: OrderSagas) -> None:
-    """Resume unfinished sagas, then tick deadlines and retries (once a second, or faster when
-    the payment deadline is short).
-
-    After a restart, outcomes that were on their way (a PaymentCaptured still in an outbox) are
-    relayed by the start-up sweep; a short grace lets them land before a payment deadline that
-    expired while the shop was down is enforced — the deadline applies "without a known outcome"."""
-    grace = min(STARTUP_GRACE_S, sagas.settings.payment_deadline_s / 2)
-    await asyncio.sleep(grace)
-    await sagas.engine.resume_all()
-    await sagas.engine.run(interval=min(1.0, max(0.05, sagas.settings.payment_deadline_s / 10)))
-
-
-@module.on_shutdown
-async def close_saga_engine(sagas: OrderSagas) -> None:
-    metrics.off_scrape(f"sagas:{id(sagas.engine)}")
-    await sagas.engine.close()
-
-
-__all__ = ["SagaEngine"]

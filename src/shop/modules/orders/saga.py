@@ -49,6 +49,7 @@ CHECK_ADDRESS = "check_address"
 TAKE_PAYMENT = "take_payment"
 COMPLETE = "complete"
 ASK_TIMEOUT_S = 5.0
+STARTUP_GRACE_S = 5.0
 DEPENDENCY_DEADLINE = timedelta(seconds=60)
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:shop:orders")
 
@@ -112,7 +113,17 @@ class OrderSagas:
             .step("refund_payment", self.refund_payment)
             .step("restock", self.restock)
         )
-        self.engine = SagaEngine(database, [self.place_order, self.cancel_completed], clock=clock.now)
+        deadline_s = settings.payment_deadline_s
+        self.engine = SagaEngine(
+            database,
+            [self.place_order, self.cancel_completed],
+            clock=clock.now,
+            # once a second, or faster when the payment deadline is short
+            tick_interval=min(1.0, max(0.05, deadline_s / 10)),
+            # after a restart, a PaymentCaptured still in an outbox lands before a payment
+            # deadline that passed while the shop was down is enforced ("without a known outcome")
+            startup_grace=min(STARTUP_GRACE_S, deadline_s / 2),
+        )
 
     # -- place_order's steps ---------------------------------------------------------------
 
@@ -273,6 +284,12 @@ def _local(ctx: SagaContext) -> UnitOfWork:
     if ctx.uow is None:
         raise RuntimeError(f"{ctx.step} runs as a local step, inside the saga's unit of work")
     return ctx.uow
+
+
+def saga_engine(sagas: OrderSagas) -> SagaEngine:
+    """The engine of the order sagas (declared with ``module.sagas``: the composition root
+    resumes, ticks and closes it and serves the saga admin views over it)."""
+    return sagas.engine
 
 
 def cancel_saga_id(order_id: uuid.UUID) -> uuid.UUID:

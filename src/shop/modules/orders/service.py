@@ -15,7 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.contracts.catalog import Line, PricedLine
-from shop.contracts.orders import OrderLine, OrderPage, OrderView
+from shop.contracts.orders import OrderLine, OrderView
+from shop.modules.orders.messages import OrderPage
 from shop.modules.orders.models import orders
 
 
