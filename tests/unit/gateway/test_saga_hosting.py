@@ -13,15 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from shop.app import build_app, build_shop, load_module, served_controllers
 from shop.bus.retry import RetryPolicy
-from shop.bus.saga import Saga, SagaContext, SagaEngine
-from shop.db import Database, unit_of_work
+from shop.bus.saga import META_KEY, Saga, SagaContext, SagaEngine
+from shop.bus.tables import saga_instances
+from shop.db import Database, current_unit_of_work, unit_of_work
+from shop.gateway.problems import EXCEPTION_HANDLERS
 from shop.gateway.sagas import SagaAdminController
 from shop.modules.orders.saga import OrderSagas
+from shop.security.guards import PRINCIPAL_KEY
+from shop.security.tokens import Principal
 from shop.settings import Settings
 
 
@@ -124,3 +132,110 @@ async def test_serve_resumes_after_the_grace_then_ticks(tmp_path: Path, make_dat
         with contextlib.suppress(asyncio.CancelledError):
             await serving
         await engine.close()
+
+
+# -- the saga admin views over several modules' engines -------------------------------------
+
+
+def admin_app(engines: dict[str, SagaEngine]) -> Litestar:
+    """The saga admin views as the composition root mounts them, called by an admin."""
+
+    def as_admin(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            scope[PRINCIPAL_KEY] = Principal(user_id=uuid.uuid4(), role="admin")  # type: ignore[literal-required]
+            await app(scope, receive, send)
+
+        return middleware
+
+    return Litestar(
+        route_handlers=[SagaAdminController],
+        state=State({"saga_engines": engines}),
+        middleware=[as_admin],
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+
+
+async def test_the_saga_admin_views_span_every_local_modules_engine(make_database: Any) -> None:
+    clock = Clock()
+    parked: list[uuid.UUID] = []
+
+    async def ok(ctx: SagaContext) -> None:
+        return None
+
+    engines: dict[str, SagaEngine] = {}
+    ids: list[uuid.UUID] = []
+    for module in ("alpha", "beta"):
+        database: Database = await make_database(module)
+        engines[module] = SagaEngine(database, [Saga(f"{module}_saga").step("one", ok)], clock=clock)
+        for _ in range(3):
+            clock.now += timedelta(seconds=1)
+            saga_id = uuid.uuid4()
+            async with unit_of_work(database):
+                await engines[module].start(f"{module}_saga", saga_id)
+            await engines[module].drain()
+            ids.append(saga_id)
+    # a beta saga of a version beta no longer has, past a step it no longer has: parked
+    beta = engines["beta"]
+    stale = uuid.uuid4()
+    clock.now += timedelta(seconds=1)
+    async with unit_of_work(beta.database):
+        await beta.start("beta_saga", stale)
+        await uow_update_version(beta.database, stale, 7)
+    await beta.drain()
+    parked.append(stale)
+
+    app = admin_app(engines)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://shop.test"
+    ) as client:
+        seen: list[str] = []
+        cursor: str | None = None
+        while True:
+            params = {"limit": "4", **({"cursor": cursor} if cursor else {})}
+            page = (await client.get("/api/v1/admin/sagas/", params=params)).json()
+            seen.extend(item["id"] for item in page["items"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == [str(stale), *(str(i) for i in reversed(ids))]  # newest first, across both
+
+        summary = (await client.get("/api/v1/admin/sagas/summary")).json()
+        assert summary["by_type"] == {
+            "alpha_saga": {"COMPLETED": 3},
+            "beta_saga": {"COMPLETED": 3, "PARKED": 1},
+        }
+        assert summary["by_status"] == {"COMPLETED": 6, "PARKED": 1}
+
+        timeline = (await client.get(f"/api/v1/admin/sagas/{stale}/timeline")).json()["items"]
+        assert timeline[-1]["status"] == "PARKED"
+        assert (
+            timeline[-1]["detail"]
+            == "beta_saga v7 is not registered; v1 does not begin with the completed steps gone"
+        )
+        assert (await client.get(f"/api/v1/admin/sagas/{uuid.uuid4()}/timeline")).status_code == 404
+
+        retried = await client.post(f"/api/v1/admin/sagas/{stale}/retry")
+        assert retried.status_code == 202
+        assert retried.json()["id"] == str(stale)
+        await beta.drain()  # resumed in the background: still no version 7, parked again
+        assert (await client.get(f"/api/v1/admin/sagas/{stale}/timeline")).json()["items"][-1][
+            "status"
+        ] == "PARKED"
+        done = await client.post(f"/api/v1/admin/sagas/{ids[0]}/retry")
+        assert done.status_code == 409
+        assert "the saga is COMPLETED" in done.json()["detail"]
+        assert (await client.post(f"/api/v1/admin/sagas/{uuid.uuid4()}/retry")).status_code == 404
+    for engine in engines.values():
+        await engine.close()
+
+
+async def uow_update_version(database: Database, saga_id: uuid.UUID, version: int) -> None:
+    """Inside the open unit of work: the saga started on definition ``version`` and did a step
+    the registered definition does not have."""
+    uow = current_unit_of_work()
+    assert uow is not None
+    c = saga_instances.c
+    data = (await uow.session.execute(sa.select(c.data).where(c.id == saga_id))).scalar_one()
+    data[META_KEY]["version"] = version
+    data[META_KEY]["done"] = ["gone"]  # a step its definition no longer has
+    await uow.session.execute(saga_instances.update().where(c.id == saga_id).values(data=data))
