@@ -113,9 +113,12 @@ class SagaEngine(SagaTimers):
         if versions is None:
             log.error("saga.unknown_definition", saga_id=str(row.id), type=row.type)
             return None, None
+        own = versions.get(row.definition_version)
+        if own is not None and row.versioned:  # the hot path: its own version is registered
+            return own, None
         if row.status not in (SagaStatus.RUNNING, SagaStatus.WAITING, SagaStatus.COMPENSATING):
             # not moving: nothing runs a step; an operator's retry re-resolves when it moves
-            return versions.get(row.definition_version) or Saga(row.type), None
+            return own or Saga(row.type), None
         found = resolve(versions, row)
         if found.definition is None:
             why = found.why or "no definition can run it"
