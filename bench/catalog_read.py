@@ -209,6 +209,7 @@ def servers(args: argparse.Namespace, work: Path, data_dir: Path) -> list[Server
         "SHOP_DATA_DIR": str(data_dir),
         "SHOP_RATE_LIMIT": RATE_LIMIT,
         "SHOP_LOGIN_RATE_LIMIT": RATE_LIMIT,
+        "SHOP_AUTH_ADDRESS_RATE_LIMIT": RATE_LIMIT,
         "SHOP_HOST": HOST,
         "SHOP_ADMIN_EMAIL": ADMIN_EMAIL,
         "SHOP_ADMIN_PASSWORD": ADMIN_PASSWORD,

@@ -11,20 +11,21 @@ import asyncio
 import contextlib
 import importlib
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import structlog
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from shop import migrate as migrations
+from shop.bus import inbox
 from shop.bus.breaker import BreakerConfig, BreakerRegistry
 from shop.bus.bus import Bus
 from shop.bus.clock import Clock
@@ -48,11 +49,13 @@ from shop.observability.logcontext import bound_module, set_process_module
 from shop.process import die_with_parent
 from shop.security.guards import provide_principal
 from shop.security.keys import load_keys
-from shop.security.throttle import Throttle
+from shop.security.throttle import Throttle, client_address
 from shop.security.tokens import Principal, TokenIssuer, TokenVerifier
 from shop.settings import MODULE_NAMES, Settings
+from shop.web.openapi import ShopOpenAPIJson, fix_options_allow
 
 log = structlog.get_logger("shop.app")
+MAX_BODY_BYTES = 1024 * 1024  # no request of the API comes near it
 
 
 def load_module(name: str) -> Module:
@@ -108,10 +111,28 @@ class Shop:
                     engine = self.saga_engines[name] = injector.resolve(SagaEngine)
                     if background:
                         self._tasks.append(asyncio.create_task(engine.serve(), name=f"{name}:sagas"))
+        if background:
+            self._tasks.append(asyncio.create_task(self._prune_inboxes(), name="shop:prune_inboxes"))
         metrics.on_scrape(f"shop:{id(self)}", self._report)
         if self.saga_engines:  # the saga gauges, read from the modules' databases
             metrics.on_scrape(f"sagas:{id(self)}", lambda: saga_gauges.report(self.saga_engines.values()))
         log.info("shop.started", modules=list(self.local), transport=self.bus.transport.name)
+
+    async def _prune_inboxes(self) -> None:
+        """Every so often, forget inbox rows older than SHOP_INBOX_RETENTION_S (a tenth of the
+        retention, between 1 s and an hour); a failed round is logged and tried again later."""
+        retention = self.settings.inbox_retention_s
+        interval = min(3600.0, max(1.0, retention / 10))
+        while True:
+            await asyncio.sleep(interval)
+            for name, database in self.databases.items():
+                try:
+                    removed = await inbox.prune(database, time.time() - retention)
+                except Exception as exc:
+                    log.warning("inbox.prune_failed", module=name, error=repr(exc))
+                    continue
+                if removed:
+                    log.info("inbox.pruned", module=name, removed=removed)
 
     async def _report(self) -> None:
         """At each scrape: the depth of the queues this process consumes, every breaker's state."""
@@ -144,9 +165,17 @@ class Shop:
             await database.dispose()
         log.info("shop.stopped")
 
-    async def login_throttle(self, email: str) -> float | None:
-        """Login attempts per email (SHOP_LOGIN_RATE_LIMIT)."""
-        return await self.limiter.check("login", email, self.settings.login_rate_limit)
+    async def auth_throttle(self, action: str, email: str, address: str) -> float | None:
+        """Logins and sign-ups per client address (SHOP_AUTH_ADDRESS_RATE_LIMIT) and per email
+        from that address (SHOP_LOGIN_RATE_LIMIT); see shop.security.throttle."""
+        by_address = await self.limiter.check(
+            f"{action}-address", address, self.settings.auth_address_rate_limit
+        )
+        by_email = await self.limiter.check(
+            f"{action}-email", f"{address}|{email}", self.settings.login_rate_limit
+        )
+        waits = [wait for wait in (by_address, by_email) if wait is not None]
+        return max(waits) if waits else None
 
     async def describe_services(self) -> dict[str, Any]:
         url = f"http://{self.settings.host}:{self.settings.port}"
@@ -185,7 +214,7 @@ def build_shop(
     clock = clock or Clock()
     databases = {name: Database(name, settings.database_url_for(name)) for name in local}
     for database in databases.values():  # SQL spans, when tracing is on
-        tracing.instrument_engine(database.engine)
+        tracing.instrument_database(database)
     keys = load_keys(settings, generate="users" in local)
     verifier = TokenVerifier(keys.public_pem)
     breakers = BreakerRegistry(clock=clock.monotonic, on_state_change=metrics.on_breaker_change)
@@ -258,6 +287,10 @@ def build_app(
     }
     checks.update(ready_checks or {})
 
+    def provide_client_address(request: Request[Any, Any, Any]) -> str:
+        # Without the rate limit the app is a service behind `shop gateway` (see below).
+        return client_address(request.scope, behind_gateway=not rate_limit)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
         try:
@@ -292,7 +325,8 @@ def build_app(
             "bus": Provide(lambda: shop.bus, use_cache=True, sync_to_thread=False),
             "principal": Provide(provide_principal),
             "settings": Provide(lambda: shop.settings, use_cache=True, sync_to_thread=False),
-            "login_throttle": Provide(lambda: shop.login_throttle, use_cache=True, sync_to_thread=False),
+            "auth_throttle": Provide(lambda: shop.auth_throttle, use_cache=True, sync_to_thread=False),
+            "client_address": Provide(provide_client_address, sync_to_thread=False),
         },
         signature_namespace={"Bus": Bus, "Principal": Principal, "Settings": Settings, "Throttle": Throttle},
         exception_handlers=EXCEPTION_HANDLERS,
@@ -301,7 +335,7 @@ def build_app(
             version="1.0.0",
             path="/schema",
             # /schema/openapi.json, and the interactive reference at /schema itself.
-            render_plugins=[JsonRenderPlugin(), ReferenceRenderPlugin()],
+            render_plugins=[ShopOpenAPIJson(), ReferenceRenderPlugin()],
             # A bearer token is read when sent (Swagger UI's "Authorize" sends it), never required
             # by the document as a whole: each operation says 401/403 where it needs one.
             components=Components(
@@ -311,7 +345,9 @@ def build_app(
         ),
         on_app_init=[_no_debug],
         logging_config=None,
+        request_max_body_size=MAX_BODY_BYTES,  # 413 past it, as at the gateway
     )
+    fix_options_allow(app)
     # Around the whole router (not per route), so unmatched paths get request ids, logs and
     # rate limits too; errors inside are still turned into problem details by Litestar.
     service = "shop" if len(shop.local) > 1 else shop.local[0]

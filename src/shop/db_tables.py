@@ -17,6 +17,8 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shop.db import Prepared
+
 
 async def keyset_rows(
     session: AsyncConnection,
@@ -53,5 +55,12 @@ async def mark_cancelled(session: AsyncConnection, table: sa.Table, order_id: uu
 
 
 async def is_marked_cancelled(session: AsyncConnection, table: sa.Table, order_id: uuid.UUID) -> bool:
-    row = await session.execute(sa.select(table.c.order_id).where(table.c.order_id == order_id))
-    return row.first() is not None
+    query = _IS_CANCELLED.get(table)
+    if query is None:
+        query = _IS_CANCELLED[table] = Prepared(
+            sa.select(table.c.order_id).where(table.c.order_id == sa.bindparam("b_order_id"))
+        )
+    return (await query.execute(session, {"b_order_id": order_id})).first() is not None
+
+
+_IS_CANCELLED: dict[sa.Table, Prepared] = {}

@@ -53,6 +53,8 @@ class Settings:
     admin_password: str | None = None
     rate_limit: RateLimit = RateLimit(100, 1.0)
     login_rate_limit: RateLimit = RateLimit(10, 60.0)
+    auth_address_rate_limit: RateLimit = RateLimit(30, 60.0)
+    inbox_retention_s: float = 7 * 86400.0
     payment_deadline_s: float = 900.0
     payment_provider_timeout_s: float = 2.0
     payment_provider_breaker_wait_s: float = 10.0
@@ -90,6 +92,8 @@ class Settings:
         read("SHOP_ADMIN_PASSWORD", "admin_password")
         read("SHOP_RATE_LIMIT", "rate_limit", RateLimit.parse)
         read("SHOP_LOGIN_RATE_LIMIT", "login_rate_limit", RateLimit.parse)
+        read("SHOP_AUTH_ADDRESS_RATE_LIMIT", "auth_address_rate_limit", RateLimit.parse)
+        read("SHOP_INBOX_RETENTION_S", "inbox_retention_s", _positive_float)
         read("SHOP_PAYMENT_DEADLINE_S", "payment_deadline_s", _positive_float)
         read("SHOP_PAYMENT_PROVIDER_TIMEOUT_S", "payment_provider_timeout_s", _positive_float)
         read("SHOP_PAYMENT_PROVIDER_BREAKER_WAIT_S", "payment_provider_breaker_wait_s", _positive_float)

@@ -13,7 +13,7 @@ What could block the loop, and why it does not:
   the database's asyncio lock and never meet SQLITE_BUSY.
 * Readers never wait under WAL. Commits with `synchronous=NORMAL` do not fsync; a checkpoint
   (every 1000 WAL pages) does, once in a while, in the committing call.
-See docs/adr/0015-sqlite-on-the-event-loop.md for the measurements.
+See docs/adr/0018-sqlite-on-the-loop-and-fewer-transactions.md for the measurements.
 """
 
 from __future__ import annotations

@@ -107,6 +107,7 @@ class ShopProcess:
             SHOP_DATA_DIR=str(self.data_dir),
             SHOP_RATE_LIMIT="100000/second",
             SHOP_LOGIN_RATE_LIMIT="100000/minute",
+            SHOP_AUTH_ADDRESS_RATE_LIMIT="100000/minute",
             SHOP_ADMIN_EMAIL=ADMIN["email"],
             SHOP_ADMIN_PASSWORD=ADMIN["password"],
             SHOP_PAYMENT_DEADLINE_S=str(PAYMENT_DEADLINE_S),

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.breaker import BreakerConfig, BreakerRegistry
 from shop.bus.bus import Bus
+from shop.bus.errors import DependencyFailure
 from shop.bus.messages import Command, Envelope, Event, Query
 from shop.bus.module import Module
 from shop.bus.retry import RetryPolicy
@@ -44,8 +45,21 @@ class ConfSlow(Query, frozen=True, kw_only=True):
     seconds: float
 
 
+class ConfHold(Command, frozen=True, kw_only=True):
+    """A command that takes its time (it holds a slot of the ledger's command bulkhead)."""
+
+    seconds: float
+
+
 class ConfBoom(Query, frozen=True, kw_only=True):
-    pass
+    """The handler raises: `fault` "module" (its own failure), "input" (a ValueError on its
+    input) or "dependency" (something outside the module failed)."""
+
+    fault: str = "module"
+
+
+class ConfDependencyDown(DependencyFailure):
+    """A dependency outside the ledger module (say, a provider) is down."""
 
 
 ledger_md = sa.MetaData(schema="ledger")
@@ -106,9 +120,18 @@ def make_modules(seen: Observed) -> list[Module]:
         await asyncio.sleep(query.seconds)
         return "late"
 
+    @ledger.handles(ConfHold, transactional=False)
+    async def hold(command: ConfHold) -> str:
+        await asyncio.sleep(command.seconds)
+        return "held"
+
     @ledger.handles(ConfBoom)
     async def boom(query: ConfBoom) -> None:
-        raise ValueError("boom")
+        if query.fault == "input":
+            raise ValueError("boom: bad input")
+        if query.fault == "dependency":
+            raise ConfDependencyDown("boom: the provider is down")
+        raise RuntimeError("boom: the ledger's disk is gone")
 
     @audit.on(ConfDeposited)
     async def when_deposited_write_audit(

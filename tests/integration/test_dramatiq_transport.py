@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from shop.bus.breaker import BreakerRegistry
 from shop.bus.bus import Bus
-from shop.bus.errors import AskTimeout, HandlerFailed
+from shop.bus.errors import AskTimeout, DependencyFailed, HandlerFailed, InputRefused
 from shop.bus.messages import Envelope, Message, Query, decode_reply, new_envelope
 from shop.bus.retry import RetryPolicy
 from shop.bus.transports.base import Outcome, Result
@@ -140,7 +140,12 @@ async def test_two_buses_ask_and_publish_across_redis(
 
         with pytest.raises(HandlerFailed) as failed:
             await bus_b.ask(ConfBoom(), timeout=5)
-        assert failed.value.error_type == "ValueError"
+        assert (failed.value.error_type, failed.value.fault) == ("RuntimeError", "module")
+        with pytest.raises(InputRefused) as refused:  # whose fault it was crosses Redis too
+            await bus_b.ask(ConfBoom(fault="input"), timeout=5)
+        assert refused.value.error_type == "ValueError"
+        with pytest.raises(DependencyFailed):
+            await bus_b.ask(ConfBoom(fault="dependency"), timeout=5)
 
         started = time.monotonic()
         with pytest.raises(AskTimeout):

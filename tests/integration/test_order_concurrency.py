@@ -205,6 +205,7 @@ async def shop(tmp_path: Path, database_url: str | None) -> AsyncIterator[ShopCl
         admin_password=ADMIN["password"],
         rate_limit=RateLimit(100_000, 1.0),
         login_rate_limit=RateLimit(100_000, 60.0),
+        auth_address_rate_limit=RateLimit(100_000, 60.0),
     )
     app = create_app(settings)
     async with serving(app) as client:

@@ -181,6 +181,7 @@ async def shopper(tmp_path: Path, database_url: str) -> AsyncIterator[Shopper]:
         admin_password=ADMIN["password"],
         rate_limit=RateLimit(100_000, 1.0),
         login_rate_limit=RateLimit(100_000, 60.0),
+        auth_address_rate_limit=RateLimit(100_000, 60.0),
     )
     async with serving(create_app(settings)) as client:
         shopper = Shopper(client, database_url)

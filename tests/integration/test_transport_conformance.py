@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from shop.bus import context, inbox
 from shop.bus.breaker import CircuitOpenError
-from shop.bus.errors import AskTimeout, HandlerFailed, NoUnitOfWork
+from shop.bus.errors import AskTimeout, DependencyFailed, HandlerFailed, InputRefused, NoUnitOfWork
 from shop.bus.messages import new_envelope
 from shop.bus.outbox import write as write_outbox
 from shop.db import unit_of_work
@@ -26,6 +26,7 @@ from .conftest import (
     ConfBoom,
     ConfDeposit,
     ConfDeposited,
+    ConfHold,
     ConfSlow,
     Observed,
     WorldFactory,
@@ -74,20 +75,57 @@ async def test_a_failing_handler_surfaces_as_handler_failed_to_the_asker(world_f
     world = await world_factory()
     with pytest.raises(HandlerFailed) as caught:
         await world.bus.ask(ConfBoom())
-    assert caught.value.error_type == "ValueError"
+    assert (caught.value.error_type, caught.value.fault) == ("RuntimeError", "module")
 
 
-async def test_ask_goes_through_the_destination_modules_breaker(world_factory: WorldFactory) -> None:
+async def test_ask_goes_through_the_destination_modules_breaker_for_its_kind(
+    world_factory: WorldFactory,
+) -> None:
     world = await world_factory()
     for _ in range(3):
         with pytest.raises(HandlerFailed):
             await world.bus.ask(ConfBoom())
-    assert world.bus.breakers.states()["module:ledger"] == "OPEN"
+    assert world.bus.breakers.states()["module:ledger:queries"] == "OPEN"
     calls_before = len(world.seen.envelopes)
     with pytest.raises(CircuitOpenError):
-        await world.bus.ask(ConfDeposit(account="d", amount=1))
+        await world.bus.ask(ConfBalance(account="d"))
     assert len(world.seen.envelopes) == calls_before, "an open breaker must not call the handler"
-    assert await world.count("ledger", entries, account="d") == 0
+    # The ledger's commands have a breaker of their own: its failing reads leave writes up.
+    assert await world.bus.ask(ConfDeposit(account="d", amount=1)) == 1
+    assert world.bus.breakers.states()["module:ledger:commands"] == "CLOSED"
+
+
+async def test_a_saturated_command_path_leaves_the_modules_reads_their_own_slots(
+    world_factory: WorldFactory,
+) -> None:
+    world = await world_factory()
+    slots = world.bus._local_requests.per_queue
+    holding = [
+        asyncio.create_task(world.bus.ask(ConfHold(seconds=2.0), timeout=10)) for _ in range(slots + 5)
+    ]
+    try:
+        await asyncio.sleep(0.1)  # every command slot is taken, and five commands queue for one
+        started = time.monotonic()
+        assert await world.bus.ask(ConfBalance(account="nobody"), timeout=1.0) == 0
+        assert time.monotonic() - started < 0.5, "a read waited for the saturated command path"
+    finally:
+        for task in holding:
+            task.cancel()
+        await asyncio.gather(*holding, return_exceptions=True)
+
+
+@pytest.mark.parametrize(("fault", "failure"), [("input", InputRefused), ("dependency", DependencyFailed)])
+async def test_a_handler_failing_on_its_input_or_a_dependency_counts_against_no_module_breaker(
+    world_factory: WorldFactory, fault: str, failure: type[HandlerFailed]
+) -> None:
+    world = await world_factory()
+    for _ in range(10):  # far past the test breakers' minimum number of calls
+        with pytest.raises(failure):
+            await world.bus.ask(ConfBoom(fault=fault))
+    breaker = world.bus.breakers.get("module:ledger:queries")
+    assert breaker.state == "CLOSED"
+    assert breaker.metrics().failed_calls == 0
+    assert await world.bus.ask(ConfBalance(account="nobody")) == 0
 
 
 async def test_duplicate_delivery_has_its_effect_once(world_factory: WorldFactory) -> None:

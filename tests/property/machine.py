@@ -40,7 +40,6 @@ from .network import (
     InProcessForwarder,
     Network,
     VirtualClock,
-    counting_database_calls,
 )
 from .world import Seed, World, build_template, canonical
 
@@ -99,7 +98,6 @@ class OrderSagaMachine(RuleBasedStateMachine):
         forwarder, durable = self.make_forwarder()
         self.network = Network(VirtualClock(), forwarder, durable=durable)
         self.world = World(template, self.workdir / "data", self.seed, self.network)
-        self.stack.enter_context(counting_database_calls(self.network.io))
         self.stack.enter_context(self.world.effects.watching())
         self.events: list[str] = []
         self.names: dict[str, str] = {}

@@ -144,8 +144,19 @@ def load_yaml_all(path: Path) -> list[Any]:
 
 
 def interpolate(value: str) -> str:
-    """Compose's `${VAR:-default}` / `${VAR}` with an empty environment."""
+    """Compose's `${VAR:-default}` / `${VAR}` with an empty environment; a required
+    `${VAR:?message}` as if the operator had set it (to "set-by-operator")."""
+    value = re.sub(r"\$\{\w+:?\?[^}]*\}", "set-by-operator", value)
     return re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}", lambda m: m.group(2) or "", value)
+
+
+# Variables that hold a credential: compose must require them (`${VAR:?...}`), never default them.
+CREDENTIALS = (
+    "SHOP_ADMIN_PASSWORD",
+    "SHOP_POSTGRES_PASSWORD",
+    "SHOP_REDIS_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+)
 
 
 def command_of(value: Any) -> list[str]:
@@ -448,8 +459,8 @@ def check_commands_parse(m: Manifests) -> Problems:
     """Every `shop ...` command line is one the CLI accepts, naming real modules."""
     problems: Problems = []
     for where, command in shop_commands(m):
-        if command[:1] == ["python"]:
-            continue  # the compose one-shot that writes the dev keys
+        if command[:1] == ["python"] or (command[:2] == ["sh", "-c"] and "load_keys" in command[2]):
+            continue  # the compose one-shot that writes the signing pair
         if command[:1] != ["shop"]:
             problems.append(f"{where}: {command} does not run the shop command")
             continue
@@ -840,6 +851,36 @@ def check_observability_wiring(m: Manifests) -> Problems:
     return problems
 
 
+def check_secrets(m: Manifests) -> Problems:
+    """No credential has a default in compose (each is required from the operator), credentials
+    in URLs come from those variables, and only users can read the token signing key."""
+    problems: Problems = []
+    text = (m.deploy / "compose.yaml").read_text()
+    for var in CREDENTIALS:
+        uses = re.findall(r"\$\{" + var + r"(:?[-?])?[^}]*\}", text)
+        if not uses:
+            problems.append(f"compose: {var} is never used")
+        for op in uses:
+            if op not in ("?", ":?"):
+                problems.append(f"compose: {var} has a default (use ${{{var}:?...}})")
+    for name, svc in m.services.items():
+        env = m.compose_env(svc)
+        for var in ("SHOP_DATABASE_URL", "SHOP_REDIS_URL"):
+            url = env.get(var, "")
+            if url and "set-by-operator" not in url:
+                problems.append(f"compose {name}: {var} carries no password from the operator")
+        mounts = [str(v).split(":")[0] for v in svc.get("volumes") or ()]
+        signs = "jwt-private" in mounts or "SHOP_JWT_PRIVATE_KEY" in env
+        if signs and name not in ("users", "keys"):
+            problems.append(f"compose {name}: holds the token signing key (only users signs)")
+        if name in m.shop_services and name not in ("keys", "migrate") and "jwt-public" not in mounts:
+            problems.append(f"compose {name}: cannot read the public key it verifies tokens with")
+    users = m.services.get("users", {})
+    if "SHOP_JWT_PRIVATE_KEY" not in m.compose_env(users):
+        problems.append("compose users: no SHOP_JWT_PRIVATE_KEY (it signs the tokens)")
+    return problems
+
+
 def check_workflow(m: Manifests) -> Problems:
     problems: Problems = []
     triggers = m.workflow.get("on", m.workflow.get(True)) or {}  # YAML 1.1 reads `on` as true
@@ -964,6 +1005,10 @@ def test_dockerfile(repo: Manifests) -> None:
 
 def test_observability_wiring(repo: Manifests) -> None:
     assert check_observability_wiring(repo) == []
+
+
+def test_no_default_credentials_and_only_users_holds_the_signing_key(repo: Manifests) -> None:
+    assert check_secrets(repo) == []
 
 
 def test_workflow(repo: Manifests) -> None:
@@ -1120,7 +1165,7 @@ MUTATIONS: list[Mutation] = [
         "delivery=http://delivery:8080",
         check_ports_and_addresses,
     ),
-    ("deploy/compose.yaml", "redis://redis:6379/0", "redis://cache:6379/0", check_ports_and_addresses),
+    ("deploy/compose.yaml", "@redis:6379/0", "@cache:6379/0", check_ports_and_addresses),
     ("Dockerfile", "EXPOSE 8000", "EXPOSE 8080", check_ports_and_addresses),
     (
         "deploy/compose.yaml",
@@ -1212,6 +1257,30 @@ MUTATIONS: list[Mutation] = [
         "http://otel-collector:4318",
         "http://otel-collector:4317",
         check_observability_wiring,
+    ),
+    (
+        "deploy/compose.yaml",
+        "${GRAFANA_ADMIN_PASSWORD:?set GRAFANA_ADMIN_PASSWORD}",
+        "${GRAFANA_ADMIN_PASSWORD:-admin}",
+        check_secrets,
+    ),
+    (
+        "deploy/compose.yaml",
+        "${SHOP_ADMIN_PASSWORD:?set SHOP_ADMIN_PASSWORD}",
+        "${SHOP_ADMIN_PASSWORD:-change-me-please}",
+        check_secrets,
+    ),
+    (
+        "deploy/compose.yaml",
+        "redis://:${SHOP_REDIS_PASSWORD:?set SHOP_REDIS_PASSWORD}@redis:6379/0",
+        "redis://redis:6379/0",
+        check_secrets,
+    ),
+    (
+        "deploy/compose.yaml",
+        "    - jwt-public:/keys/public:ro\n  restart: unless-stopped",
+        "    - jwt-public:/keys/public:ro\n    - jwt-private:/keys/private:ro\n  restart: unless-stopped",
+        check_secrets,
     ),
     (".github/workflows/ci.yml", "  pull_request:\n", "", check_workflow),
     (

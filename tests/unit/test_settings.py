@@ -260,6 +260,11 @@ def test_a_process_without_payments_needs_no_payment_provider_in_production(
     served: list[str] = []
     monkeypatch.setattr("shop.cli.serve", lambda _settings, factory, **_k: served.append(factory))
 
+    async def ready(*_args: object) -> None:  # keys, databases and Redis: not what is tested here
+        return None
+
+    monkeypatch.setattr("shop.commands.serving.preflight", ready)
+
     assert main(["serve", "catalog", "orders"]) == 0
     assert main(["gateway"]) == 0
 

@@ -297,6 +297,11 @@ class CircuitBreaker:
         self._not_permitted += 1
         return False
 
+    def release_permission(self) -> None:
+        """A permitted call ended with an outcome that says nothing about the dependency:
+        record nothing, and hand a half-open probe slot back (Resilience4j's releasePermission)."""
+        self._record(_Outcome.IGNORED, 0.0, None)
+
     def on_success(self, duration: float) -> None:
         """Record a successful call that took ``duration`` seconds."""
         self._record(_Outcome.SUCCESS, duration, None)

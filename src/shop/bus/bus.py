@@ -22,9 +22,17 @@ import structlog
 
 from shop.bus import context, inbox
 from shop.bus.breaker import BreakerRegistry, CircuitBreaker, CircuitOpenError
-from shop.bus.errors import AskTimeout, HandlerFailed, NoHandler, NoUnitOfWork
+from shop.bus.errors import (
+    AskTimeout,
+    DependencyFailed,
+    DependencyFailure,
+    HandlerFailed,
+    InputRefused,
+    NoHandler,
+    NoUnitOfWork,
+)
 from shop.bus.inject import InjectionError, Injector, Plan, Scope
-from shop.bus.messages import Command, Envelope, Event, Message, decode_body, encode, new_envelope
+from shop.bus.messages import Command, Envelope, Event, Message, Query, decode_body, encode, new_envelope
 from shop.bus.middleware import observe
 from shop.bus.module import HandlerSpec, Module
 from shop.bus.outbox import Relay, Route
@@ -185,11 +193,17 @@ class Bus:
     # -- the API ---------------------------------------------------------------------------
 
     async def ask(self, message: Message, *, timeout: float | None = None) -> Any:
-        """Request/reply to the message's owner through its module's circuit breaker."""
+        """Request/reply to the message's owner through its module's circuit breaker for that
+        kind of message (`module:<name>:queries` or `module:<name>:commands`), so a failing
+        command path leaves the module's reads up. Only the module's own failures count: a
+        timeout, or a HandlerFailed that is not a DependencyFailed or an InputRefused."""
         spec = self.router.owner(type(message).type_name())
-        breaker = self._breaker_cache.get(spec.module)
+        lane = _lane(message)
+        breaker = self._breaker_cache.get(f"{spec.module}:{lane}")
         if breaker is None:
-            breaker = self._breaker_cache[spec.module] = self.breakers.get(f"module:{spec.module}")
+            breaker = self._breaker_cache[f"{spec.module}:{lane}"] = self.breakers.get(
+                f"module:{spec.module}:{lane}"
+            )
         if not breaker.try_acquire():
             raise breaker.rejection()
         local = spec.module in self._local_set
@@ -214,8 +228,10 @@ class Bus:
                 )
                 reply = coerce_reply(reply, self._reply_type(spec))
         except BaseException as exc:
-            if isinstance(exc, (HandlerFailed, AskTimeout)):
+            if isinstance(exc, AskTimeout) or (isinstance(exc, HandlerFailed) and exc.fault == "module"):
                 breaker.on_error(time.monotonic() - started, exc)
+            else:  # says nothing about the module: no count, and a half-open probe slot back
+                breaker.release_permission()
             if span is not None:
                 tracing.end(span, exc)
             raise
@@ -306,7 +322,8 @@ class Bus:
             return await bound.invoke(Call(queue, bound.spec.consumer, envelope, message))
         except Exception as exc:
             metrics.BUS_FAILED.labels(bound.spec.consumer, envelope.type).inc()
-            raise HandlerFailed(f"{bound.spec.consumer}: {exc!r}", error_type=type(exc).__name__) from exc
+            failed = _failure_of(exc)
+            raise failed(f"{bound.spec.consumer}: {exc!r}", error_type=type(exc).__name__) from exc
 
     async def process(self, queue: str, envelope: Envelope) -> Result:
         try:
@@ -377,7 +394,7 @@ class Bus:
                 raise RuntimeError(f"{spec.module} has no database")
             async with unit_of_work(database, write=idempotent) as uow:
                 if idempotent:
-                    done, stored = await inbox.seen(uow.session, call.consumer, call.envelope.message_id)
+                    done, stored = await inbox.seen(uow, call.consumer, call.envelope.message_id)
                     if done:
                         metrics.BUS_DUPLICATES.labels(call.consumer).inc()
                         return coerce_reply(_decode_reply(stored), plain)
@@ -386,7 +403,7 @@ class Bus:
                 )
                 if idempotent:
                     await inbox.record(
-                        uow.session, call.consumer, call.envelope.message_id, _encode_reply(result)
+                        uow, call.consumer, call.envelope.message_id, _encode_reply(result)
                     )
                 return result
 
@@ -394,6 +411,26 @@ class Bus:
         for mw in reversed((_context_middleware, *self.middleware)):
             invoke = _wrap(mw, invoke)
         return invoke
+
+
+def _lane(message: Message) -> str:
+    """The bulkhead a request goes through: reads apart from writes."""
+    return "queries" if isinstance(message, Query) else "commands"
+
+
+_INPUT_ERRORS = (ValueError, TypeError, LookupError, msgspec.ValidationError)
+
+
+def _failure_of(exc: BaseException) -> type[HandlerFailed]:
+    """Whose fault a handler's exception is (see shop.bus.errors)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (DependencyFailure, CircuitOpenError, HandlerFailed, AskTimeout)):
+            return DependencyFailed
+        current = current.__cause__ or current.__context__
+    return InputRefused if isinstance(exc, _INPUT_ERRORS) else HandlerFailed
 
 
 def _breaker_wait(exc: BaseException) -> float:

@@ -9,32 +9,56 @@ from datetime import UTC, datetime
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus import outbox
 from shop.bus.messages import Envelope, decode_envelope, encode
 from shop.bus.outbox import Relay
 from shop.bus.tables import dead_letters, inbox
-from shop.db import Database, unit_of_work
+from shop.db import Database, Prepared, UnitOfWork, unit_of_work
 
-# Built once (a statement built per call costs SQLAlchemy twice as much as one reused).
-_SEEN = sa.select(inbox.c.reply).where(
-    inbox.c.consumer == sa.bindparam("b_consumer"), inbox.c.message_id == sa.bindparam("b_message_id")
+_SEEN = Prepared(
+    sa.select(inbox.c.reply).where(
+        inbox.c.consumer == sa.bindparam("b_consumer"), inbox.c.message_id == sa.bindparam("b_message_id")
+    )
 )
-_RECORD = inbox.insert()
+_RECORD = Prepared(inbox.insert())
 
 
-async def seen(session: AsyncConnection, consumer: str, message_id: uuid.UUID) -> tuple[bool, bytes | None]:
+async def seen(uow: UnitOfWork, consumer: str, message_id: uuid.UUID) -> tuple[bool, bytes | None]:
     """Whether `consumer` already handled `message_id`, and the reply it gave then."""
-    row = (await session.execute(_SEEN, {"b_consumer": consumer, "b_message_id": message_id})).first()
+    row = (await _SEEN.execute(uow, {"b_consumer": consumer, "b_message_id": message_id})).first()
     return (row is not None, row[0] if row is not None else None)
 
 
-async def record(session: AsyncConnection, consumer: str, message_id: uuid.UUID, reply: bytes | None) -> None:
+async def record(uow: UnitOfWork, consumer: str, message_id: uuid.UUID, reply: bytes | None) -> None:
     """Record the handling in the handler's own transaction (a duplicate fails the commit)."""
-    await session.execute(
-        _RECORD, {"consumer": consumer, "message_id": message_id, "reply": reply, "handled_at": time.time()}
+    await _RECORD.execute(
+        uow, {"consumer": consumer, "message_id": message_id, "reply": reply, "handled_at": time.time()}
     )
+
+
+PRUNE_BATCH = 1000
+
+
+async def prune(database: Database, older_than: float, *, batch: int = PRUNE_BATCH) -> int:
+    """Forget handlings recorded before `older_than` (epoch seconds), `batch` rows per short
+    transaction; how many were removed. A redelivery older than the retention is not expected:
+    the outbox, the transports' retries and a redrive all come much sooner."""
+    removed = 0
+    while True:
+        oldest = (
+            sa.select(inbox.c.consumer, inbox.c.message_id)
+            .where(inbox.c.handled_at < older_than)
+            .limit(batch)
+        )
+        async with unit_of_work(database) as uow:
+            result = await uow.session.execute(
+                inbox.delete().where(sa.tuple_(inbox.c.consumer, inbox.c.message_id).in_(oldest))
+            )
+        count = int(result.rowcount)
+        removed += count
+        if count < batch:
+            return removed
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +127,18 @@ def _entry(module: str, row: sa.Row[tuple[object, ...]]) -> DeadLetter:
     )
 
 
-async def list_dead(database: Database) -> list[DeadLetter]:
+async def list_dead(
+    database: Database, *, limit: int | None = None, after: tuple[datetime, uuid.UUID] | None = None
+) -> list[DeadLetter]:
+    """Dead letters oldest first, by (failed_at, id): at most `limit`, those after `after`."""
+    query = sa.select(dead_letters)
+    if after is not None:
+        query = query.where(sa.tuple_(dead_letters.c.failed_at, dead_letters.c.id) > sa.tuple_(*after))
+    query = query.order_by(dead_letters.c.failed_at, dead_letters.c.id)
+    if limit is not None:
+        query = query.limit(limit)
     async with unit_of_work(database, write=False) as uow:
-        rows = await uow.session.execute(sa.select(dead_letters).order_by(dead_letters.c.failed_at))
+        rows = await uow.session.execute(query)
         return [_entry(database.module, row) for row in rows]
 
 

@@ -78,6 +78,7 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
     body: bytes | None = None
     error: str | None = None
     error_type: str | None = None
+    fault: str | None = None  # whose fault a handler error was (shop.bus.errors.HandlerFailed.fault)
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -149,13 +150,31 @@ def new_envelope(
     )
 
 
+SECRET_FIELDS = ("token", "password", "secret")
+REDACTED = "[redacted]"
+
+
+def redacted(value: Any) -> Any:
+    """`value` (JSON-like) with the value of every field whose name names a secret (a payment
+    token, a password) replaced by "[redacted]", at any depth."""
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if any(s in str(k).lower() for s in SECRET_FIELDS) else redacted(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
+
+
 def to_json(envelope: Envelope) -> dict[str, Any]:
-    """The envelope with its body decoded, for logs and operator views."""
+    """The envelope with its body decoded and its secrets redacted, for logs and operator views
+    (the stored envelope keeps them: a redriven TakePayment still needs its payment token)."""
     data: dict[str, Any] = msgspec.to_builtins(envelope)
     try:
-        data["body"] = msgspec.to_builtins(decode_body(envelope.type, envelope.body))
+        data["body"] = redacted(msgspec.to_builtins(decode_body(envelope.type, envelope.body)))
     except (UnknownMessageType, msgspec.DecodeError):
-        data["body"] = envelope.body.hex()
+        data["body"] = f"[undecodable: {len(envelope.body)} bytes]"
     return data
 
 

@@ -30,7 +30,7 @@ class AddressView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RegisterUser(Command, frozen=True, kw_only=True):
-    """Sign up a customer. Replies UserView, or Rejected("EMAIL_TAKEN")."""
+    """Sign up a customer. Replies UserView, or Rejected("EMAIL_TAKEN" | "BUSY": no hashing slot now)."""
 
     email: str
     password: str
@@ -46,7 +46,8 @@ class CreateAdmin(Command, frozen=True, kw_only=True):
 
 
 class IssueToken(Query, frozen=True, kw_only=True):
-    """Log in. Replies TokenIssued, or Rejected("BAD_CREDENTIALS") for any wrong pair."""
+    """Log in. Replies TokenIssued, or Rejected("BAD_CREDENTIALS") for any wrong pair, or
+    Rejected("BUSY") when no password can be checked right now."""
 
     email: str
     password: str

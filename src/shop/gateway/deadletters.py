@@ -18,7 +18,7 @@ from shop.bus.messages import to_json
 from shop.bus.outbox import Relay
 from shop.db import Database
 from shop.security.guards import admin_only
-from shop.web.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shop.web.pagination import Cursor, Limit, Page, encode_cursor, keyset_cursor
 
 
 class DeadLetterOut(msgspec.Struct):
@@ -64,14 +64,23 @@ class DeadLetterController(Controller):
     async def list_dead_letters(
         self, state: State, limit: Limit = 20, cursor: Cursor = None
     ) -> Page[DeadLetterOut]:
+        """Keyset pages by (failed_at, id): each local database is asked, in SQL, for the
+        `limit + 1` entries after the cursor, and the first `limit` of them all are the page."""
         databases: Mapping[str, Database] = state["databases"]
-        entries = [entry for db in databases.values() for entry in await inbox.list_dead(db)]
-        entries.sort(key=lambda e: (e.failed_at, str(e.id)))
-        start = int(decode_cursor(cursor, 1)[0]) if cursor else 0  # type: ignore[index]
-        window = entries[start : start + limit]
-        more = start + limit < len(entries)
+        after = keyset_cursor(cursor)
+        position = (datetime.fromisoformat(after[0]), uuid.UUID(after[1])) if after else None
+        entries = [
+            entry
+            for database in databases.values()
+            for entry in await inbox.list_dead(database, limit=limit + 1, after=position)
+        ]
+        entries.sort(key=lambda e: (e.failed_at, e.id))
+        window = entries[:limit]
+        last = window[-1] if window else None
+        more = len(entries) > limit and last is not None
         return Page(
-            items=[_summary(e) for e in window], next_cursor=encode_cursor(start + limit) if more else None
+            items=[_summary(e) for e in window],
+            next_cursor=encode_cursor(last.failed_at.isoformat(), str(last.id)) if more and last else None,
         )
 
     @get("/{entry_id:uuid}", summary="One dead letter with its envelope")

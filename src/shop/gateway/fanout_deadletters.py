@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -19,11 +21,10 @@ from litestar.exceptions import NotFoundException, ServiceUnavailableException
 from litestar.params import FromPath
 
 from shop.security.guards import admin_only
-from shop.web.pagination import Cursor, Limit, decode_cursor, encode_cursor
+from shop.web.pagination import Cursor, Limit, encode_cursor, keyset_cursor
 
 PATH = "/api/v1/admin/dead-letters"
 CALL_TIMEOUT_S = 3.0
-PAGE_SIZE = 100  # what is fetched from each service (its own limit)
 
 
 class Instances(Protocol):
@@ -64,19 +65,27 @@ class FanOutDeadLetterController(Controller):
     async def list_all(
         self, request: Request[Any, Any, Any], state: State, limit: Limit = 20, cursor: Cursor = None
     ) -> dict[str, Any]:
+        """The services page by the same keyset (failed_at, id): each is asked for its `limit + 1`
+        entries after the cursor, and the first `limit` of them all are the page."""
+        keyset_cursor(cursor)  # a cursor we did not make is refused here, not by every service
         instances: Instances = state["instances"]
-        answers = await _each(instances, "GET", f"{PATH}?limit={PAGE_SIZE}", _auth(request))
+        query = urlencode({"limit": min(limit + 1, 100), **({"cursor": cursor} if cursor else {})})
+        answers = await _each(instances, "GET", f"{PATH}?{query}", _auth(request))
         if answers and all(a is None for a in answers):
             raise ServiceUnavailableException(detail="no service answered", headers={"Retry-After": "5"})
         items: list[dict[str, Any]] = []
+        beyond = False  # a service has more than it sent (it sends at most 100)
         for answer in answers:
             if answer is not None and answer[0] == 200:
-                items.extend(msgspec.json.decode(answer[1]).get("items", []))
-        items.sort(key=lambda item: (str(item.get("failed_at")), str(item.get("id"))))
-        start = int(decode_cursor(cursor, 1)[0]) if cursor else 0  # type: ignore[index]
-        window = items[start : start + limit]
-        more = start + limit < len(items)
-        return {"items": window, "next_cursor": encode_cursor(start + limit) if more else None}
+                page = msgspec.json.decode(answer[1])
+                items.extend(page.get("items", []))
+                beyond = beyond or bool(page.get("next_cursor"))
+        items.sort(key=lambda item: (datetime.fromisoformat(str(item["failed_at"])), str(item["id"])))
+        window = items[:limit]
+        more = (len(items) > limit or beyond) and bool(window)
+        last = window[-1] if window else None
+        next_cursor = encode_cursor(last["failed_at"], last["id"]) if more and last else None
+        return {"items": window, "next_cursor": next_cursor}
 
     @get("/{entry_id:uuid}", summary="One dead letter with its envelope")
     async def show(

@@ -70,7 +70,7 @@ class GatewayMiddleware:
             traceparent = context.child_traceparent(parent)
         else:  # a SERVER span continuing the caller's trace; current for the whole request
             span = tracing.start(
-                scope["method"],
+                method_label(scope["method"]),
                 tracing.SpanKind.SERVER,
                 parent,
                 {
@@ -112,7 +112,8 @@ class GatewayMiddleware:
             elapsed = time.perf_counter() - started
             route = _route_of(scope)
             status = status_holder[0]
-            metrics.observe_http(scope["method"], route, status, elapsed)
+            method = method_label(scope["method"])
+            metrics.observe_http(method, route, status, elapsed)
             log.info(
                 "http.request",
                 module=self.service,
@@ -124,7 +125,7 @@ class GatewayMiddleware:
             )
             context.leave(token)
             if span is not None:
-                _end_server_span(span, otel_token, scope["method"], route, status)
+                _end_server_span(span, otel_token, method, route, status)
 
     def _authenticate(self, scope: Scope, headers: dict[str, str]) -> str | None:
         authorization = headers.get("authorization")
@@ -164,6 +165,15 @@ def _headers(scope: Scope) -> dict[str, str]:
         if name in _WANTED or name.lower() in _WANTED:
             found[name.lower().decode("latin-1")] = value.decode("latin-1")
     return found
+
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The request method as a metric label: a client picks it, so anything but the standard
+    methods the API could serve is "OTHER" (bounded label cardinality)."""
+    return method if method in KNOWN_METHODS else "OTHER"
 
 
 def _peer(scope: Scope) -> str:

@@ -26,7 +26,12 @@ class OpsController(Controller):
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/ready", tags=["operations"], summary="Every local dependency answers")
+    @get(
+        "/ready",
+        tags=["operations"],
+        summary="Every local dependency answers",
+        problems={503: "a local dependency does not answer (`detail` names it)"},
+    )
     async def ready(self, state: State) -> Response[Any]:
         checks: Mapping[str, Check] = state["ready_checks"]
         results = await asyncio.gather(*(_probe(check) for check in checks.values()))

@@ -6,10 +6,13 @@
 * Balancing: round robin over the module's healthy instances, skipping those whose breaker
   (`upstream:<instance_id>`, one per process) does not permit a call.
 * Failover: a request that never reached an instance (connect error or timeout, pool timeout)
-  goes to the next instance whatever its method -- nothing was sent. A request that may have
-  been processed (read timeout, broken connection, a 502/503/504 answer) goes to the next
-  instance only if it is idempotent: GET, HEAD, OPTIONS, PUT, DELETE, or a POST with an
-  `Idempotency-Key`. At most `retries` further instances are tried.
+  goes to the next instance whatever its method -- nothing was sent. An instance that refuses
+  the connection is gone: its breaker is opened at once (no more traffic until it probes), the
+  registry is read again (once, for every request that met it) and the instances it then lists
+  are tried too -- so a replacement that registered since the last refresh takes the request.
+  A request that may have been processed (read timeout, broken connection, a 502/503/504
+  answer) goes to the next instance only if it is idempotent: GET, HEAD, OPTIONS, PUT, DELETE,
+  or a POST with an `Idempotency-Key`. At most `retries` further instances are tried.
 * Breakers count transport errors and 502/504 answers as failures; any other answer (503
   included: it is the service telling that *its* dependency is down) as a success.
 * No instance could be tried: 503 + Retry-After. Every tried instance failed: 504 after a
@@ -18,8 +21,10 @@
 
 Request headers are forwarded minus hop-by-hop ones, with the gateway's `X-Request-ID` and
 `traceparent` (the middleware's context; with tracing on, the CLIENT span of each attempt),
-`X-Forwarded-For` (the peer appended), `-Proto` and `-Host`. The request body is read whole
-(bounded): it is what makes a retry possible. Responses up to `buffer_response_bytes` with a
+`X-Forwarded-For` (the peer appended), `-Proto` and `-Host`. The request body is read whole,
+bounded: it is what makes a retry possible. Over `max_body_bytes` (a declared Content-Length is
+checked first) it is 413; not received within `body_timeout_s`, 408; a client that disconnects
+before its body is complete gets nothing forwarded. Responses up to `buffer_response_bytes` with a
 Content-Length are read whole and sent in one message; others are streamed.
 """
 
@@ -41,6 +46,7 @@ from shop.bus.breaker import BreakerRegistry
 from shop.discovery.base import DEFAULT_ROUTES, InstanceView, Registry
 from shop.gateway.upstream import (
     Upstream,
+    UpstreamConnectError,
     UpstreamError,
     UpstreamPool,
     UpstreamResponse,
@@ -85,6 +91,7 @@ _NOT_FORWARDED = HOP_BY_HOP | {
 # The middleware adds the response's X-Request-ID; the front server its own Server/Date.
 _NOT_RELAYED = HOP_BY_HOP | {b"x-request-id", b"server", b"date"}
 _RETRYABLE_STATUS = frozenset({502, 503, 504})
+REFRESH_NOW_TIMEOUT_S = 0.5
 _FAILURE_STATUS = frozenset({502, 504})
 
 
@@ -95,7 +102,8 @@ class ProxyConfig:
     pool_timeout_s: float = 2.0
     retries: int = 2  # further instances tried after the first, where a retry is safe
     retry_after_s: int = 5
-    max_body_bytes: int = 8 * 1024 * 1024
+    max_body_bytes: int = 1024 * 1024
+    body_timeout_s: float = 10.0
     buffer_response_bytes: int = 256 * 1024
     max_connections_per_origin: int = 256
     # Below the upstream servers' own keep-alive timeouts (uvicorn's 5 s), so the gateway closes
@@ -169,6 +177,7 @@ class Proxy:
         self._turns: dict[str, itertools.count[int]] = {}
         self._refresh_task: asyncio.Task[None] | None = None
         self._refresh_failing = False
+        self._refresh_now: asyncio.Task[list[InstanceView]] | None = None
         self.refreshed_at: float | None = None
 
     # -- lifecycle and the registry snapshot ---------------------------------------------------
@@ -224,6 +233,16 @@ class Proxy:
                     log.info("gateway.registry_recovered")
                 self._refresh_failing = False
 
+    async def refresh_now(self) -> None:
+        """Read the registry again now, sharing one read among the requests that ask together;
+        within a short bound (on failure, routing goes on by the last snapshot)."""
+        if self._refresh_now is None or self._refresh_now.done():
+            self._refresh_now = asyncio.create_task(self.refresh(), name="gateway-registry-refresh-now")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._refresh_now), REFRESH_NOW_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("gateway.registry_unavailable", error=repr(exc))
+
     def candidates(self, module: str) -> list[InstanceView]:
         """The module's healthy instances, rotated one step per request (round robin)."""
         pool = self.table.healthy.get(module)
@@ -246,9 +265,9 @@ class Proxy:
             return
         prefix, module = match
         scope["path_template"] = prefix  # the metrics' route label: bounded by the prefixes
-        body = await _read_body(receive, self.config.max_body_bytes)
-        if body is None:
-            await send_problem(send, 413, "the request body is too large")
+        body = await _read_body(scope, receive, self.config.max_body_bytes, self.config.body_timeout_s)
+        if isinstance(body, int):
+            await send_problem(send, body, _BODY_PROBLEMS[body])
             return
         method: str = scope["method"]
         traced = tracing.state.tracer is not None
@@ -259,10 +278,13 @@ class Proxy:
         if scope.get("query_string"):
             target = f"{target}?{scope['query_string'].decode('latin-1')}"
         candidates = self.candidates(module)
+        pending = list(candidates)
+        seen = {view.instance_id for view in candidates}
         tried = 0
         error: UpstreamError | None = None
         held: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None  # a 5xx kept in reserve
-        for index, view in enumerate(candidates):
+        while pending:
+            view = pending.pop(0)
             breaker = self.breakers.get(UPSTREAM_BREAKER_PREFIX + view.instance_id)
             if not breaker.try_acquire():
                 continue
@@ -283,6 +305,13 @@ class Proxy:
                 except UpstreamError as exc:
                     breaker.on_error(time.monotonic() - started, exc)
                     error = failure = exc
+                    if _refused(exc):  # the instance is gone: no more traffic; who replaced it?
+                        breaker.force_open()
+                        await self.refresh_now()
+                        for fresh in self.candidates(module):
+                            if fresh.instance_id not in seen:
+                                seen.add(fresh.instance_id)
+                                pending.append(fresh)
                     log.warning(
                         "gateway.upstream_failed",
                         module=module,
@@ -304,12 +333,7 @@ class Proxy:
                     breaker.on_error(time.monotonic() - started, UpstreamStatusError(status))
                 else:
                     breaker.on_success(time.monotonic() - started)
-                if (
-                    status in _RETRYABLE_STATUS
-                    and idempotent
-                    and tried <= self.config.retries
-                    and index + 1 < len(candidates)
-                ):
+                if status in _RETRYABLE_STATUS and idempotent and tried <= self.config.retries and pending:
                     try:
                         held = (status, _relayed_headers(response.headers), await response.read())
                     except UpstreamError:
@@ -420,26 +444,47 @@ def _relayed_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, by
     return [(name, value) for name, value in headers if name not in _NOT_RELAYED]
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or None past `limit` bytes."""
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if len(body) > limit:
-        return None
-    if not message.get("more_body", False):
-        return body
-    parts = [body]
-    size = len(body)
-    while message.get("more_body", False):
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        parts.append(chunk)
-    return b"".join(parts)
+TOO_LARGE, TOO_SLOW, CUT_SHORT = 413, 408, 400
+_BODY_PROBLEMS = {
+    TOO_LARGE: "the request body is too large",
+    TOO_SLOW: "the request body did not arrive in time",
+    CUT_SHORT: "the request body was cut short (the client went away)",
+}
+
+
+def _refused(exc: UpstreamError) -> bool:
+    """The instance refused the connection (or is unreachable): not a slow start, it is gone."""
+    return isinstance(exc, UpstreamConnectError) and not isinstance(exc, UpstreamTimeout)
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int, timeout_s: float) -> bytes | int:
+    """The whole request body; or the status to answer instead: TOO_LARGE past `limit` bytes
+    (a declared Content-Length is checked before reading), TOO_SLOW when it has not arrived
+    within `timeout_s`, CUT_SHORT when the client disconnected first (nothing is forwarded)."""
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            try:
+                if int(value) > limit:
+                    return TOO_LARGE
+            except ValueError:
+                return CUT_SHORT
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return CUT_SHORT
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    return TOO_LARGE
+                parts.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(parts)
+    except TimeoutError:
+        return TOO_SLOW
 
 
 def problem_body(status: int, detail: str) -> bytes:

@@ -17,7 +17,7 @@ from litestar.params import FromPath, FromQuery
 from shop.bus.saga import SagaEngine, SagaState, TimelineEntry
 from shop.db import unit_of_work
 from shop.security.guards import admin_only
-from shop.web.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shop.web.pagination import Cursor, Limit, Page, encode_cursor, id_cursor, offset_cursor
 
 PATH = "/api/v1/admin/sagas"
 
@@ -66,7 +66,7 @@ async def _owner(state: State, saga_id: uuid.UUID) -> tuple[SagaEngine, SagaStat
 
 def timeline_page(entries: list[TimelineEntry], limit: int, cursor: str | None) -> Page[TimelineOut]:
     """A page of a saga's timeline (the cursor is an offset)."""
-    start = int(decode_cursor(cursor, 1)[0]) if cursor else 0  # type: ignore[index]
+    start = offset_cursor(cursor)
     window = entries[start : start + limit]
     more = start + limit < len(entries)
     return Page(
@@ -91,10 +91,10 @@ class SagaAdminController(Controller):
     ) -> Page[SagaOut]:
         """`status` filters by state (e.g. `COMPENSATION_FAILED`, `PARKED`); `overdue=true` keeps
         the sagas not final whose step or saga deadline has passed."""
-        after = decode_cursor(cursor, 1)
+        after = id_cursor(cursor)
         anchor: tuple[datetime, uuid.UUID] | None = None
-        if after:
-            owner = await _owner(state, uuid.UUID(str(after[0])))
+        if after is not None:
+            owner = await _owner(state, after)
             if owner is None:
                 return Page(items=[], next_cursor=None)
             anchor = (owner[1].created_at, owner[1].id)
@@ -132,7 +132,12 @@ class SagaAdminController(Controller):
             raise NotFoundException(detail="no such saga")
         return timeline_page(await owner[0].timeline(saga_id), limit, cursor)
 
-    @post("/{saga_id:uuid}/retry", summary="Resume a COMPENSATION_FAILED or PARKED saga", status_code=202)
+    @post(
+        "/{saga_id:uuid}/retry",
+        summary="Resume a COMPENSATION_FAILED or PARKED saga",
+        status_code=202,
+        problems={409: "the saga has nothing to retry"},
+    )
     async def retry(self, state: State, saga_id: FromPath[uuid.UUID]) -> SagaOut:
         """202 with the saga as it is now (it goes on in the background); 404 for an unknown
         saga; 409 for a saga that has nothing to retry."""

@@ -43,9 +43,9 @@ from opentelemetry.trace import (
     Tracer,
 )
 from opentelemetry.util.types import Attributes
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop.bus import context
+from shop.db import Database
 from shop.settings import Settings
 
 if TYPE_CHECKING:  # the SDK is imported when tracing is configured, not by every process
@@ -65,7 +65,7 @@ __all__ = [
     "detach",
     "enabled",
     "end",
-    "instrument_engine",
+    "instrument_database",
     "sample_ratio",
     "shutdown_tracing",
     "start",
@@ -200,13 +200,17 @@ async def ashutdown_tracing() -> None:
         await asyncio.to_thread(shutdown_tracing)
 
 
-def instrument_engine(engine: AsyncEngine) -> None:
-    """SQL spans (opentelemetry-instrumentation-sqlalchemy) for one module's engine, when on.
+def instrument_database(database: Database) -> None:
+    """SQL spans (opentelemetry-instrumentation-sqlalchemy) for one module's database, when on.
 
     Its listeners are attached to the engine directly: the instrumentor's `instrument()` would
-    also patch `create_engine` for the whole process, and only instruments once."""
+    also patch `create_engine` for the whole process, and only instruments once. Every
+    statement then goes through SQLAlchemy (no driver SQL, see `shop.db.Prepared`), so that
+    every statement is a span."""
     if state.provider is None:
         return
+    database.driver_sql = False
+    engine = database.engine
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
     from opentelemetry.instrumentation.sqlalchemy.version import __version__
     from opentelemetry.metrics import NoOpUpDownCounter

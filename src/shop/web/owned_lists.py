@@ -14,8 +14,8 @@ from typing import Protocol, TypeVar
 from shop.bus.bus import Bus
 from shop.bus.messages import Message
 from shop.security.tokens import Principal
-from shop.web.pagination import Page, decode_cursor, encode_cursor
-from shop.web.rejections import field_error, unwrap
+from shop.web.pagination import Page, encode_cursor, keyset_cursor
+from shop.web.rejections import unwrap
 
 T = TypeVar("T")
 V = TypeVar("V", bound="Keyed")
@@ -44,17 +44,7 @@ class KeyedPage(Protocol[V_co]):
 
 def keyset_after(cursor: str | None) -> tuple[str, str] | None:
     """The (created_at, id) a cursor of ours holds; 400 for one we did not make (never a 500)."""
-    values = decode_cursor(cursor, 2)
-    if values is None:
-        return None
-    try:
-        created_at = datetime.fromisoformat(values[0])
-        item_id = uuid.UUID(values[1])
-    except (TypeError, ValueError, AttributeError):
-        raise field_error("cursor", "invalid cursor") from None
-    if created_at.tzinfo is None:
-        raise field_error("cursor", "invalid cursor")
-    return created_at.isoformat(), str(item_id)
+    return keyset_cursor(cursor)
 
 
 def keyset_page(page: KeyedPage[V], view: Callable[[V], T]) -> Page[T]:

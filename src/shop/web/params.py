@@ -13,3 +13,4 @@ from shop.security.tokens import Principal
 BusDep: TypeAlias = NamedDependency[Bus]
 PrincipalDep: TypeAlias = NamedDependency[Principal]
 ThrottleDep: TypeAlias = NamedDependency[Throttle]
+ClientAddressDep: TypeAlias = NamedDependency[str]

@@ -299,6 +299,11 @@ def _b64(raw: bytes) -> str:
         pytest.param(_b64(b'["yesterday", "x"]'), id="not-a-time"),
         pytest.param(_b64(b'["2026-01-01T00:00:00+00:00", "not-a-uuid"]'), id="not-a-uuid"),
         pytest.param(_b64(b'["2026-01-01T00:00:00", "' + UNKNOWN_ID.encode() + b'"]'), id="naive-time"),
+        pytest.param(
+            _b64(b'["0001-01-01T00:00:00+01:00", "' + UNKNOWN_ID.encode() + b'"]'), id="before-year-1"
+        ),
+        pytest.param(_b64(b'["9999-12-31T23:59:59-01:00", "' + UNKNOWN_ID.encode() + b'"]'), id="after-9999"),
+        pytest.param(_b64(b"[null, null]"), id="nulls"),
         pytest.param(_b64(b'{"a": 1}'), id="object"),
         pytest.param(_b64(b"\xff\xfe"), id="not-json"),
     ],

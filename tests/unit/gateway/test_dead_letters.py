@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from pathlib import Path
 
 import msgspec
@@ -13,7 +14,8 @@ from litestar.testing import AsyncTestClient
 from shop import cli
 from shop.app import create_app
 from shop.bus import inbox
-from shop.bus.messages import new_envelope
+from shop.bus.messages import decode_body, new_envelope
+from shop.contracts.payments import TakePayment
 from shop.contracts.users import RegisterUser
 from shop.db import Database
 from shop.settings import Settings
@@ -144,3 +146,85 @@ def test_the_cli_lists_shows_and_redrives_dead_letters(
                     return login.status_code
 
     assert asyncio.run(delivered_by_the_running_shop()) == 200
+
+
+def dead_payment(token: str) -> object:
+    envelope = new_envelope(
+        TakePayment(
+            payment_id=uuid.uuid4(),
+            order_id=uuid.uuid4(),
+            customer_id=uuid.uuid4(),
+            amount=1000,
+            currency="EUR",
+            payment_token=token,
+        )
+    )
+    return msgspec.structs.replace(envelope, consumer="payments.take_payment", attempt=5)
+
+
+async def test_dead_letters_are_paged_in_sql_across_modules_oldest_first(tmp_path: Path) -> None:
+    app = create_app(settings(tmp_path))
+    async with AsyncTestClient(app=app) as client:
+        shop = app.state["shop"]
+        buried = [
+            await inbox.bury(
+                shop.databases[module], module, dead_registration(f"p{n}@example.com"), f"Error: {n}"
+            )  # type: ignore[arg-type]
+            for n, module in enumerate(["users", "orders", "users", "payments", "orders"])
+        ]
+        headers = await admin_headers(client)
+
+        seen: list[str] = []
+        cursor: str | None = None
+        pages = 0
+        while True:
+            params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+            page = (await client.get("/api/v1/admin/dead-letters", params=params, headers=headers)).json()
+            pages += 1
+            assert len(page["items"]) <= 2
+            seen.extend(item["id"] for item in page["items"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == [str(entry) for entry in buried]
+        assert pages == 3
+
+        # each database is asked for no more than the page needs
+        users = await inbox.list_dead(shop.databases["users"], limit=1)
+        assert [e.id for e in users] == [buried[0]]
+        after = (users[0].failed_at, users[0].id)
+        assert [e.id for e in await inbox.list_dead(shop.databases["users"], limit=5, after=after)] == [
+            buried[2]
+        ]
+
+        forged = await client.get("/api/v1/admin/dead-letters", params={"cursor": "abc"}, headers=headers)
+        assert forged.status_code == 400
+
+
+async def test_dead_letter_views_redact_the_payment_token_and_a_redrive_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "tok_ok_very_secret_4242"
+    app = create_app(settings(tmp_path))
+    async with AsyncTestClient(app=app) as client:
+        shop = app.state["shop"]
+        entry_id = await inbox.bury(shop.databases["payments"], "payments", dead_payment(secret), "boom")  # type: ignore[arg-type]
+        headers = await admin_headers(client)
+
+        listing = await client.get("/api/v1/admin/dead-letters", headers=headers)
+        shown = await client.get(f"/api/v1/admin/dead-letters/{entry_id}", headers=headers)
+
+        assert secret not in listing.text
+        assert secret not in shown.text
+        assert shown.json()["envelope"]["body"]["payment_token"] == "[redacted]"
+        assert shown.json()["envelope"]["body"]["amount"] == 1000
+        stored = await inbox.get_dead(shop.databases["payments"], entry_id)
+        assert stored is not None
+        assert decode_body(stored.envelope.type, stored.envelope.body).payment_token == secret  # type: ignore[attr-defined]
+
+    monkeypatch.setenv("SHOP_DATA_DIR", str(tmp_path))
+    capsys.readouterr()
+    assert await asyncio.to_thread(cli.main, ["dlq", "show", str(entry_id)]) == 0  # its own loop
+    out = capsys.readouterr().out
+    assert secret not in out
+    assert "[redacted]" in out

@@ -55,6 +55,7 @@ class Services:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, str, str | None]] = []
+        self.queries: list[dict[str, str]] = []
         self.entries = {
             "users-a": entry(USERS_ENTRY, "users", "2030-01-01T10:00:00Z"),
             "orders-a": entry(ORDERS_ENTRY, "orders", "2030-01-01T09:00:00Z"),
@@ -63,6 +64,7 @@ class Services:
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         host, path = request.url.host, request.url.path
         self.calls.append((host, request.method, path, request.headers.get("authorization")))
+        self.queries.append(dict(request.url.params))
         mine = self.entries[host]
         if path == PATH:
             return httpx.Response(200, json={"items": [mine], "next_cursor": None})
@@ -133,3 +135,24 @@ async def test_an_admin_lists_every_service_and_shows_and_redrives_where_the_ent
     assert (redriven.status_code, redriven.json()["id"]) == (202, ORDERS_ENTRY)
     assert ("orders-a", "POST", f"{PATH}/{ORDERS_ENTRY}/redrive", admin["Authorization"]) in services.calls
     assert (await client.get(f"{PATH}/{uuid.uuid4()}", headers=admin)).status_code == 404
+
+
+async def test_the_gateway_pages_dead_letters_by_the_services_keyset(
+    gateway: tuple[httpx.AsyncClient, Services],
+) -> None:
+    client, services = gateway
+    admin = bearer("admin")
+
+    first = (await client.get(PATH, params={"limit": 1}, headers=admin)).json()
+    assert [item["id"] for item in first["items"]] == [ORDERS_ENTRY]
+    assert first["next_cursor"] is not None
+    assert {q["limit"] for q in services.queries} == {"2"}, "each service is asked for one more than the page"
+
+    services.queries.clear()
+    await client.get(PATH, params={"limit": 1, "cursor": first["next_cursor"]}, headers=admin)
+    assert {q.get("cursor") for q in services.queries} == {first["next_cursor"]}
+
+    services.calls.clear()
+    forged = await client.get(PATH, params={"cursor": "not-ours"}, headers=admin)
+    assert forged.status_code == 400
+    assert services.calls == [], "a forged cursor is refused at the gateway"

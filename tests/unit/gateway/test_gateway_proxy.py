@@ -526,3 +526,115 @@ async def test_the_route_table_follows_the_registry_in_the_background(open_gatew
         while (await gw.client.get("/api/v1/products")).status_code != 200:
             assert time.monotonic() < deadline, "the gateway never routed to the new instance"
             await asyncio.sleep(0.02)
+
+
+async def _asgi_post(
+    app: Any, path: str, receive: Callable[[], Awaitable[dict[str, Any]]], headers: list[tuple[bytes, bytes]]
+) -> tuple[int, bytes]:
+    """POST straight into the gateway's ASGI app with the given `receive` (a client that sends its
+    body slowly, or goes away): the status and body it answered."""
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", b"gw.test"), (b"content-type", b"application/json"), *headers],
+        "client": (PEER, 5555),
+        "server": ("gw.test", 80),
+    }
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+async def test_a_declared_body_over_the_limit_is_413_before_it_is_read(open_gateway: OpenGateway) -> None:
+    async with open_gateway(config=ProxyConfig(refresh_interval_s=3600, max_body_bytes=1000)) as gw:
+        await gw.add("catalog", "catalog-a")
+        reads = 0
+
+        async def receive() -> dict[str, Any]:
+            nonlocal reads
+            reads += 1
+            return {"type": "http.request", "body": b"x" * 10, "more_body": True}
+
+        status, body = await _asgi_post(
+            gw.gateway, "/api/v1/products", receive, [(b"content-length", b"5000000")]
+        )
+
+        assert status == 413
+        assert json.loads(body)["status"] == 413
+        assert reads == 0
+        assert gw.upstreams.hits == []
+
+
+async def test_a_slow_upload_is_408_and_nothing_is_forwarded(open_gateway: OpenGateway) -> None:
+    import asyncio
+
+    async with open_gateway(config=ProxyConfig(refresh_interval_s=3600, body_timeout_s=0.2)) as gw:
+        await gw.add("catalog", "catalog-a")
+        chunks = 0
+
+        async def receive() -> dict[str, Any]:
+            nonlocal chunks
+            chunks += 1
+            if chunks > 1:
+                await asyncio.sleep(5)  # the rest of the body never comes in time
+            return {"type": "http.request", "body": b'{"sku": ', "more_body": True}
+
+        status, body = await _asgi_post(gw.gateway, "/api/v1/products", receive, [])
+
+        assert status == 408
+        assert json.loads(body)["status"] == 408
+        assert gw.upstreams.hits == []
+
+
+async def test_a_client_that_goes_away_mid_body_gets_nothing_forwarded(open_gateway: OpenGateway) -> None:
+    async with open_gateway() as gw:
+        await gw.add("catalog", "catalog-a")
+        messages = iter(
+            [
+                {"type": "http.request", "body": b'{"sku": "A", "na', "more_body": True},
+                {"type": "http.disconnect"},
+            ]
+        )
+
+        async def receive() -> dict[str, Any]:
+            return next(messages)
+
+        status, _ = await _asgi_post(gw.gateway, "/api/v1/products", receive, [])
+
+        assert status == 400
+        assert gw.upstreams.hits == [], "a truncated body was forwarded"
+
+
+async def test_a_refused_connection_marks_the_instance_down_and_a_fresh_registry_finds_its_replacement(
+    open_gateway: OpenGateway,
+) -> None:
+    async with open_gateway() as gw:
+        await gw.add("catalog", "catalog-a")
+        gw.upstreams.behaviour["catalog-a"] = "refuse"  # killed
+        # Its replacement registers; the gateway's last snapshot does not know it yet.
+        replacement = Instance(
+            module="catalog", instance_id="catalog-b", url="http://catalog-b:8000", routes=CATALOG
+        )
+        await gw.registry.register(replacement)
+
+        first = await gw.client.get("/api/v1/products")
+        second = await gw.client.post(
+            "/api/v1/products", json={"sku": "A"}
+        )  # not idempotent: never sent to a
+
+        assert first.status_code == 200
+        assert first.json()["instance"] == "catalog-b"
+        assert second.json()["instance"] == "catalog-b"
+        assert gw.upstreams.hits == ["catalog-a", "catalog-b", "catalog-b"], "the dead one was tried once"
+        assert gw.breakers.get("upstream:catalog-a").state == CircuitState.OPEN

@@ -132,18 +132,18 @@ async def test_a_journey_moves_every_family_by_what_it_did(tmp_path: Path) -> No
         for module in ("users", "catalog", "orders", "payments", "delivery"):
             assert has(after, "shop_bus_queue_depth", queue=module)
             assert value(after, "shop_registry_instances", module=module, healthy="true") == 1
-        assert value(after, "shop_breaker_state", breaker="module:catalog") == 0
+        assert value(after, "shop_breaker_state", breaker="module:catalog:queries") == 0
 
         # A breaker that trips shows 2 at the next scrape.
         shop = app.state["shop"]
 
         def trip() -> None:
-            breaker = shop.breakers.get("module:delivery")
+            breaker = shop.breakers.get("module:delivery:commands")
             for _ in range(breaker.config.sliding_window_size):
                 breaker.on_error(0.01, RuntimeError("delivery is down"))
 
         client.blocking_portal.call(trip)
-        assert value(await scrape(client), "shop_breaker_state", breaker="module:delivery") == 2
+        assert value(await scrape(client), "shop_breaker_state", breaker="module:delivery:commands") == 2
 
 
 async def _delivered(client: Any) -> Samples | None:
@@ -263,3 +263,20 @@ async def test_the_redis_queue_depth_is_the_length_of_the_module_queue(redis_url
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+async def test_a_method_the_client_made_up_is_labelled_other(tmp_path: Path) -> None:
+    app = create_app(Settings.from_env({}, data_dir=tmp_path))
+    async with AsyncTestClient(app=app) as client:
+        before = await scrape(client)
+        for method in ("FOOBAR", "X-" + "A" * 50, "PROPFIND"):
+            response = await client.request(method, "/api/v1/products")
+            assert response.status_code in (400, 405, 501), (method, response.status_code)
+        after = await scrape(client)
+
+    methods = {dict(labels).get("method") for name, labels in after if name == "shop_http_requests_total"}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"}, methods
+    moved = value(after, "shop_http_requests_total", method="OTHER", route="unmatched", status="405") - value(
+        before, "shop_http_requests_total", method="OTHER", route="unmatched", status="405"
+    )
+    assert moved == 3

@@ -267,7 +267,7 @@ async def test_a_send_and_its_handling_are_a_producer_span_and_its_consumer_chil
 ) -> None:
     seen = Seen()
     bus = await open_bus(make_database, seen)
-    tracing.instrument_engine(bus.databases["shipping"].engine)
+    tracing.instrument_database(bus.databases["shipping"])
     buffer = io.StringIO()
     shop_logging.configure("INFO", stream=buffer)
     try:

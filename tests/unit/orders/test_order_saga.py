@@ -92,6 +92,30 @@ async def test_another_customers_address_fails_invalid_address_and_releases_the_
     assert ("reserve_stock", "COMPENSATED") in [(e["step"], e["status"]) for e in timeline]
 
 
+async def test_lines_priced_in_different_currencies_fail_mixed_currencies_charge_nothing_and_release_all(
+    shopper: Shopper,
+) -> None:
+    customer = await shopper.customer()
+    address = await shopper.address(customer)
+    won = await shopper.product(stock=4, price=1000, currency="KRW")
+    dollars = await shopper.product(stock=3, price=500, currency="USD")
+    response = await shopper.place(customer, [(won, 1), (dollars, 2)], address)
+    assert response.status_code == 202
+    order = await shopper.settle(customer, response.json()["id"])
+    assert (order["status"], order["failure_reason"]) == ("FAILED", "MIXED_CURRENCIES")
+    assert (order["total"], order["currency"]) == (None, None), "no total across currencies"
+    assert [(line["unit_price"], line["quantity"]) for line in order["items"]] == [(1000, 1), (500, 2)]
+    assert await shopper.payments(customer, order["id"]) == [], "nothing was charged"
+    assert (await shopper.stock(won), await shopper.stock(dollars)) == (4, 3), "every reservation released"
+    assert await shopper.deliveries(customer, order["id"]) == []
+    timeline = (await shopper.client.get(f"/api/v1/orders/{order['id']}/timeline", headers=customer)).json()[
+        "items"
+    ]
+    steps = [(e["step"], e["status"]) for e in timeline]
+    assert ("take_payment", "FAILED") in steps
+    assert ("reserve_stock", "COMPENSATED") in steps
+
+
 async def test_a_declined_payment_cancels_the_order_and_releases_the_stock(shopper: Shopper) -> None:
     customer, product, _address, response = await journey(shopper, stock=5, quantity=2, token="tok_decline")
     order = await shopper.settle(customer, response.json()["id"])
@@ -183,3 +207,51 @@ class TestPaymentDeadline:
         order = await shopper.settle(customer, order_id, timeout=30)
         assert (order["status"], order["failure_reason"]) == ("CANCELLED", "CANCELLED_BY_CUSTOMER")
         assert await shopper.stock(product) == 5
+
+
+async def _kept_tokens(shopper: Shopper, order_id: str) -> tuple[str, dict[str, Any]]:
+    """The payment token column of the order's row, and its saga's data."""
+    import sqlalchemy as sa
+
+    from shop.db import unit_of_work
+    from shop.modules.orders.models import orders
+    from shop.modules.orders.saga import OrderSagas
+
+    async def read() -> tuple[str, dict[str, Any]]:
+        database = shopper.shop.databases["orders"]
+        async with unit_of_work(database, write=False) as uow:
+            column = (
+                await uow.session.execute(
+                    sa.select(orders.c.payment_token).where(orders.c.id == uuid.UUID(order_id))
+                )
+            ).scalar_one()
+        sagas = shopper.shop.bus.injector_for("orders").resolve(OrderSagas)
+        state = await sagas.engine.get(uuid.UUID(order_id))
+        return column, dict(state.data)
+
+    return await read()
+
+
+@pytest.mark.parametrize(("token", "stock", "final"), [("tok_ok", 5, "COMPLETED"), ("tok_ok", 0, "FAILED")])
+async def test_the_payment_token_is_kept_only_until_the_payment_is_requested(
+    shopper: Shopper, token: str, stock: int, final: str
+) -> None:
+    customer, _product, _address, response = await journey(shopper, stock=stock, quantity=1, token=token)
+    order = await shopper.settle(customer, response.json()["id"])
+    assert order["status"] == final
+    column, data = await _kept_tokens(shopper, order["id"])
+    assert column == ""
+    assert "payment_token" not in data
+    assert token not in str(data)
+
+
+async def test_the_payment_token_is_dropped_once_take_payment_is_sent(shopper: Shopper) -> None:
+    customer, _product, _address, response = await journey(shopper, stock=5, quantity=1, token="tok_slow")
+    order_id = response.json()["id"]
+
+    async def awaiting() -> bool:
+        return (await shopper.order(customer, order_id))["status"] == "AWAITING_PAYMENT"
+
+    await shopper.until(awaiting, what="AWAITING_PAYMENT")
+    column, data = await _kept_tokens(shopper, order_id)
+    assert (column, "payment_token" in data) == ("", False)

@@ -112,20 +112,26 @@ def open_shop(tmp_path: Path) -> OpenShop:
 
     `data_dir=` picks another data dir, `env=` is the SHOP_* mapping read by Settings.from_env,
     `clock=` freezes the rate limiter's clock (the app is then built from build_shop/build_app,
-    exactly as create_app does, with that store).
+    exactly as create_app does, with that store). `behind_gateway=True` builds it as a service
+    behind `shop gateway` (no API rate limit; the client's address is X-Forwarded-For's last).
     """
 
     @contextlib.asynccontextmanager
     async def open_(
-        *, env: dict[str, str] | None = None, clock: Callable[[], float] | None = None, **overrides: Any
+        *,
+        env: dict[str, str] | None = None,
+        clock: Callable[[], float] | None = None,
+        behind_gateway: bool = False,
+        **overrides: Any,
     ) -> AsyncIterator[Api]:
         overrides.setdefault("data_dir", tmp_path / "data")
         settings = Settings.from_env(env or {}, **overrides)
-        if clock is None:
+        if clock is None and not behind_gateway:
             app = create_app(settings)
         else:
-            store = MemoryRateLimitStore(clock=clock)
-            app = build_app(build_shop(settings, rate_limit_store=store, migrate_on_start=True))
+            store = MemoryRateLimitStore(clock=clock or (lambda: 1000.0))
+            shop = build_shop(settings, rate_limit_store=store, migrate_on_start=True)
+            app = build_app(shop, rate_limit=not behind_gateway)
         async with AsyncTestClient(app=app) as client:
             yield Api(app, client, settings.data_dir)
 

@@ -148,7 +148,7 @@ async def test_services_shows_the_admin_every_module_as_one_local_instance_and_t
         assert isinstance(body["breakers"], dict)
         assert set(body["breakers"].values()) <= {"CLOSED", "OPEN", "HALF_OPEN"}
         # the login above went through the users module's breaker
-        assert body["breakers"].get("module:users") == "CLOSED"
+        assert body["breakers"].get("module:users:queries") == "CLOSED"
 
 
 def _log_in_on_an_app(data_dir: Path, email: str, password: str) -> tuple[int, str | None]:

@@ -200,7 +200,7 @@ async def test_the_openapi_document_is_3_1_and_describes_the_users_endpoints(ope
 
 async def test_an_open_users_breaker_answers_503_with_retry_after_not_500(open_shop: Any) -> None:
     async with open_shop() as api:
-        breaker = api.shop.breakers.get("module:users")
+        breaker = api.shop.breakers.get("module:users:queries")  # logging in is a query (IssueToken)
         breaker.force_open()
 
         response = await api.client.post(

@@ -27,7 +27,7 @@ started on: the engine keeps that version and the names of the completed steps i
 bookkeeping, and compensation walks those names back. Register the older versions beside the
 new one until their sagas are gone; a saga whose version is not registered moves onto the
 newest only when it agrees by step names, else it is ``PARKED`` (reason ``DEFINITION_CHANGED``)
-for an operator (see :mod:`shop.bus.saga.versions` and docs/adr/0019-saga-versions.md).
+for an operator (see :mod:`shop.bus.saga.versions` and docs/adr/0022-saga-versions.md).
 
 The package: :mod:`~shop.bus.saga.statuses`, :mod:`~shop.bus.saga.definition`,
 :mod:`~shop.bus.saga.state` (the row and its views), :mod:`~shop.bus.saga.transitions` (pure),

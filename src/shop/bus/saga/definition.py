@@ -105,6 +105,8 @@ class Saga:
     timeout_status: str = SagaStatus.FAILED
     steps: tuple[Step, ...] = ()
     version: int = 1
+    # Data keys not kept once the saga finishes (secrets such as a payment token).
+    transient: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_name("saga", self.name)

@@ -56,6 +56,9 @@ async def write(uow: UnitOfWork, definition: Saga, row: SagaRow, change: Change,
     """
     session = uow.session
     expected = row.version
+    if change.finish is not None:
+        for key in definition.transient:
+            row.data.pop(key, None)
     result = cast(
         CursorResult[Any],
         await session.execute(

@@ -38,7 +38,7 @@ import redis
 import redis.asyncio as aredis
 import structlog
 
-from shop.bus.errors import AskTimeout, HandlerFailed
+from shop.bus.errors import AskTimeout, HandlerFailed, handler_failed
 from shop.bus.messages import Envelope, Message, Reply, decode_body, decode_envelope, decode_reply, encode
 from shop.bus.transports.base import Host, Outcome
 from shop.bus.transports.redis_broker import ENQUEUE_LUA, WAKE_TOKENS, _Broker, actor_name
@@ -71,7 +71,7 @@ def reply_of(result: Any) -> Reply:
 def result_of(reply: Reply) -> Any:
     """The asker's side of `reply_of`; a handler error is raised as HandlerFailed."""
     if reply.error is not None or reply.error_type is not None:
-        raise HandlerFailed(reply.error or "", error_type=reply.error_type or "Exception")
+        raise handler_failed(reply.error or "", error_type=reply.error_type or "Exception", fault=reply.fault)
     if reply.body is None:
         return None
     if reply.type is not None:
@@ -399,7 +399,7 @@ class DramatiqTransport:
             async with asyncio.timeout(remaining) as scope:
                 return reply_of(await self._host.answer(queue, envelope))
         except HandlerFailed as exc:
-            return Reply(error=str(exc), error_type=exc.error_type)
+            return Reply(error=str(exc), error_type=exc.error_type, fault=exc.fault)
         except TimeoutError as exc:
             if scope.expired():
                 return None  # the asker has given up

@@ -14,27 +14,29 @@ from typing import Any
 import msgspec
 
 from shop.bus.errors import AskTimeout
-from shop.bus.messages import Envelope, Message
+from shop.bus.messages import Envelope, Message, Query
 from shop.bus.transports.base import Host, Outcome
 
 _Item = tuple[Envelope, "asyncio.Future[None]"]
 
 
 class LocalRequests:
-    """Request/reply to handlers in this process: a bounded number at once per module, each
-    under a timeout. Used by the in-process transport, and by every bus for its local modules."""
+    """Request/reply to handlers in this process: a bounded number at once per module and kind
+    (queries and commands are separate bulkheads: saturated writes leave reads their slots),
+    each under a timeout. Used by the in-process transport, and by every bus for its local modules."""
 
     def __init__(self, host: Host, *, per_queue: int = 64) -> None:
         self.host = host
         self.per_queue = per_queue
-        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._slots: dict[tuple[str, bool], asyncio.Semaphore] = {}
 
     async def request(
         self, queue: str, envelope: Envelope, *, timeout: float, message: Message | None = None
     ) -> Any:
-        slots = self._slots.get(queue)
+        lane = (queue, _is_query(envelope, message))
+        slots = self._slots.get(lane)
         if slots is None:
-            slots = self._slots[queue] = asyncio.Semaphore(self.per_queue)
+            slots = self._slots[lane] = asyncio.Semaphore(self.per_queue)
         # A bare timer that cancels this task: asyncio.timeout() does the same with more
         # bookkeeping, which costs more than the whole request/reply on the hot path.
         task = asyncio.current_task()
@@ -56,6 +58,13 @@ class LocalRequests:
             raise
         finally:
             timer.cancel()
+
+
+def _is_query(envelope: Envelope, message: Message | None) -> bool:
+    if message is not None:
+        return isinstance(message, Query)
+    kind = Message.registry.get(envelope.type)
+    return kind is not None and issubclass(kind, Query)
 
 
 class InProcessTransport:

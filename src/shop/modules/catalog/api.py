@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
-import pycountry
 from litestar import Controller, Response, get, patch, post
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, JSONBody, Parameter
@@ -24,19 +22,20 @@ from shop.contracts.catalog import (
     UpdateProduct,
 )
 from shop.security.guards import admin_only
-from shop.web.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shop.web.codes import NOT_BLANK, CurrencyCode
+from shop.web.pagination import Cursor, Limit, Page, encode_cursor, keyset_cursor, text_cursor
 from shop.web.params import BusDep
 from shop.web.rejections import field_error, unwrap
 
 MAX_AMOUNT = 10**12
 STATUSES = {"SKU_TAKEN": 409, "NOT_FOUND": 404, "BELOW_RESERVED": 409, "INVALID": 400}
 
-Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NOT_BLANK)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NOT_BLANK)]
 Description = Annotated[str, msgspec.Meta(max_length=5000)]
 Price = Annotated[int, msgspec.Meta(ge=0, le=MAX_AMOUNT)]
-Currency = Annotated[str, msgspec.Meta(min_length=3, max_length=3)]
-Category = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+MAX_CATEGORY = 100
+Category = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CATEGORY, pattern=NOT_BLANK)]
 Stock = Annotated[int, msgspec.Meta(ge=0, le=MAX_AMOUNT)]
 Delta = Annotated[int, msgspec.Meta(ge=-MAX_AMOUNT, le=MAX_AMOUNT)]
 CategoryFilter = Annotated[
@@ -48,7 +47,7 @@ class NewProduct(msgspec.Struct, kw_only=True):
     sku: Sku
     name: Name
     price: Price
-    currency: Currency
+    currency: CurrencyCode
     stock: Stock
     description: Description = ""
     category: Category | None = None
@@ -104,37 +103,6 @@ def _filled(field: str, value: str) -> str:
     return stripped
 
 
-def _currency(raw: str) -> str:
-    code = raw.upper()
-    if not code.isalpha() or pycountry.currencies.get(alpha_3=code) is None:
-        raise field_error("currency", "must be an ISO 4217 currency code, e.g. EUR")
-    return code
-
-
-def _product_cursor(cursor: str | None) -> tuple[str, str] | None:
-    """The (created_at, id) a cursor of ours holds; 400 for one we did not make (never a 500)."""
-    values = decode_cursor(cursor, 2)
-    if values is None:
-        return None
-    try:
-        created_at = datetime.fromisoformat(values[0])
-        product_id = uuid.UUID(values[1])
-    except (TypeError, ValueError, AttributeError):
-        raise field_error("cursor", "invalid cursor") from None
-    if created_at.tzinfo is None:
-        raise field_error("cursor", "invalid cursor")
-    return created_at.astimezone(UTC).isoformat(), str(product_id)
-
-
-def _category_cursor(cursor: str | None) -> str | None:
-    values = decode_cursor(cursor, 1)
-    if values is None:
-        return None
-    if not isinstance(values[0], str) or not values[0]:
-        raise field_error("cursor", "invalid cursor")
-    return values[0]
-
-
 def _found(view: ProductView | None) -> ProductView:
     if view is None:
         raise NotFoundException(detail="no such product")
@@ -153,7 +121,7 @@ class CatalogController(Controller):
         limit: Limit = 20,
         cursor: Cursor = None,
     ) -> Page[Product]:
-        after = _product_cursor(cursor)
+        after = keyset_cursor(cursor)
         page: ProductPage = await bus.ask(ListProducts(category=category or None, limit=limit, after=after))
         last = page.items[-1] if page.items else None
         next_cursor = (
@@ -165,7 +133,13 @@ class CatalogController(Controller):
     async def product(self, product_id: FromPath[uuid.UUID], bus: BusDep) -> Product:
         return _product(_found(await bus.ask(GetProduct(product_id=product_id))))
 
-    @post("/products", guards=[admin_only], summary="Create a product", status_code=201)
+    @post(
+        "/products",
+        guards=[admin_only],
+        summary="Create a product",
+        status_code=201,
+        problems={409: "the sku is taken"},
+    )
     async def create(self, data: JSONBody[NewProduct], bus: BusDep) -> Response[Product]:
         reply = await bus.ask(
             CreateProduct(
@@ -173,7 +147,7 @@ class CatalogController(Controller):
                 name=_filled("name", data.name),
                 description=data.description.strip(),
                 price=data.price,
-                currency=_currency(data.currency),
+                currency=data.currency.upper(),
                 category=_filled("category", data.category) if data.category is not None else None,
                 stock=data.stock,
             )
@@ -204,6 +178,7 @@ class CatalogController(Controller):
         guards=[admin_only],
         summary="Restock (delta > 0) or write off (delta < 0)",
         status_code=200,
+        problems={409: "the write-off would leave less stock than is reserved"},
     )
     async def adjust_stock(
         self, product_id: FromPath[uuid.UUID], data: JSONBody[StockChange], bus: BusDep
@@ -213,7 +188,7 @@ class CatalogController(Controller):
 
     @get("/categories", summary="The categories of products, with how many products each has")
     async def categories(self, bus: BusDep, limit: Limit = 20, cursor: Cursor = None) -> Page[CategoryItem]:
-        after = _category_cursor(cursor)
+        after = text_cursor(cursor, MAX_CATEGORY)
         found: tuple[CategoryView, ...] = await bus.ask(ListCategories(limit=limit + 1, after=after))
         items = [CategoryItem(c.name, c.product_count) for c in found[:limit]]
         next_cursor = encode_cursor(items[-1].name) if len(found) > limit and items else None

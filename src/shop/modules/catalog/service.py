@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.contracts.catalog import CategoryView, Line, PricedLine, ProductPage, ProductView
+from shop.db import Prepared
 from shop.modules.catalog.models import products, reservation_lines, reservations
 
 # reservation statuses
@@ -170,10 +171,8 @@ class Catalog:
         raise BelowReserved(product_id)
 
     async def get(self, product_id: uuid.UUID) -> ProductView | None:
-        row = (
-            await self.session.execute(sa.select(*_VIEW_COLUMNS).where(products.c.id == product_id))
-        ).first()
-        return _product(row._mapping) if row is not None else None
+        found = (await _GET.execute(self.session, {"b_id": product_id})).mappings()
+        return _product(found[0]) if found else None
 
     async def page(
         self, *, category: str | None, limit: int, after: tuple[datetime, uuid.UUID] | None
@@ -241,6 +240,30 @@ class Transition:
 
     status: str | None
     changed: bool
+
+
+# The hot statements, prepared once (shop.db.Prepared).
+_GET = Prepared(sa.select(*_VIEW_COLUMNS).where(products.c.id == sa.bindparam("b_id")))
+_QUANTITY = sa.bindparam("b_quantity", type_=sa.Integer)
+_RESERVE_LINE = Prepared(
+    products.update()
+    .where(products.c.id == sa.bindparam("b_id"), products.c.on_hand - products.c.reserved >= _QUANTITY)
+    .values(
+        reserved=products.c.reserved + _QUANTITY,
+        updated_at=sa.bindparam("b_now", type_=products.c.updated_at.type),
+    )
+    .returning(products.c.name, products.c.price, products.c.currency)
+)
+_TRANSITION = Prepared(
+    reservations.update().where(
+        reservations.c.id == sa.bindparam("b_id"), reservations.c.status == sa.bindparam("b_status")
+    )
+)
+_LINES = Prepared(
+    sa.select(reservation_lines.c.product_id, reservation_lines.c.quantity)
+    .where(reservation_lines.c.reservation_id == sa.bindparam("b_id"))
+    .order_by(reservation_lines.c.product_id)
+)
 
 
 def merge_lines(lines: Iterable[Line]) -> dict[uuid.UUID, int]:
@@ -328,21 +351,19 @@ class StockLedger:
         for product_id in sorted(wanted):
             quantity = wanted[product_id]
             row = (
-                await self.session.execute(
-                    products.update()
-                    .where(products.c.id == product_id, products.c.on_hand - products.c.reserved >= quantity)
-                    .values(reserved=products.c.reserved + quantity, updated_at=_now())
-                    .returning(products.c.name, products.c.price, products.c.currency)
+                await _RESERVE_LINE.execute(
+                    self.session, {"b_id": product_id, "b_quantity": quantity, "b_now": _now()}
                 )
             ).first()
             if row is None:
                 failed.append(product_id)
             else:
+                name, price, currency = row
                 priced[product_id] = PricedLine(
                     product_id=product_id,
-                    name=row.name,
-                    unit_price=int(row.price),
-                    currency=row.currency,
+                    name=name,
+                    unit_price=int(price),
+                    currency=currency,
                     quantity=quantity,
                 )
         if failed:
@@ -397,19 +418,13 @@ class StockLedger:
         """Move the reservation from `source` to `target`; False if it was not in `source`.
 
         Concurrent transitions of one reservation queue on its row; the loser sees 0 rows."""
-        result = await self.session.execute(
-            reservations.update()
-            .where(reservations.c.id == reservation_id, reservations.c.status == source)
-            .values(status=target, updated_at=_now())
+        result = await _TRANSITION.execute(
+            self.session, {"b_id": reservation_id, "b_status": source, "status": target, "updated_at": _now()}
         )
         return bool(result.rowcount)
 
     async def _lines(self, reservation_id: uuid.UUID) -> list[tuple[uuid.UUID, int]]:
-        rows = await self.session.execute(
-            sa.select(reservation_lines.c.product_id, reservation_lines.c.quantity)
-            .where(reservation_lines.c.reservation_id == reservation_id)
-            .order_by(reservation_lines.c.product_id)
-        )
+        rows = (await _LINES.execute(self.session, {"b_id": reservation_id})).rows
         return [(row[0], int(row[1])) for row in rows]
 
     async def _apply(self, reservation_id: uuid.UUID, change: Callable[[int], dict[str, Any]]) -> None:

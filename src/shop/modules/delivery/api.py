@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 from litestar import Controller, get, post
@@ -11,17 +12,27 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from shop.contracts.delivery import DeliveryView, ListDeliveries, RecordDeliveryEvent
 from shop.security.guards import admin_only, authenticated
+from shop.web.codes import any_case_pattern
 from shop.web.owned_lists import owned_list
 from shop.web.pagination import Cursor, Limit, Page
 from shop.web.params import BusDep, PrincipalDep
-from shop.web.rejections import field_error, unwrap
+from shop.web.rejections import unwrap
 
 STATUSES = {"NOT_FOUND": 404, "ILLEGAL_TRANSITION": 409, "INVALID_STATUS": 400}
+
+
 KNOWN_STATUSES = ("PREPARING", "SHIPPED", "IN_TRANSIT", "DELIVERED", "CANCELLED")
+DeliveryStatus = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=any_case_pattern(KNOWN_STATUSES),
+        description=f"one of {', '.join(KNOWN_STATUSES)} (any case)",
+    ),
+]
 
 
 class DeliveryEvent(msgspec.Struct, kw_only=True):
-    status: str
+    status: DeliveryStatus
 
 
 class Address(msgspec.Struct):
@@ -58,7 +69,12 @@ class DeliveriesController(Controller):
     path = "/api/v1/deliveries"
     tags = ["delivery"]
 
-    @get("/", guards=[authenticated], summary="Deliveries: the caller's own (an admin's: all)")
+    @get(
+        "/",
+        guards=[authenticated],
+        summary="Deliveries: the caller's own (an admin's: all)",
+        problems={404: "`order_id` names an order that is not the caller's"},
+    )
     async def deliveries(
         self,
         principal: PrincipalDep,
@@ -75,15 +91,13 @@ class DeliveriesController(Controller):
         "/{delivery_id:uuid}/events",
         guards=[admin_only],
         status_code=200,
+        problems={409: "the delivery cannot move to that status from the one it is in"},
         summary="Move a delivery along (PREPARING → SHIPPED → IN_TRANSIT → DELIVERED, or CANCELLED)",
     )
     async def record_event(
         self, delivery_id: FromPath[uuid.UUID], data: JSONBody[DeliveryEvent], bus: BusDep
     ) -> Delivery:
-        status = data.status.strip().upper()
-        if status not in KNOWN_STATUSES:
-            raise field_error("status", f"must be one of {', '.join(KNOWN_STATUSES)}")
         view: DeliveryView = unwrap(
-            await bus.ask(RecordDeliveryEvent(delivery_id=delivery_id, status=status)), STATUSES
+            await bus.ask(RecordDeliveryEvent(delivery_id=delivery_id, status=data.status.upper())), STATUSES
         )
         return _delivery(view)

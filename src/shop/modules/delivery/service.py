@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.contracts.delivery import AddressSnapshot, DeliveryPage, DeliveryView
+from shop.db import Prepared
 from shop.db_tables import is_marked_cancelled, keyset_rows, mark_cancelled
 from shop.modules.delivery.models import cancelled_orders, deliveries, shipping_instructions
 
@@ -44,6 +45,17 @@ def can_move(source: str, target: str) -> bool:
 def tracking_number() -> str:
     """ "SHP" and 12 random upper-case letters and digits."""
     return "SHP" + "".join(secrets.choice(_TRACKING_ALPHABET) for _ in range(12))
+
+
+# The hot statements, prepared once (shop.db.Prepared).
+_REMEMBER = Prepared(shipping_instructions.insert())
+_INSTRUCTION = Prepared(
+    sa.select(shipping_instructions).where(shipping_instructions.c.order_id == sa.bindparam("b_order_id"))
+)
+_CREATE = Prepared(deliveries.insert())
+_OF_ORDER = Prepared(
+    sa.select(deliveries).where(deliveries.c.order_id == sa.bindparam("b_order_id")).with_for_update()
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,23 +99,19 @@ class DeliveryDesk:
         values = {name: getattr(address, name) for name in _ADDRESS_FIELDS}
         try:
             async with self.session.begin_nested():
-                await self.session.execute(
-                    shipping_instructions.insert().values(
-                        order_id=order_id, customer_id=customer_id, created_at=datetime.now(UTC), **values
-                    )
+                await _REMEMBER.execute(
+                    self.session,
+                    {"order_id": order_id, "customer_id": customer_id, "created_at": datetime.now(UTC)}
+                    | values,
                 )
         except IntegrityError:
             pass
 
     async def instruction(self, order_id: uuid.UUID) -> Instruction | None:
-        row = (
-            await self.session.execute(
-                sa.select(shipping_instructions).where(shipping_instructions.c.order_id == order_id)
-            )
-        ).first()
-        if row is None:
+        found = (await _INSTRUCTION.execute(self.session, {"b_order_id": order_id})).mappings()
+        if not found:
             return None
-        return Instruction(row._mapping["order_id"], row._mapping["customer_id"], _address(row._mapping))
+        return Instruction(found[0]["order_id"], found[0]["customer_id"], _address(found[0]))
 
     # -- deliveries ---------------------------------------------------------------------------
 
@@ -119,16 +127,17 @@ class DeliveryDesk:
             created_at=now,
             updated_at=now,
         )
-        await self.session.execute(
-            deliveries.insert().values(
-                id=view.id,
-                order_id=view.order_id,
-                customer_id=view.customer_id,
-                status=view.status,
-                created_at=now,
-                updated_at=now,
+        await _CREATE.execute(
+            self.session,
+            {
+                "id": view.id,
+                "order_id": view.order_id,
+                "customer_id": view.customer_id,
+                "status": view.status,
+                "created_at": now,
+                "updated_at": now,
                 **{name: getattr(view.address, name) for name in _ADDRESS_FIELDS},
-            )
+            },
         )
         return view
 
@@ -138,9 +147,8 @@ class DeliveryDesk:
         return _delivery(row._mapping) if row is not None else None
 
     async def of_order(self, order_id: uuid.UUID) -> DeliveryView | None:
-        query = sa.select(deliveries).where(deliveries.c.order_id == order_id).with_for_update()
-        row = (await self.session.execute(query)).first()
-        return _delivery(row._mapping) if row is not None else None
+        found = (await _OF_ORDER.execute(self.session, {"b_order_id": order_id})).mappings()
+        return _delivery(found[0]) if found else None
 
     async def move(self, delivery: DeliveryView, target: str) -> DeliveryView:
         """Set the status (the caller checked the transition); a tracking number at SHIPPED."""

@@ -10,13 +10,14 @@ import msgspec
 from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from shop.contracts.catalog import Line
 from shop.contracts.orders import CancelOrder, OrderPlaced, OrderView, PlaceOrder
 from shop.modules.orders.messages import GetOrder, GetTimeline, ListOrders, OrderPage, TimelineItem
 from shop.security.guards import authenticated
-from shop.web.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from shop.web.pagination import Cursor, Limit, Page, encode_cursor, keyset_cursor, offset_cursor
 from shop.web.params import BusDep, PrincipalDep
 from shop.web.rejections import field_error, unwrap
 
@@ -67,7 +68,7 @@ class TimelineOut(msgspec.Struct, omit_defaults=True):
 
 
 def _timeline_page(items: tuple[TimelineItem, ...], limit: int, cursor: str | None) -> Page[TimelineOut]:
-    start = int(decode_cursor(cursor, 1)[0]) if cursor else 0  # type: ignore[index]
+    start = offset_cursor(cursor)
     window = items[start : start + limit]
     more = start + limit < len(items)
     return Page(
@@ -100,7 +101,17 @@ class OrdersController(Controller):
     tags = ["orders"]
     guards = [authenticated]
 
-    @post("/", summary="Place an order (starts the saga)", status_code=202)
+    @post(
+        "/",
+        summary="Place an order (starts the saga)",
+        status_code=202,
+        responses={
+            200: ResponseSpec(
+                OrderOut, description="the order an earlier request with this Idempotency-Key and body placed"
+            )
+        },
+        problems={409: "this Idempotency-Key was used with a different body"},
+    )
     async def place(
         self,
         data: JSONBody[NewOrder],
@@ -134,13 +145,8 @@ class OrdersController(Controller):
     async def list_orders(
         self, principal: PrincipalDep, bus: BusDep, limit: Limit = 20, cursor: Cursor = None
     ) -> Page[OrderOut]:
-        before = decode_cursor(cursor, 2)
         page: OrderPage = await bus.ask(
-            ListOrders(
-                customer_id=principal.user_id,
-                limit=limit,
-                before=(str(before[0]), str(before[1])) if before else None,
-            )
+            ListOrders(customer_id=principal.user_id, limit=limit, before=keyset_cursor(cursor))
         )
         last = page.items[-1] if page.items else None
         next_cursor = (
@@ -159,7 +165,12 @@ class OrdersController(Controller):
             raise NotFoundException(detail="no such order")
         return _order(view)
 
-    @post("/{order_id:uuid}/cancel", summary="Cancel an order", status_code=202)
+    @post(
+        "/{order_id:uuid}/cancel",
+        summary="Cancel an order",
+        status_code=202,
+        problems={409: "the order is already final, or its delivery has shipped"},
+    )
     async def cancel(
         self, order_id: FromPath[uuid.UUID], principal: PrincipalDep, bus: BusDep
     ) -> Response[OrderOut]:

@@ -2,7 +2,8 @@
 
 place_order:  reserve_stock (compensate/abort: release_stock)
               → check_address
-              → take_payment (wait for PaymentCaptured/PaymentDeclined; abort: void_payment;
+              → take_payment (lines in more than one currency: fail MIXED_CURRENCIES, charge nothing;
+                              else wait for PaymentCaptured/PaymentDeclined; abort: void_payment;
                               compensate: refund_payment; deadline SHOP_PAYMENT_DEADLINE_S)
               → complete (order COMPLETED, CommitStock)
 cancel_completed_order: refund_payment → restock → mark_cancelled
@@ -51,6 +52,8 @@ COMPLETE = "complete"
 ASK_TIMEOUT_S = 5.0
 STARTUP_GRACE_S = 5.0
 DEPENDENCY_DEADLINE = timedelta(seconds=60)
+MIXED_CURRENCIES = "MIXED_CURRENCIES"
+PAYMENT_TOKEN = "payment_token"
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:shop:orders")
 
 
@@ -68,7 +71,7 @@ def initial_data(
     return {
         "customer_id": str(customer_id),
         "address_id": str(address_id),
-        "payment_token": token,
+        PAYMENT_TOKEN: token,
         "lines": [{"product_id": str(line.product_id), "quantity": line.quantity} for line in items],
     }
 
@@ -81,7 +84,7 @@ class OrderSagas:
         self.settings = settings
         self.database = database
         self.place_order = (
-            Saga(PLACE_ORDER, on_step=self._on_step, on_finish=self._on_finish)
+            Saga(PLACE_ORDER, on_step=self._on_step, on_finish=self._on_finish, transient=(PAYMENT_TOKEN,))
             .step(
                 RESERVE_STOCK,
                 self.reserve_stock,
@@ -168,12 +171,21 @@ class OrderSagas:
         return {"address": msgspec.to_builtins(snapshot)}
 
     async def take_payment(self, ctx: SagaContext) -> Wait:
-        """Ask payments to charge (through the outbox) and wait for its verdict."""
+        """Ask payments to charge (through the outbox) and wait for its verdict.
+
+        The payment token is needed only for that TakePayment: once it is in the outbox the
+        token is dropped from the saga's data (kept until then, so a retried step has it)."""
         order_id = ctx.saga_id
+        if PAYMENT_TOKEN not in ctx.data:  # TakePayment was sent by an earlier run of this step
+            return Wait()
         customer_id = uuid.UUID(ctx.data["customer_id"])
         priced = msgspec.convert(ctx.data["priced"], list[PricedLine])
+        currencies = sorted({line.currency for line in priced})
+        if len(currencies) > 1:
+            # Nothing is charged: the reservation is released by reserve_stock's compensation.
+            raise StepFailed(MIXED_CURRENCIES, detail=f"the lines are priced in {', '.join(currencies)}")
         total = sum(line.unit_price * line.quantity for line in priced)
-        currency = priced[0].currency if priced else "EUR"
+        currency = currencies[0] if currencies else "EUR"
         uow = _local(ctx)
         await OrderBook(uow.session).set_status(
             order_id,
@@ -197,9 +209,10 @@ class OrderSagas:
                 customer_id=customer_id,
                 amount=total,
                 currency=currency,
-                payment_token=ctx.data["payment_token"],
+                payment_token=ctx.data[PAYMENT_TOKEN],
             )
         )
+        del ctx.data[PAYMENT_TOKEN]
         return Wait()
 
     async def void_payment(self, ctx: SagaContext) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.contracts.catalog import Line, PricedLine
 from shop.contracts.orders import OrderLine, OrderView
+from shop.db import Prepared
 from shop.modules.orders.messages import OrderPage
 from shop.modules.orders.models import orders
 
@@ -31,6 +32,10 @@ class OrderStatus(StrEnum):
 
 
 FINAL = frozenset({OrderStatus.FAILED, OrderStatus.CANCELLED})
+
+
+_INSERT = Prepared(orders.insert())
+_PRICE = Prepared(orders.update().where(orders.c.id == sa.bindparam("b_id")))
 
 
 class IdempotencyConflict(Exception):
@@ -114,7 +119,7 @@ class OrderBook:
             "total": None,
             "currency": None,
             "address_id": address_id,
-            "payment_token": payment_token,
+            "payment_token": "",  # not kept: only the saga needs it, until TakePayment is sent
             "failure_reason": None,
             "idempotency_key": idempotency_key,
             "request_fingerprint": digest,
@@ -123,7 +128,7 @@ class OrderBook:
         }
         try:
             async with self.session.begin_nested():
-                await self.session.execute(orders.insert().values(**values))
+                await _INSERT.execute(self.session, values)
         except IntegrityError:
             # A concurrent request with the same key won the race.
             found = await self.by_idempotency_key(customer_id, idempotency_key or "")
@@ -168,13 +173,16 @@ class OrderBook:
         return bool(result.rowcount)
 
     async def price(self, order_id: uuid.UUID, lines: Sequence[PricedLine]) -> None:
-        """Record the catalog's snapshot of names and prices (taken when the stock was reserved)."""
-        currency = lines[0].currency if lines else None
-        await self.session.execute(
-            orders.update()
-            .where(orders.c.id == order_id)
-            .values(
-                items=[
+        """Record the catalog's snapshot of names and prices (taken when the stock was reserved).
+        Lines priced in more than one currency have no total (the saga fails MIXED_CURRENCIES)."""
+        currencies = {line.currency for line in lines}
+        single = len(currencies) == 1
+        currency = currencies.pop() if single else None
+        await _PRICE.execute(
+            self.session,
+            {
+                "b_id": order_id,
+                "items": [
                     {
                         "product_id": str(line.product_id),
                         "name": line.name,
@@ -183,8 +191,8 @@ class OrderBook:
                     }
                     for line in lines
                 ],
-                total=sum(line.unit_price * line.quantity for line in lines),
-                currency=currency,
-                updated_at=datetime.now(UTC),
-            )
+                "total": sum(line.unit_price * line.quantity for line in lines) if single else None,
+                "currency": currency,
+                "updated_at": datetime.now(UTC),
+            },
         )

@@ -36,7 +36,12 @@ class PaymentsController(Controller):
     path = "/api/v1"
     tags = ["payments"]
 
-    @get("/payments", guards=[authenticated], summary="Payments: the caller's own (an admin's: all)")
+    @get(
+        "/payments",
+        guards=[authenticated],
+        summary="Payments: the caller's own (an admin's: all)",
+        problems={404: "`order_id` names an order that is not the caller's"},
+    )
     async def payments(
         self,
         principal: PrincipalDep,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from shop.bus.breaker import BreakerRegistry, CircuitBreaker, CircuitOpenError
+from shop.bus.errors import DependencyFailure
 from shop.bus.retry import RetryPolicy, retry_async
 from shop.observability import tracing
 from shop.settings import Settings
@@ -45,7 +46,7 @@ class ProviderResult:
         return cls(False, ref, reason)
 
 
-class ProviderError(Exception):
+class ProviderError(DependencyFailure):
     """The provider failed (a server error): the outcome of the call is unknown."""
 
 

@@ -14,16 +14,16 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.breaker import CircuitOpenError
 from shop.bus.bus import Bus
+from shop.bus.errors import DependencyFailure
 from shop.bus.messages import Event
 from shop.contracts.payments import (
     PaymentCaptured,
@@ -35,7 +35,7 @@ from shop.contracts.payments import (
     PaymentVoided,
     TakePayment,
 )
-from shop.db import Database, unit_of_work
+from shop.db import Database, Prepared, unit_of_work
 from shop.db_tables import is_marked_cancelled, keyset_rows, mark_cancelled
 from shop.modules.payments.models import cancelled_orders, payments
 from shop.modules.payments.provider import (
@@ -57,7 +57,7 @@ FINAL = frozenset({DECLINED, VOIDED, REFUNDED})
 MAX_STEPS = 10  # a payment settles in at most ~4 steps; more means someone keeps moving it
 
 
-class PaymentOutcomeUnknown(Exception):
+class PaymentOutcomeUnknown(DependencyFailure):
     """The provider failed, timed out or its breaker is open: whether money moved is unknown.
     The handler raises it so that the bus delivers the command again later."""
 
@@ -100,6 +100,14 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+_GET = Prepared(sa.select(payments).where(payments.c.id == sa.bindparam("b_id")))
+_MOVE = Prepared(
+    payments.update().where(
+        payments.c.id == sa.bindparam("b_id"), payments.c.status == sa.bindparam("b_status")
+    )
+)
+
+
 def _payment(m: Any) -> Payment:
     return Payment(
         id=m["id"],
@@ -122,8 +130,8 @@ class PaymentBook:
         self.session = session
 
     async def get(self, payment_id: uuid.UUID) -> Payment | None:
-        row = (await self.session.execute(sa.select(payments).where(payments.c.id == payment_id))).first()
-        return _payment(row._mapping) if row is not None else None
+        found = (await _GET.execute(self.session, {"b_id": payment_id})).mappings()
+        return _payment(found[0]) if found else None
 
     async def open(self, cmd: TakePayment) -> Payment:
         """The payment of this id, created PENDING the first time."""
@@ -156,12 +164,9 @@ class PaymentBook:
 
     async def move(self, payment_id: uuid.UUID, source: str, target: str, **values: Any) -> bool:
         """Compare-and-set the status; True when this call made the change."""
-        result = await self.session.execute(
-            payments.update()
-            .where(payments.c.id == payment_id, payments.c.status == source)
-            .values(status=target, updated_at=datetime.now(UTC), **values)
-        )
-        return cast(CursorResult[Any], result).rowcount == 1
+        params = {"b_id": payment_id, "b_status": source, "status": target, "updated_at": datetime.now(UTC)}
+        result = await _MOVE.execute(self.session, {**params, **values})
+        return result.rowcount == 1
 
     async def remember_ref(self, payment_id: uuid.UUID, ref: str) -> None:
         await self.session.execute(

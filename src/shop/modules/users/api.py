@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-import pycountry
 from email_validator import EmailNotValidError, validate_email
 from litestar import Controller, Response, get, post
 from litestar.exceptions import HTTPException, NotFoundException
@@ -24,17 +23,18 @@ from shop.contracts.users import (
     UserView,
 )
 from shop.security.guards import authenticated
+from shop.web.codes import NOT_BLANK, CountryCode
 from shop.web.owned_lists import keyset_after, keyset_page
 from shop.web.pagination import Cursor, Limit, Page
-from shop.web.params import BusDep, PrincipalDep, ThrottleDep
+from shop.web.params import BusDep, ClientAddressDep, PrincipalDep, ThrottleDep
 from shop.web.rejections import field_error, unwrap
 
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-STATUSES = {"EMAIL_TAKEN": 409, "BAD_CREDENTIALS": 401}
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NOT_BLANK)]
+STATUSES = {"EMAIL_TAKEN": 409, "BAD_CREDENTIALS": 401, "BUSY": 503}
 
 
 class SignUp(msgspec.Struct, kw_only=True):
-    email: Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
+    email: Annotated[str, msgspec.Meta(min_length=3, max_length=320, extra_json_schema={"format": "email"})]
     password: Annotated[str, msgspec.Meta(min_length=8, max_length=1024)]
     name: Text
 
@@ -47,9 +47,9 @@ class Credentials(msgspec.Struct, kw_only=True):
 class NewAddress(msgspec.Struct, kw_only=True):
     recipient: Text
     line1: Text
-    city: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    postal_code: Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
-    country: Annotated[str, msgspec.Meta(min_length=2, max_length=2)]
+    city: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=NOT_BLANK)]
+    postal_code: Annotated[str, msgspec.Meta(min_length=1, max_length=20, pattern=NOT_BLANK)]
+    country: CountryCode
     line2: Annotated[str, msgspec.Meta(max_length=200)] | None = None
 
 
@@ -103,34 +103,63 @@ def _filled(field: str, value: str) -> str:
     return stripped
 
 
+def _throttled(retry_after: float | None, what: str) -> None:
+    if retry_after is not None:
+        raise HTTPException(
+            status_code=429,
+            detail=f"too many {what} from this address; retry later",
+            headers={"Retry-After": str(int(retry_after))},
+        )
+
+
 class UsersController(Controller):
     path = "/api/v1"
     tags = ["users"]
 
-    @post("/users", summary="Sign up", status_code=201)
-    async def sign_up(self, data: JSONBody[SignUp], bus: BusDep) -> User:
+    @post(
+        "/users",
+        summary="Sign up",
+        status_code=201,
+        problems={409: "the email is taken", 429: "too many sign-ups from this address; retry later"},
+    )
+    async def sign_up(
+        self,
+        data: JSONBody[SignUp],
+        bus: BusDep,
+        auth_throttle: ThrottleDep,
+        client_address: ClientAddressDep,
+    ) -> User:
         email = _checked_email(data.email)
         name = _filled("name", data.name)
+        _throttled(await auth_throttle("signup", email, client_address), "sign-ups")
         reply = await bus.ask(RegisterUser(email=email, password=data.password, name=name))
         return _user(unwrap(reply, STATUSES))
 
-    @post("/auth/token", summary="Log in", status_code=200)
+    @post(
+        "/auth/token",
+        summary="Log in",
+        status_code=200,
+        problems={401: "unknown email or wrong password", 429: "too many login attempts; retry later"},
+    )
     async def token(
-        self, data: JSONBody[Credentials], bus: BusDep, login_throttle: ThrottleDep
+        self,
+        data: JSONBody[Credentials],
+        bus: BusDep,
+        auth_throttle: ThrottleDep,
+        client_address: ClientAddressDep,
     ) -> TokenIssued:
         email = data.email.strip().lower()
-        retry_after = await login_throttle(email)
-        if retry_after is not None:
-            raise HTTPException(
-                status_code=429,
-                detail="too many login attempts for this account; retry later",
-                headers={"Retry-After": str(int(retry_after))},
-            )
+        _throttled(await auth_throttle("login", email, client_address), "login attempts")
         reply = await bus.ask(IssueToken(email=email, password=data.password))
         token: TokenIssued = unwrap(reply, STATUSES)
         return token
 
-    @get("/users/me", guards=[authenticated], summary="The caller's profile")
+    @get(
+        "/users/me",
+        guards=[authenticated],
+        summary="The caller's profile",
+        problems={404: "this account no longer exists"},
+    )
     async def me(self, principal: PrincipalDep, bus: BusDep) -> User:
         view = await bus.ask(GetUser(user_id=principal.user_id))
         if view is None:
@@ -140,8 +169,6 @@ class UsersController(Controller):
     @post("/users/me/addresses", guards=[authenticated], summary="Add an address", status_code=201)
     async def add_address(self, data: JSONBody[NewAddress], principal: PrincipalDep, bus: BusDep) -> Address:
         country = data.country.upper()
-        if pycountry.countries.get(alpha_2=country) is None:
-            raise field_error("country", "must be an ISO 3166-1 alpha-2 country code, e.g. DE")
         view = await bus.ask(
             AddAddress(
                 user_id=principal.user_id,

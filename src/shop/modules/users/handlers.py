@@ -25,12 +25,13 @@ from shop.contracts.users import (
 )
 from shop.db import Database, unit_of_work
 from shop.modules.users import module
-from shop.modules.users.passwords import Passwords
+from shop.modules.users.passwords import HashingBusy, Passwords
 from shop.modules.users.service import EmailTaken, UserDirectory, normalise_email
 from shop.security.tokens import TokenIssuer
 from shop.settings import Settings
 
 log = structlog.get_logger("shop.users")
+BUSY = Rejected(code="BUSY", detail="too many passwords are being checked right now; retry shortly")
 
 
 async def _create(
@@ -38,7 +39,10 @@ async def _create(
 ) -> UserView | Rejected:
     """Hash first (deliberately slow, in a thread), then a short transaction: the users write
     lock is never held while argon2 runs."""
-    password_hash = await passwords.hash(password)
+    try:
+        password_hash = await passwords.hash(password)
+    except HashingBusy:
+        return BUSY
     async with unit_of_work(database) as uow:
         try:
             user = await UserDirectory(uow.session).create(
@@ -69,11 +73,17 @@ async def create_admin(
 
 @module.handles(IssueToken)
 async def issue_token(
-    query: IssueToken, directory: UserDirectory, passwords: Passwords, issuer: TokenIssuer
+    query: IssueToken, database: Database, passwords: Passwords, issuer: TokenIssuer
 ) -> TokenIssued | Rejected:
-    found = await directory.find_by_email(query.email)
+    """Look the user up in a short read, then verify the hash holding no database connection."""
+    async with unit_of_work(database, write=False) as uow:
+        found = await UserDirectory(uow.session).find_by_email(query.email)
     user, password_hash = found if found is not None else (None, None)
-    if not await passwords.verify(password_hash, query.password) or user is None:
+    try:
+        verified = await passwords.verify(password_hash, query.password)
+    except HashingBusy:
+        return BUSY
+    if not verified or user is None:
         return Rejected(code="BAD_CREDENTIALS", detail="wrong email or password")
     return TokenIssued(
         access_token=issuer.issue(user.id, user.role, user.email),
@@ -110,6 +120,11 @@ async def list_addresses(query: ListAddresses, directory: UserDirectory) -> Addr
 async def get_address(query: GetAddress, directory: UserDirectory) -> AddressView | None:
     """An address only for its owner: anyone else learns nothing, not even that it exists."""
     return await directory.address_of(query.address_id, query.user_id)
+
+
+@module.on_shutdown
+async def stop_hashing(passwords: Passwords) -> None:
+    passwords.close()
 
 
 @module.on_startup

@@ -1,0 +1,99 @@
+"""Prepared statements: the driver's SQL on SQLite gives what SQLAlchemy's path gives, errors too."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from shop.db import Database, Prepared, unit_of_work
+
+metadata = sa.MetaData(schema="things")  # translated away on SQLite, as a module's is
+things = sa.Table(
+    "things",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("name", sa.String(50), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("blob", sa.LargeBinary, nullable=True),
+    sa.Column("n", sa.Integer, nullable=False, default=7),
+)
+INSERT = Prepared(things.insert())
+SELECT = Prepared(sa.select(things).where(things.c.id == sa.bindparam("b_id")))
+RENAME = Prepared(things.update().where(things.c.id == sa.bindparam("b_id")))
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
+    db = Database("things", f"sqlite:///{tmp_path / 'things.db'}")
+    async with db.engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    yield db
+    await db.dispose()
+
+
+def _row(thing_id: uuid.UUID) -> dict[str, object]:
+    return {
+        "id": thing_id,
+        "name": "box",
+        "data": {"lines": [1, 2], "ok": True},
+        "at": datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+        "blob": b"\x00\x01",
+        "n": 3,
+    }
+
+
+@pytest.mark.parametrize("driver_sql", [True, False], ids=["driver-sql", "sqlalchemy"])
+async def test_a_prepared_statement_stores_and_reads_what_sqlalchemy_does(
+    database: Database, driver_sql: bool
+) -> None:
+    database.driver_sql = driver_sql
+    thing_id = uuid.uuid4()
+    async with unit_of_work(database) as uow:
+        await INSERT.execute(uow, _row(thing_id))
+        renamed = await RENAME.execute(uow, {"b_id": thing_id, "name": "crate"})
+    async with unit_of_work(database, write=False) as uow:
+        found = (await SELECT.execute(uow, {"b_id": thing_id})).mappings()
+        # what SQLAlchemy itself reads back from the same row
+        plain = (await uow.session.execute(sa.select(things).where(things.c.id == thing_id))).mappings().one()
+
+    assert renamed.rowcount == 1
+    stored_at = datetime(2030, 1, 2, 3, 4, 5, 678000)  # SQLite keeps no offset: naive, in UTC
+    assert found == [{**_row(thing_id), "name": "crate", "at": stored_at}]
+    assert found[0] == dict(plain)
+
+
+async def test_a_duplicate_through_the_driver_is_sqlalchemys_integrity_error_and_rolls_back(
+    database: Database,
+) -> None:
+    thing_id = uuid.uuid4()
+    async with unit_of_work(database) as uow:
+        await INSERT.execute(uow, _row(thing_id))
+
+    async def rename_then_insert_again() -> None:
+        async with unit_of_work(database) as uow:
+            await RENAME.execute(uow, {"b_id": thing_id, "name": "lost"})
+            await INSERT.execute(uow, _row(thing_id))
+
+    with pytest.raises(IntegrityError):
+        await rename_then_insert_again()
+
+    async with unit_of_work(database, write=False) as uow:
+        assert (await SELECT.execute(uow, {"b_id": thing_id})).mappings()[0]["name"] == "box"
+
+
+async def test_parameters_the_compiled_form_does_not_cover_go_through_sqlalchemy(database: Database) -> None:
+    """`n` left out: SQLAlchemy fills in its Python-side default; the driver's SQL could not."""
+    thing_id = uuid.uuid4()
+    row = _row(thing_id)
+    del row["n"]
+    async with unit_of_work(database) as uow:
+        await INSERT.execute(uow, row)
+    async with unit_of_work(database, write=False) as uow:
+        assert (await SELECT.execute(uow, {"b_id": thing_id})).mappings()[0]["n"] == 7
