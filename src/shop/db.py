@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -37,7 +38,12 @@ class Database:
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
         self.schema: str | None = None if self.is_sqlite else module
         translate = {module: None} if self.is_sqlite else {None: module}
-        kwargs: dict[str, Any] = {"echo": echo}
+        # JSON columns through msgspec (a few times faster than the stdlib's json, same JSON).
+        kwargs: dict[str, Any] = {
+            "echo": echo,
+            "json_serializer": _json_text,
+            "json_deserializer": msgspec.json.decode,
+        }
         engine_url: Any = url
         if self.is_sqlite:
             database = make_url(url).database
@@ -89,6 +95,12 @@ class Database:
             self._reader = reader
         return self._reader
 
+    @property
+    def kept_connections(self) -> int:
+        """How many of the pool's connections this process keeps for its SQLite writers and
+        readers (checked out for good, held by no unit of work in particular)."""
+        return sum(1 for c in (self._writer, self._reader) if c is not None and not c.closed)
+
     async def dispose(self) -> None:
         for connection in (self._writer, self._reader):
             if connection is not None:
@@ -100,6 +112,10 @@ class Database:
         """Raise if the database does not answer."""
         async with self.engine.connect() as conn:
             await conn.exec_driver_sql("SELECT 1")
+
+
+def _json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:

@@ -402,9 +402,7 @@ class Bus:
                     call.message, **plan.arguments(Scope(uow=uow, envelope=call.envelope))
                 )
                 if idempotent:
-                    await inbox.record(
-                        uow, call.consumer, call.envelope.message_id, _encode_reply(result)
-                    )
+                    await inbox.record(uow, call.consumer, call.envelope.message_id, _encode_reply(result))
                 return result
 
         invoke: Next = run

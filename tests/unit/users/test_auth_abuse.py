@@ -114,7 +114,13 @@ async def test_a_client_cannot_dodge_the_address_limit_with_a_forwarded_for_head
 async def test_logins_hash_on_a_bounded_executor_holding_no_database_connection(
     open_shop: Any, monkeypatch: Any
 ) -> None:
-    seen = {"running": 0, "most": 0, "threads": set(), "connections": []}
+    seen: dict[str, Any] = {
+        "running": 0,
+        "most": 0,
+        "threads": set(),
+        "connections": [],
+        "write_slot_taken": [],
+    }
     lock = threading.Lock()
     original = PasswordHasher.verify
 
@@ -123,7 +129,10 @@ async def test_logins_hash_on_a_bounded_executor_holding_no_database_connection(
             seen["running"] += 1
             seen["most"] = max(seen["most"], seen["running"])
             seen["threads"].add(threading.current_thread().name)
-            seen["connections"].append(held_connections())
+            # connections checked out beyond the ones the process keeps for all its readers and
+            # writers (shop.db), and whether a writer holds the database's write slot
+            seen["connections"].append(users_pool.checkedout() - users_db.kept_connections)
+            seen["write_slot_taken"].append(users_db.write_lock is not None and users_db.write_lock.locked())
         try:
             return original(self, hash, password)
         finally:
@@ -134,17 +143,8 @@ async def test_logins_hash_on_a_bounded_executor_holding_no_database_connection(
         behind_gateway=True, login_rate_limit=RateLimit(1000, 60), auth_address_rate_limit=RateLimit(1000, 60)
     ) as api:
         await api.sign_up("ada@example.com")
-        users = api.shop.databases["users"]
-        users_pool = users.engine.sync_engine.pool
-
-        def held_connections() -> int:
-            """Connections a request holds: pool check-outs beyond the SQLite writer and reader
-            connections the database keeps open for the process, plus the writer while its
-            write lock is taken (a transaction on it)."""
-            kept_open = sum(1 for c in (users._writer, users._reader) if c is not None and not c.closed)
-            writing = users.write_lock is not None and users.write_lock.locked()
-            return users_pool.checkedout() - kept_open + int(writing)
-
+        users_db = api.shop.databases["users"]
+        users_pool = users_db.engine.sync_engine.pool
         monkeypatch.setattr(PasswordHasher, "verify", watched_verify)
 
         async def login(n: int) -> int:
@@ -160,3 +160,4 @@ async def test_logins_hash_on_a_bounded_executor_holding_no_database_connection(
     assert 1 <= seen["most"] <= HASHING_THREADS, seen
     assert all(name.startswith("argon2") for name in seen["threads"]), seen["threads"]
     assert set(seen["connections"]) == {0}, "a login held a users database connection while hashing"
+    assert not any(seen["write_slot_taken"]), "a login held the users database's write slot while hashing"

@@ -36,6 +36,7 @@ FINAL = frozenset({OrderStatus.FAILED, OrderStatus.CANCELLED})
 
 _INSERT = Prepared(orders.insert())
 _PRICE = Prepared(orders.update().where(orders.c.id == sa.bindparam("b_id")))
+_SET_STATUS: dict[int, Prepared] = {}
 
 
 class IdempotencyConflict(Exception):
@@ -163,14 +164,21 @@ class OrderBook:
         only_from: Sequence[str] | None = None,
     ) -> bool:
         """Move an order to `status` (from one of `only_from`, when given); False if it was not there."""
-        query = orders.update().where(orders.c.id == order_id)
-        if only_from is not None:
-            query = query.where(orders.c.status.in_(list(only_from)))
-        values: dict[str, Any] = {"status": status, "updated_at": datetime.now(UTC)}
+        sources = tuple(only_from) if only_from is not None else None
+        arity = -1 if sources is None else len(sources)
+        query = _SET_STATUS.get(arity)
+        if query is None:  # one prepared statement per number of source statuses
+            update = orders.update().where(orders.c.id == sa.bindparam("b_id"))
+            if sources is not None:
+                update = update.where(
+                    orders.c.status.in_([sa.bindparam(f"b_from_{n}") for n in range(arity)])
+                )
+            query = _SET_STATUS[arity] = Prepared(update)
+        values: dict[str, Any] = {"b_id": order_id, "status": status, "updated_at": datetime.now(UTC)}
+        values.update({f"b_from_{n}": source for n, source in enumerate(sources or ())})
         if failure_reason is not None:
             values["failure_reason"] = failure_reason
-        result = await self.session.execute(query.values(**values))
-        return bool(result.rowcount)
+        return bool((await query.execute(self.session, values)).rowcount)
 
     async def price(self, order_id: uuid.UUID, lines: Sequence[PricedLine]) -> None:
         """Record the catalog's snapshot of names and prices (taken when the stock was reserved).

@@ -100,6 +100,7 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+_OPEN = Prepared(payments.insert())
 _GET = Prepared(sa.select(payments).where(payments.c.id == sa.bindparam("b_id")))
 _MOVE = Prepared(
     payments.update().where(
@@ -143,18 +144,19 @@ class PaymentBook:
         now = datetime.now(UTC)
         try:
             async with self.session.begin_nested():
-                await self.session.execute(
-                    payments.insert().values(
-                        id=cmd.payment_id,
-                        order_id=cmd.order_id,
-                        customer_id=cmd.customer_id,
-                        amount=cmd.amount,
-                        currency=cmd.currency,
-                        status=PENDING,
-                        refunded=0,
-                        created_at=now,
-                        updated_at=now,
-                    )
+                await _OPEN.execute(
+                    self.session,
+                    {
+                        "id": cmd.payment_id,
+                        "order_id": cmd.order_id,
+                        "customer_id": cmd.customer_id,
+                        "amount": cmd.amount,
+                        "currency": cmd.currency,
+                        "status": PENDING,
+                        "refunded": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                    },
                 )
         except IntegrityError:  # created by a concurrent delivery of the same command
             pass
