@@ -30,6 +30,8 @@ from shop.bus.breaker import BreakerConfig, BreakerRegistry
 from shop.bus.bus import Bus
 from shop.bus.clock import Clock
 from shop.bus.module import Module
+from shop.bus.saga import SagaEngine
+from shop.bus.saga import gauges as saga_gauges
 from shop.bus.transports.base import Transport
 from shop.bus.transports.inprocess import InProcessTransport
 from shop.console.console import console_router
@@ -40,6 +42,7 @@ from shop.gateway.middleware import GatewayMiddleware
 from shop.gateway.ops import OpsController, now_rfc3339
 from shop.gateway.problems import EXCEPTION_HANDLERS
 from shop.gateway.ratelimit import MemoryRateLimitStore, RateLimiter, RateLimitStore
+from shop.gateway.sagas import SagaAdminController
 from shop.observability import logging as shop_logging
 from shop.observability import metrics, tracing
 from shop.observability.logcontext import bound_module, set_process_module
@@ -60,6 +63,12 @@ def load_module(name: str) -> Module:
     return modules_registry.descriptor(name)
 
 
+def served_controllers(module: Module) -> list[Any]:
+    """The HTTP controllers a module's process serves for it: its own, and the kernel's saga
+    admin views when it declares sagas (what it registers in discovery too)."""
+    return [*module.controllers, *([SagaAdminController] if module.saga_engine is not None else [])]
+
+
 @dataclass
 class Shop:
     """The running parts of one process."""
@@ -73,6 +82,8 @@ class Shop:
     verifier: TokenVerifier
     limiter: RateLimiter
     migrate_on_start: bool = False
+    # the saga engines of the local modules that declare sagas, by module (filled at start)
+    saga_engines: dict[str, SagaEngine] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self, *, background: bool = True) -> None:
@@ -91,9 +102,15 @@ class Shop:
                     arguments = injector.plan(task).arguments(_startup_scope())
                     coroutine = cast(Coroutine[Any, Any, None], task(**arguments))
                     self._tasks.append(asyncio.create_task(coroutine, name=f"{name}:{task.__name__}"))
+                if module.saga_engine is not None:  # resumed, then ticked, the same for every module
+                    engine = self.saga_engines[name] = injector.resolve(SagaEngine)
+                    if background:
+                        self._tasks.append(asyncio.create_task(engine.serve(), name=f"{name}:sagas"))
         if background:
             self._tasks.append(asyncio.create_task(self._prune_inboxes(), name="shop:prune_inboxes"))
         metrics.on_scrape(f"shop:{id(self)}", self._report)
+        if self.saga_engines:  # the saga gauges, read from the modules' databases
+            metrics.on_scrape(f"sagas:{id(self)}", lambda: saga_gauges.report(self.saga_engines.values()))
         log.info("shop.started", modules=list(self.local), transport=self.bus.transport.name)
 
     async def _prune_inboxes(self) -> None:
@@ -121,6 +138,7 @@ class Shop:
 
     async def stop(self) -> None:
         metrics.off_scrape(f"shop:{id(self)}")
+        metrics.off_scrape(f"sagas:{id(self)}")
         for name in self.local:
             injector = self.bus.injector_for(name)
             for hook in self.bus.modules[name].shutdown_hooks:
@@ -128,6 +146,9 @@ class Shop:
                     await hook(**injector.plan(hook).arguments(_startup_scope()))
                 except Exception as exc:
                     log.warning("shop.shutdown_hook_failed", module=name, hook=hook.__name__, error=repr(exc))
+            engine = self.saga_engines.pop(name, None)
+            if engine is not None:
+                await engine.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -254,7 +275,8 @@ def build_app(
     if console:
         controllers.append(console_router())
     for name in shop.local:
-        controllers.extend(shop.bus.modules[name].controllers)
+        controllers.extend(served_controllers(shop.bus.modules[name]))
+    controllers = list(dict.fromkeys(controllers))  # the saga admin views once, for every module
     checks: dict[str, Callable[[], Awaitable[None]]] = {
         f"db:{name}": db.ping for name, db in shop.databases.items()
     }
@@ -290,6 +312,7 @@ def build_app(
                 "ready_checks": checks,
                 "describe_services": shop.describe_services,
                 "databases": shop.databases,
+                "saga_engines": shop.saga_engines,
                 "relay": shop.bus.relay,
             }
         ),
@@ -391,7 +414,7 @@ def create_service_app(settings: Settings | None = None, modules: Sequence[str] 
             module=name,
             instance_id=instance_id,
             url=url,
-            routes=route_prefixes(shop.bus.modules[name].controllers),
+            routes=route_prefixes(served_controllers(shop.bus.modules[name])),
         )
         for name in shop.local
     ]
@@ -420,4 +443,6 @@ def route_table() -> dict[str, tuple[str, ...]]:
     registers for it, and what the gateway and a static registry route by."""
     from shop.discovery.routes import route_prefixes
 
-    return {module.name: route_prefixes(module.controllers) for module in modules_registry.descriptors()}
+    return {
+        module.name: route_prefixes(served_controllers(module)) for module in modules_registry.descriptors()
+    }

@@ -3,10 +3,14 @@
     .venv/bin/python -m tests.contracts.snapshot           # check: exit 1 on a drift or a break
     .venv/bin/python -m tests.contracts.snapshot --write   # record a compatible change
     .venv/bin/python -m tests.contracts.snapshot --retire catalog.ReserveStock.v1   # after the window
+    .venv/bin/python -m tests.contracts.snapshot --unpublish orders.GetOrder.v1 --owner orders
 
 `--write` refuses a backward-incompatible change (see compat.py): add a new version of the
 message beside the old one instead. `--retire NAME` records that a version left the code once
-its deprecation window is over (only when a later version of it exists).
+its deprecation window is over (only when a later version of it exists). `--unpublish NAME
+--owner MODULE` records that a message left the published language because only its owner ever
+sends and handles it (it moved to `shop.modules.<owner>.messages`): no other module can depend on
+it, so there is no window to wait for; a message another module handles cannot be unpublished.
 """
 
 from __future__ import annotations
@@ -111,17 +115,37 @@ def retire(recorded: dict[str, Any], code: dict[str, dict[str, Any]], name: str)
     )
 
 
+def unpublish(recorded: dict[str, Any], code: dict[str, dict[str, Any]], name: str, owner: str) -> None:
+    if name not in recorded["messages"]:
+        raise SystemExit(f"{name} is not a recorded message")
+    if name in code:
+        raise SystemExit(f"{name} is still published in shop.contracts: move it first")
+    if not name.startswith(f"{owner}."):
+        raise SystemExit(f"{name} is not {owner}'s: only a module's own messages become private")
+    module = importlib.import_module(f"shop.modules.{owner}.messages")
+    moved = {getattr(cls, "wire_name", None) for cls in vars(module).values() if isinstance(cls, type)}
+    if name not in moved:
+        raise SystemExit(f"{name} is not in shop.modules.{owner}.messages")
+    recorded.setdefault("retired", {})[name] = f"unpublished: {owner}'s own message now"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.contracts.snapshot", description=__doc__)
     parser.add_argument(
         "--write", action="store_true", help="record the code's schemas (compatible changes only)"
     )
     parser.add_argument("--retire", metavar="WIRE_NAME", action="append", default=[])
+    parser.add_argument("--unpublish", metavar="WIRE_NAME", action="append", default=[])
+    parser.add_argument("--owner", metavar="MODULE", help="with --unpublish: the module that keeps it")
     args = parser.parse_args(argv)
+    if args.unpublish and not args.owner:
+        parser.error("--unpublish needs --owner")
     code = current()
     recorded = load() if PATH.exists() else {"messages": {}, "retired": {}}
     for name in args.retire:
         retire(recorded, code, name)
+    for name in args.unpublish:
+        unpublish(recorded, code, name, args.owner)
     found = problems(recorded, code)
     if found:
         print(
@@ -134,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "messages": {**{n: recorded["messages"][n] for n in recorded.get("retired", {})}, **code},
         "retired": recorded.get("retired", {}),
     }
-    if args.write or args.retire:
+    if args.write or args.retire or args.unpublish:
         PATH.write_text(dump(updated))
         print(f"wrote {PATH} ({len(code)} messages)")
         return 0

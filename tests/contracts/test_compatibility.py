@@ -16,7 +16,7 @@ from shop.bus.module import Module
 from shop.settings import MODULE_NAMES
 
 from .compat import breaks
-from .snapshot import current, dump, load, problems, published_messages, retire, unhandled
+from .snapshot import current, dump, load, problems, published_messages, retire, unhandled, unpublish
 
 
 def schema(cls: type[msgspec.Struct]) -> dict[str, Any]:
@@ -174,9 +174,28 @@ def test_a_version_retired_by_its_successor_may_leave_the_code() -> None:
 
     retire(recorded, code, "catalog.ReserveStock.v1")
 
-    assert recorded["retired"] == {"catalog.ReserveStock.v1": "superseded by catalog.ReserveStock.v2"}
+    assert recorded["retired"]["catalog.ReserveStock.v1"] == "superseded by catalog.ReserveStock.v2"
     assert problems(recorded, code) == []
     assert "catalog.ReserveStock.v1" in dump(recorded)  # its last schema stays on record
+
+
+def test_a_message_only_its_owner_uses_may_leave_the_published_language() -> None:
+    """orders' own queries moved to shop.modules.orders.messages: recorded, not a break."""
+    recorded = load()
+
+    assert recorded["retired"]["orders.GetOrder.v1"] == "unpublished: orders's own message now"
+    assert "orders.GetOrder.v1" not in current()
+    assert problems(recorded, current()) == []
+
+
+def test_a_published_message_of_another_module_cannot_be_unpublished() -> None:
+    code = current()
+    del code["catalog.ReserveStock.v1"]
+
+    with pytest.raises(SystemExit, match="not orders's"):
+        unpublish(load(), code, "catalog.ReserveStock.v1", "orders")
+    with pytest.raises(SystemExit, match="still published"):
+        unpublish(load(), current(), "orders.PlaceOrder.v1", "orders")
 
 
 def test_a_message_without_a_successor_cannot_be_retired() -> None:

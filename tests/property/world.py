@@ -310,8 +310,7 @@ class World:
             await database.dispose()
         # The process's /metrics dies with it: drop the readers it registered.
         metrics.off_scrape(f"shop:{id(shop)}")
-        if module == "orders":
-            metrics.off_scrape(f"sagas:{id(self._sagas_of(shop).engine)}")
+        metrics.off_scrape(f"sagas:{id(shop)}")
 
     async def stop_all(self) -> None:
         for module in list(self.shops):

@@ -14,6 +14,7 @@ and its package's `__init__.py` declares the descriptor and includes them, expli
 
     module = Module("catalog", metadata=models.metadata, controllers=[CatalogController])
     module.include(handlers.handlers)
+    module.sagas(saga_engine)  # a module that runs sagas: def saga_engine(...) -> SagaEngine
 
 The composition root reads descriptors; the kernel never imports a module.
 """
@@ -27,6 +28,7 @@ from typing import Any, Literal, TypeVar
 import sqlalchemy as sa
 
 from shop.bus.messages import Command, Event, Message, Query
+from shop.bus.saga import SagaEngine
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 Hook = Callable[..., Awaitable[None]]
@@ -60,6 +62,7 @@ class Module:
     startup_hooks: list[Hook] = field(default_factory=list)
     background_tasks: list[Hook] = field(default_factory=list)
     shutdown_hooks: list[Hook] = field(default_factory=list)
+    saga_engine: Callable[..., SagaEngine] | None = None  # see sagas()
 
     def handles(
         self, message_type: type[Command] | type[Query], *, transactional: bool = True
@@ -112,6 +115,18 @@ class Module:
         """A long-running coroutine started with the module and cancelled at shutdown."""
         self.background_tasks.append(task)
         return task
+
+    def sagas(self, factory: Callable[..., SagaEngine]) -> None:
+        """Declare that this module runs sagas: ``factory`` (its parameters injected, singletons)
+        builds the module's :class:`SagaEngine` once, and it is injectable as ``SagaEngine``.
+
+        The composition root does the rest for every module alike: it resumes the unfinished
+        sagas and ticks the timers (:meth:`SagaEngine.serve`), reports the saga gauges at each
+        scrape, closes the engine at shutdown and serves the saga admin views over it."""
+        if self.saga_engine is not None:
+            raise ValueError(f"{self.name} already declares its sagas")
+        self.provide(SagaEngine, factory, singleton=True)
+        self.saga_engine = factory
 
     def include(self, handlers: Handlers) -> None:
         """Register everything `handlers` collected, in the order it was declared."""

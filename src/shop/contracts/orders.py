@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import msgspec
 
-from shop.bus.messages import Command, Event, Query
+from shop.bus.messages import Command, Event
 from shop.contracts.catalog import Line
 from shop.contracts.delivery import AddressSnapshot
 
@@ -90,31 +90,6 @@ class OrderPlaced(msgspec.Struct, frozen=True, kw_only=True):
     created: bool  # False: the same Idempotency-Key and body gave this earlier order
 
 
-class GetOrder(Query, frozen=True, kw_only=True):
-    """The order if `viewer` may see it (its owner, or an admin); else None."""
-
-    wire_name: ClassVar[str] = "orders.GetOrder.v1"
-
-    order_id: uuid.UUID
-    viewer_id: uuid.UUID
-    viewer_is_admin: bool = False
-
-
-class ListOrders(Query, frozen=True, kw_only=True):
-    """A customer's own orders, newest first. Replies OrderPage."""
-
-    wire_name: ClassVar[str] = "orders.ListOrders.v1"
-
-    customer_id: uuid.UUID
-    limit: int = 20
-    before: tuple[str, str] | None = None
-
-
-class OrderPage(msgspec.Struct, frozen=True, kw_only=True):
-    items: tuple[OrderView, ...]
-    has_more: bool
-
-
 class CancelOrder(Command, frozen=True, kw_only=True):
     """Cancel on behalf of the owner or an admin. Replies OrderView, or Rejected("NOT_FOUND" |
     "ALREADY_FINAL" | "ALREADY_SHIPPED" | "DEPENDENCY_UNAVAILABLE")."""
@@ -124,63 +99,3 @@ class CancelOrder(Command, frozen=True, kw_only=True):
     order_id: uuid.UUID
     viewer_id: uuid.UUID
     viewer_is_admin: bool = False
-
-
-class GetTimeline(Query, frozen=True, kw_only=True):
-    """The order saga's steps if `viewer` may see the order; else None. Replies tuple[TimelineItem, ...]."""
-
-    wire_name: ClassVar[str] = "orders.GetTimeline.v1"
-
-    order_id: uuid.UUID
-    viewer_id: uuid.UUID
-    viewer_is_admin: bool = False
-
-
-class TimelineItem(msgspec.Struct, frozen=True, kw_only=True):
-    step: str
-    status: str
-    at: datetime
-    detail: str | None = None
-
-
-class ListSagas(Query, frozen=True, kw_only=True):
-    """Operator view. Replies tuple[SagaSummary, ...], newest first; `overdue`: only sagas not
-    final whose step or saga deadline has passed."""
-
-    status: str | None = None
-    limit: int = 20
-    after: uuid.UUID | None = None
-    overdue: bool = False
-
-
-class GetSagaTimeline(Query, frozen=True, kw_only=True):
-    """Operator view: one saga's steps, oldest first (any saga type, e.g. a cancellation saga,
-    whose id is not its order's). Replies tuple[TimelineItem, ...], or None for an unknown saga."""
-
-    saga_id: uuid.UUID
-
-
-class CountSagas(Query, frozen=True, kw_only=True):
-    """Operator view. Replies SagaCounts."""
-
-
-class SagaCounts(msgspec.Struct, frozen=True, kw_only=True):
-    by_type: dict[str, dict[str, int]]  # saga type -> status -> how many
-    overdue: int
-
-
-class RetrySaga(Command, frozen=True, kw_only=True):
-    """Operator: resume a COMPENSATION_FAILED saga (or run a step waiting to be retried now).
-    Replies SagaSummary, or Rejected("NOT_FOUND" | "NOT_RETRYABLE")."""
-
-    saga_id: uuid.UUID
-
-
-class SagaSummary(msgspec.Struct, frozen=True, kw_only=True):
-    id: uuid.UUID
-    type: str
-    status: str
-    step: str | None
-    deadline: datetime | None
-    updated_at: datetime
-    failure_reason: str | None = None

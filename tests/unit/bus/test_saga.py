@@ -861,12 +861,12 @@ async def test_list_filters_by_status_and_pages_newest_first(
         clock.advance(1)
     assert await engine.cancel(ids[0], "CUSTOMER_CANCELLED")
 
-    waiting = await engine.list(status="WAITING")
+    waiting = await engine.list_sagas(status="WAITING")
     assert [saga.id for saga in waiting] == [ids[2], ids[1]]
-    page1 = await engine.list(limit=2)
-    page2 = await engine.list(limit=2, after=page1[-1].id)
+    page1 = await engine.list_sagas(limit=2)
+    page2 = await engine.list_sagas(limit=2, after=page1[-1].id)
     assert [saga.id for saga in page1 + page2] == [ids[2], ids[1], ids[0]]
-    assert await engine.list(status="COMPLETED") == []
+    assert await engine.list_sagas(status="COMPLETED") == []
 
 
 def test_context_keys_are_stable_and_distinct_per_phase() -> None:
@@ -944,18 +944,18 @@ async def test_overdue_sagas_are_listed_and_counted_until_the_timers_catch_up(
     failed = await start(engine, db)
     assert await engine.counts(final=False) == {("trip", "WAITING"): 2}
     assert await engine.counts() == {("trip", "WAITING"): 2, ("trip", "FAILED"): 1}
-    assert await engine.list(overdue=True) == []
+    assert await engine.list_sagas(overdue=True) == []
     assert await engine.overdue_counts() == {}
 
     clock.advance(60)  # past both payment steps' deadlines; no tick yet (the timers are behind)
-    overdue = await engine.list(overdue=True)
+    overdue = await engine.list_sagas(overdue=True)
     assert sorted(saga.id for saga in overdue) == sorted(waiting)
     assert failed not in [saga.id for saga in overdue]
-    assert [saga.id for saga in await engine.list(overdue=True, limit=1)] == [waiting[1]]
+    assert [saga.id for saga in await engine.list_sagas(overdue=True, limit=1)] == [waiting[1]]
     assert await engine.overdue_counts() == {"trip": 2}
 
     assert await engine.tick() == 2
-    assert await engine.list(overdue=True) == []
+    assert await engine.list_sagas(overdue=True) == []
     assert await engine.overdue_counts() == {}
     assert await engine.counts() == {("trip", "CANCELLED"): 2, ("trip", "FAILED"): 1}
     assert engine.saga_types == ["trip"]

@@ -11,28 +11,13 @@ from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody
+from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from shop.contracts.catalog import Line
-from shop.contracts.orders import (
-    CancelOrder,
-    CountSagas,
-    GetOrder,
-    GetSagaTimeline,
-    GetTimeline,
-    ListOrders,
-    ListSagas,
-    OrderPage,
-    OrderPlaced,
-    OrderView,
-    PlaceOrder,
-    RetrySaga,
-    SagaCounts,
-    SagaSummary,
-    TimelineItem,
-)
-from shop.security.guards import admin_only, authenticated
-from shop.web.pagination import Cursor, Limit, Page, encode_cursor, id_cursor, keyset_cursor, offset_cursor
+from shop.contracts.orders import CancelOrder, OrderPlaced, OrderView, PlaceOrder
+from shop.modules.orders.messages import GetOrder, GetTimeline, ListOrders, OrderPage, TimelineItem
+from shop.security.guards import authenticated
+from shop.web.pagination import Cursor, Limit, Page, encode_cursor, keyset_cursor, offset_cursor
 from shop.web.params import BusDep, PrincipalDep
 from shop.web.rejections import field_error, unwrap
 
@@ -42,7 +27,6 @@ STATUSES = {
     "ALREADY_SHIPPED": 409,
     "IDEMPOTENCY_CONFLICT": 409,
     "DEPENDENCY_UNAVAILABLE": 503,
-    "NOT_RETRYABLE": 409,
 }
 
 
@@ -81,26 +65,6 @@ class TimelineOut(msgspec.Struct, omit_defaults=True):
     status: str
     at: datetime
     detail: str | None = None
-
-
-class SagaOut(msgspec.Struct):
-    id: str
-    type: str
-    status: str
-    step: str | None
-    deadline: datetime | None
-    updated_at: datetime
-    failure_reason: str | None
-
-
-class SagaSummaryOut(msgspec.Struct):
-    by_status: dict[str, int]
-    by_type: dict[str, dict[str, int]]
-    overdue: int
-
-
-def _saga(s: SagaSummary) -> SagaOut:
-    return SagaOut(str(s.id), s.type, s.status, s.step, s.deadline, s.updated_at, s.failure_reason)
 
 
 def _timeline_page(items: tuple[TimelineItem, ...], limit: int, cursor: str | None) -> Page[TimelineOut]:
@@ -233,69 +197,4 @@ class OrdersController(Controller):
         return _timeline_page(reply, limit, cursor)
 
 
-class SagaAdminController(Controller):
-    path = "/api/v1/admin/sagas"
-    tags = ["operations"]
-    guards = [admin_only]
-
-    @get("/", summary="Sagas by state, or past their deadline (operators)")
-    async def list_sagas(
-        self,
-        bus: BusDep,
-        status: FromQuery[str | None] = None,
-        overdue: FromQuery[bool] = False,
-        limit: Limit = 20,
-        cursor: Cursor = None,
-    ) -> Page[SagaOut]:
-        """`status` filters by state (e.g. `COMPENSATION_FAILED`); `overdue=true` keeps the sagas
-        not final whose step or saga deadline has passed."""
-        after = id_cursor(cursor)
-        sagas: tuple[SagaSummary, ...] = await bus.ask(
-            ListSagas(
-                status=status,
-                limit=limit + 1,
-                after=after,
-                overdue=overdue,
-            )
-        )
-        window = sagas[:limit]
-        more = len(sagas) > limit
-        return Page(
-            items=[_saga(s) for s in window],
-            next_cursor=encode_cursor(str(window[-1].id)) if more and window else None,
-        )
-
-    @get("/summary", summary="How many sagas are in each state, and how many are overdue")
-    async def summary(self, bus: BusDep) -> SagaSummaryOut:
-        counts: SagaCounts = await bus.ask(CountSagas())
-        by_status: dict[str, int] = {}
-        for statuses in counts.by_type.values():
-            for status, count in statuses.items():
-                by_status[status] = by_status.get(status, 0) + count
-        return SagaSummaryOut(by_status=dict(sorted(by_status.items())), by_type=counts.by_type,
-                              overdue=counts.overdue)  # fmt: skip
-
-    @get("/{saga_id:uuid}/timeline", summary="One saga's steps, in order (operators)")
-    async def saga_timeline(
-        self, saga_id: FromPath[uuid.UUID], bus: BusDep, limit: Limit = 100, cursor: Cursor = None
-    ) -> Page[TimelineOut]:
-        """Any saga's history by its id (an order's `place_order` saga has the order's id; its
-        cancellation saga has its own); 404 for an unknown saga."""
-        reply: tuple[TimelineItem, ...] | None = await bus.ask(GetSagaTimeline(saga_id=saga_id))
-        if reply is None:
-            raise NotFoundException(detail="no such saga")
-        return _timeline_page(reply, limit, cursor)
-
-    @post(
-        "/{saga_id:uuid}/retry",
-        summary="Resume a COMPENSATION_FAILED saga",
-        status_code=202,
-        problems={409: "the saga has nothing to retry"},
-    )
-    async def retry(self, saga_id: FromPath[uuid.UUID], bus: BusDep) -> SagaOut:
-        """202 with the saga as it is now (it goes on in the background); 404 for an unknown
-        saga; 409 for a saga that has nothing to retry."""
-        return _saga(unwrap(await bus.ask(RetrySaga(saga_id=saga_id), timeout=15.0), STATUSES))
-
-
-__all__: list[Any] = ["OrdersController", "SagaAdminController", "State"]
+__all__: list[Any] = ["OrdersController", "State"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import datetime
 
@@ -11,35 +10,18 @@ from shop.bus.bus import Bus
 from shop.bus.errors import BusError
 from shop.bus.messages import Rejected
 from shop.bus.module import Handlers
-from shop.bus.saga import CANCELLED, NOT_FINAL, SagaEngine, SagaState
+from shop.bus.saga import SagaStatus
 from shop.contracts.delivery import CancelDelivery, DeliveryCancellation
-from shop.contracts.orders import (
-    CancelOrder,
-    CountSagas,
-    GetOrder,
-    GetSagaTimeline,
-    GetTimeline,
-    ListOrders,
-    ListSagas,
-    OrderPage,
-    OrderPlaced,
-    OrderView,
-    PlaceOrder,
-    RetrySaga,
-    SagaCounts,
-    SagaSummary,
-    TimelineItem,
-)
+from shop.contracts.orders import CancelOrder, OrderPlaced, OrderView, PlaceOrder
 from shop.contracts.payments import PaymentCaptured, PaymentDeclined
 from shop.db import Database, unit_of_work
 from shop.modules.orders import service
-from shop.modules.orders.saga import OrderSagas, cancel_saga_id, initial_data
-from shop.modules.orders.service import IdempotencyConflict, OrderBook
-from shop.observability import metrics
+from shop.modules.orders.messages import GetOrder, GetTimeline, ListOrders, OrderPage, TimelineItem
+from shop.modules.orders.saga import TAKE_PAYMENT, OrderSagas, cancel_saga_id, initial_data
+from shop.modules.orders.service import IdempotencyConflict, OrderBook, OrderStatus
 
 handlers = Handlers()
 
-STARTUP_GRACE_S = 5.0
 NOT_FOUND = Rejected(code="NOT_FOUND", detail="no such order")
 
 
@@ -90,12 +72,12 @@ async def cancel_order(
         return NOT_FOUND
     if order.status in service.FINAL:
         return Rejected(code="ALREADY_FINAL", detail=f"the order is already {order.status}")
-    if order.status != service.COMPLETED:
+    if order.status != OrderStatus.COMPLETED:
         async with unit_of_work(database) as uow:
-            cancelled = await sagas.engine.cancel(order.id, "CANCELLED_BY_CUSTOMER", CANCELLED)
+            cancelled = await sagas.engine.cancel(order.id, "CANCELLED_BY_CUSTOMER", SagaStatus.CANCELLED)
         if not cancelled:
             state = await sagas.engine.get(order.id)
-            if state is None or state.status not in ("COMPLETED",):
+            if state is None or state.status != SagaStatus.COMPLETED:
                 return Rejected(code="ALREADY_FINAL", detail="the order is already being cancelled")
         async with unit_of_work(database, write=False) as uow:
             return await OrderBook(uow.session).get(order.id) or order
@@ -130,82 +112,11 @@ async def get_timeline(
     return tuple(TimelineItem(step=e.step, status=e.status, at=e.at, detail=e.detail) for e in entries)
 
 
-@handlers.handles(GetSagaTimeline)
-async def get_saga_timeline(query: GetSagaTimeline, sagas: OrderSagas) -> tuple[TimelineItem, ...] | None:
-    if await sagas.engine.get(query.saga_id) is None:
-        return None
-    entries = await sagas.engine.timeline(query.saga_id)
-    return tuple(TimelineItem(step=e.step, status=e.status, at=e.at, detail=e.detail) for e in entries)
-
-
-def _summary(s: SagaState) -> SagaSummary:
-    return SagaSummary(
-        id=s.id,
-        type=s.type,
-        status=s.status,
-        step=s.step,
-        deadline=s.step_deadline or s.deadline,
-        updated_at=s.updated_at,
-        failure_reason=s.failure_reason,
-    )
-
-
-@handlers.handles(ListSagas)
-async def list_sagas(query: ListSagas, sagas: OrderSagas) -> tuple[SagaSummary, ...]:
-    states = await sagas.engine.list(
-        status=query.status, limit=query.limit, after=query.after, overdue=query.overdue
-    )
-    return tuple(_summary(s) for s in states)
-
-
-@handlers.handles(CountSagas)
-async def count_sagas(query: CountSagas, sagas: OrderSagas) -> SagaCounts:
-    by_type: dict[str, dict[str, int]] = {}
-    for (saga_type, status), count in sorted((await sagas.engine.counts()).items()):
-        by_type.setdefault(saga_type, {})[status] = count
-    overdue = sum((await sagas.engine.overdue_counts()).values())
-    return SagaCounts(by_type=by_type, overdue=overdue)
-
-
-@handlers.handles(RetrySaga, transactional=False)
-async def retry_saga(cmd: RetrySaga, database: Database, sagas: OrderSagas) -> SagaSummary | Rejected:
-    """Operator: resume a parked saga; it advances in the background once this commits."""
-    async with unit_of_work(database):
-        retried = await sagas.engine.retry(cmd.saga_id)
-    state = await sagas.engine.get(cmd.saga_id)
-    if state is None:
-        return Rejected(code="NOT_FOUND", detail="no such saga")
-    if not retried:
-        return Rejected(
-            code="NOT_RETRYABLE",
-            detail=f"the saga is {state.status}: only COMPENSATION_FAILED sagas (or steps waiting "
-            "to be retried) can be retried",
-        )
-    return _summary(state)
-
-
-async def report_sagas(engine: SagaEngine) -> None:
-    """The saga gauges, read from the orders database when /metrics is scraped."""
-    active, overdue = await engine.counts(final=False), await engine.overdue_counts()
-    types = sorted({*engine.saga_types, *(t for t, _ in active), *overdue})
-    by_state: dict[tuple[str, ...], float] = {(t, s): 0 for t in types for s in sorted(NOT_FINAL)}
-    for (saga_type, status), count in active.items():
-        by_state[(saga_type, status)] = count
-    metrics.SAGAS_ACTIVE_READING.set_all(by_state)
-    metrics.SAGAS_OVERDUE_READING.set_all({(t,): overdue.get(t, 0) for t in types})
-
-
-@handlers.on_startup
-async def report_sagas_at_scrape(sagas: OrderSagas) -> None:
-    engine = sagas.engine
-    metrics.on_scrape(f"sagas:{id(engine)}", lambda: report_sagas(engine))
-
-
 @handlers.on(PaymentCaptured)
 async def when_payment_captured_complete_order(event: PaymentCaptured, sagas: OrderSagas) -> None:
     await sagas.engine.complete_step(
         event.order_id,
-        "take_payment",
+        TAKE_PAYMENT,
         {"payment_id": str(event.payment_id), "provider_ref": event.provider_ref},
     )
 
@@ -213,28 +124,5 @@ async def when_payment_captured_complete_order(event: PaymentCaptured, sagas: Or
 @handlers.on(PaymentDeclined)
 async def when_payment_declined_cancel_order(event: PaymentDeclined, sagas: OrderSagas) -> None:
     await sagas.engine.fail_step(
-        event.order_id, "take_payment", "PAYMENT_DECLINED", status=CANCELLED, detail=event.reason
+        event.order_id, TAKE_PAYMENT, "PAYMENT_DECLINED", status=SagaStatus.CANCELLED, detail=event.reason
     )
-
-
-@handlers.background
-async def resume_sagas_and_run_timers(sagas: OrderSagas) -> None:
-    """Resume unfinished sagas, then tick deadlines and retries (once a second, or faster when
-    the payment deadline is short).
-
-    After a restart, outcomes that were on their way (a PaymentCaptured still in an outbox) are
-    relayed by the start-up sweep; a short grace lets them land before a payment deadline that
-    expired while the shop was down is enforced — the deadline applies "without a known outcome"."""
-    grace = min(STARTUP_GRACE_S, sagas.settings.payment_deadline_s / 2)
-    await asyncio.sleep(grace)
-    await sagas.engine.resume_all()
-    await sagas.engine.run(interval=min(1.0, max(0.05, sagas.settings.payment_deadline_s / 10)))
-
-
-@handlers.on_shutdown
-async def close_saga_engine(sagas: OrderSagas) -> None:
-    metrics.off_scrape(f"sagas:{id(sagas.engine)}")
-    await sagas.engine.close()
-
-
-__all__ = ["SagaEngine"]

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.bus import Bus
 from shop.bus.clock import Clock
-from shop.bus.saga import CANCELLED, COMPLETED, FAILED, Saga, SagaContext, SagaEngine, StepFailed, Wait
+from shop.bus.saga import Saga, SagaContext, SagaEngine, SagaStatus, StepFailed, StepStatus, Wait
 from shop.contracts.catalog import (
     CommitStock,
     Line,
@@ -39,13 +39,18 @@ from shop.contracts.orders import OrderAwaitingPayment, OrderCancelled, OrderCom
 from shop.contracts.payments import RefundPayment, TakePayment, VoidPayment
 from shop.contracts.users import AddressView, GetAddress
 from shop.db import Database, UnitOfWork
-from shop.modules.orders import service
-from shop.modules.orders.service import OrderBook
+from shop.modules.orders.service import OrderBook, OrderStatus
 from shop.settings import Settings
 
 PLACE_ORDER = "place_order"
 CANCEL_COMPLETED_ORDER = "cancel_completed_order"
+# place_order's steps (the payment outcome handlers name take_payment too)
+RESERVE_STOCK = "reserve_stock"
+CHECK_ADDRESS = "check_address"
+TAKE_PAYMENT = "take_payment"
+COMPLETE = "complete"
 ASK_TIMEOUT_S = 5.0
+STARTUP_GRACE_S = 5.0
 DEPENDENCY_DEADLINE = timedelta(seconds=60)
 MIXED_CURRENCIES = "MIXED_CURRENCIES"
 PAYMENT_TOKEN = "payment_token"
@@ -81,7 +86,7 @@ class OrderSagas:
         self.place_order = (
             Saga(PLACE_ORDER, on_step=self._on_step, on_finish=self._on_finish, transient=(PAYMENT_TOKEN,))
             .step(
-                "reserve_stock",
+                RESERVE_STOCK,
                 self.reserve_stock,
                 compensate=self.release_stock,
                 abort=self.release_stock,
@@ -89,29 +94,39 @@ class OrderSagas:
                 timeout_reason="DEPENDENCY_UNAVAILABLE",
             )
             .step(
-                "check_address",
+                CHECK_ADDRESS,
                 self.check_address,
                 deadline=DEPENDENCY_DEADLINE,
                 timeout_reason="DEPENDENCY_UNAVAILABLE",
             )
             .step(
-                "take_payment",
+                TAKE_PAYMENT,
                 self.take_payment,
                 compensate=self.refund_payment,
                 abort=self.void_payment,
                 deadline=timedelta(seconds=settings.payment_deadline_s),
                 timeout_reason="PAYMENT_TIMEOUT",
-                timeout_status=CANCELLED,
+                timeout_status=SagaStatus.CANCELLED,
                 local=True,
             )
-            .step("complete", self.complete, local=True)
+            .step(COMPLETE, self.complete, local=True)
         )
         self.cancel_completed = (
             Saga(CANCEL_COMPLETED_ORDER, on_finish=self._on_cancel_finished)
             .step("refund_payment", self.refund_payment)
             .step("restock", self.restock)
         )
-        self.engine = SagaEngine(database, [self.place_order, self.cancel_completed], clock=clock.now)
+        deadline_s = settings.payment_deadline_s
+        self.engine = SagaEngine(
+            database,
+            [self.place_order, self.cancel_completed],
+            clock=clock.now,
+            # once a second, or faster when the payment deadline is short
+            tick_interval=min(1.0, max(0.05, deadline_s / 10)),
+            # after a restart, a PaymentCaptured still in an outbox lands before a payment
+            # deadline that passed while the shop was down is enforced ("without a known outcome")
+            startup_grace=min(STARTUP_GRACE_S, deadline_s / 2),
+        )
 
     # -- place_order's steps ---------------------------------------------------------------
 
@@ -173,7 +188,9 @@ class OrderSagas:
         currency = currencies[0] if currencies else "EUR"
         uow = _local(ctx)
         await OrderBook(uow.session).set_status(
-            order_id, service.AWAITING_PAYMENT, only_from=(service.PENDING, service.AWAITING_PAYMENT)
+            order_id,
+            OrderStatus.AWAITING_PAYMENT,
+            only_from=(OrderStatus.PENDING, OrderStatus.AWAITING_PAYMENT),
         )
         await self.bus.publish(
             OrderAwaitingPayment(
@@ -214,7 +231,7 @@ class OrderSagas:
         order_id = ctx.saga_id
         book = OrderBook(_local(ctx).session)
         if await book.set_status(
-            order_id, service.COMPLETED, only_from=(service.PENDING, service.AWAITING_PAYMENT)
+            order_id, OrderStatus.COMPLETED, only_from=(OrderStatus.PENDING, OrderStatus.AWAITING_PAYMENT)
         ):
             await self.bus.send(CommitStock(reservation_id=reservation_id(order_id)))
             await self.bus.publish(
@@ -230,7 +247,7 @@ class OrderSagas:
     # -- hooks (inside the transaction that persists the saga's state) ---------------------
 
     async def _on_step(self, ctx: SagaContext, step: str, status: str, session: AsyncConnection) -> None:
-        if step == "reserve_stock" and status == "DONE" and "priced" in ctx.data:
+        if step == RESERVE_STOCK and status == StepStatus.DONE and "priced" in ctx.data:
             await OrderBook(session).price(ctx.saga_id, msgspec.convert(ctx.data["priced"], list[PricedLine]))
 
     async def _on_finish(
@@ -239,12 +256,12 @@ class OrderSagas:
         book = OrderBook(session)
         order_id = ctx.saga_id
         customer_id = uuid.UUID(ctx.data["customer_id"])
-        if status == COMPLETED:
+        if status == SagaStatus.COMPLETED:
             return  # the complete step already did it, in its own transaction
-        if status in (FAILED, CANCELLED):
-            final = service.CANCELLED if status == CANCELLED else service.FAILED
+        if status in (SagaStatus.FAILED, SagaStatus.CANCELLED):
+            final = OrderStatus.CANCELLED if status == SagaStatus.CANCELLED else OrderStatus.FAILED
             if await book.set_status(order_id, final, failure_reason=reason or status):
-                if final == service.CANCELLED:
+                if final == OrderStatus.CANCELLED:
                     await self.bus.publish(
                         OrderCancelled(order_id=order_id, customer_id=customer_id, reason=reason or "")
                     )
@@ -256,15 +273,15 @@ class OrderSagas:
     async def _on_cancel_finished(
         self, ctx: SagaContext, status: str, reason: str | None, session: AsyncConnection
     ) -> None:
-        if status != COMPLETED:
+        if status != SagaStatus.COMPLETED:
             return  # parked or failed: an operator sees it in the saga views
         order_id = uuid.UUID(ctx.data["order_id"])
         book = OrderBook(session)
         if await book.set_status(
             order_id,
-            service.CANCELLED,
+            OrderStatus.CANCELLED,
             failure_reason="CANCELLED_BY_CUSTOMER",
-            only_from=(service.COMPLETED,),
+            only_from=(OrderStatus.COMPLETED,),
         ):
             await self.bus.publish(
                 OrderCancelled(
@@ -280,6 +297,12 @@ def _local(ctx: SagaContext) -> UnitOfWork:
     if ctx.uow is None:
         raise RuntimeError(f"{ctx.step} runs as a local step, inside the saga's unit of work")
     return ctx.uow
+
+
+def saga_engine(sagas: OrderSagas) -> SagaEngine:
+    """The engine of the order sagas (declared with ``module.sagas``: the composition root
+    resumes, ticks and closes it and serves the saga admin views over it)."""
+    return sagas.engine
 
 
 def cancel_saga_id(order_id: uuid.UUID) -> uuid.UUID:

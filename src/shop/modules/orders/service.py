@@ -6,6 +6,7 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -15,16 +16,23 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.clock import as_utc
 from shop.contracts.catalog import Line, PricedLine
-from shop.contracts.orders import OrderLine, OrderPage, OrderView
+from shop.contracts.orders import OrderLine, OrderView
 from shop.db import Prepared
+from shop.modules.orders.messages import OrderPage
 from shop.modules.orders.models import orders
 
-PENDING = "PENDING"
-AWAITING_PAYMENT = "AWAITING_PAYMENT"
-COMPLETED = "COMPLETED"
-FAILED = "FAILED"
-CANCELLED = "CANCELLED"
-FINAL = frozenset({FAILED, CANCELLED})
+
+class OrderStatus(StrEnum):
+    """Where an order stands (what the REST API shows as its ``status``)."""
+
+    PENDING = "PENDING"
+    AWAITING_PAYMENT = "AWAITING_PAYMENT"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+FINAL = frozenset({OrderStatus.FAILED, OrderStatus.CANCELLED})
 
 
 _INSERT = Prepared(orders.insert())
@@ -104,7 +112,7 @@ class OrderBook:
         values = {
             "id": order_id,
             "customer_id": customer_id,
-            "status": PENDING,
+            "status": OrderStatus.PENDING,
             "items": [{"product_id": str(line.product_id), "quantity": line.quantity} for line in items],
             "total": None,
             "currency": None,
