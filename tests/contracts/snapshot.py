@@ -35,11 +35,16 @@ from .compat import breaks
 PATH = Path(__file__).with_name("snapshot.json")
 
 
+# Where published messages live: the contracts, and the bus's own (`Rejected`). A module's own
+# messages (`shop.modules.<name>.messages`) have wire names too but are not published.
+PUBLISHED_IN = ("shop.contracts.", "shop.bus.")
+
+
 def published_messages() -> dict[str, type[Message]]:
-    """Every message of `shop` (the contracts and the bus's own) that declares a wire name."""
+    """Every message of the contracts and the bus that declares a wire name."""
     for info in pkgutil.iter_modules(shop.contracts.__path__, "shop.contracts."):
         importlib.import_module(info.name)
-    found = {n: c for n, c in Message.published.items() if c.__module__.split(".")[0] == "shop"}
+    found = {n: c for n, c in Message.published.items() if c.__module__.startswith(PUBLISHED_IN)}
     return dict(sorted(found.items()))
 
 

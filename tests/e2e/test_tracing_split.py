@@ -32,11 +32,11 @@ SERVICES = {"shop-gateway", "shop-orders", "shop-catalog", "shop-users", "shop-p
 SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5  # opentelemetry.proto.trace.v1.Span.SpanKind
 # Bus hops of the order that cross processes: (producer's service, consumer's service, consumer span)
 HOPS = {
-    ("shop-orders", "shop-catalog", "handle ReserveStock"),
-    ("shop-orders", "shop-users", "handle GetAddress"),
-    ("shop-orders", "shop-payments", "handle TakePayment"),
-    ("shop-payments", "shop-orders", "handle PaymentCaptured"),
-    ("shop-orders", "shop-catalog", "handle CommitStock"),  # the saga's last step
+    ("shop-orders", "shop-catalog", "handle catalog.ReserveStock.v1"),
+    ("shop-orders", "shop-users", "handle users.GetAddress.v1"),
+    ("shop-orders", "shop-payments", "handle payments.TakePayment.v1"),
+    ("shop-payments", "shop-orders", "handle payments.PaymentCaptured.v1"),
+    ("shop-orders", "shop-catalog", "handle catalog.CommitStock.v1"),  # the saga's last step
 }
 
 
