@@ -11,7 +11,9 @@ import pytest
 from shop.bus.breaker import CircuitOpenError
 from shop.bus.errors import DependencyFailed, HandlerFailed
 from shop.contracts.payments import RefundPayment, VoidPayment
+from shop.modules.payments.provider import ProviderError
 from shop.modules.payments.service import PaymentProcessor
+from shop.modules.payments.simulated import SimulatedProvider
 
 ASKS = 30  # past the module breakers' minimum number of calls (20)
 
@@ -23,10 +25,18 @@ async def _captured(shop: Any) -> uuid.UUID:
     return order_id
 
 
-async def test_a_provider_outage_counts_against_the_provider_breaker_only(open_shop: Any) -> None:
+async def test_a_provider_outage_counts_against_the_provider_breaker_only(
+    open_shop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def down(self: SimulatedProvider, *args: Any, **kwargs: Any) -> Any:
+        raise ProviderError("the provider answers 503")
+
     async with open_shop() as shop:
         order_id = await _captured(shop)
-        shop.breaker.force_open()  # the provider is down
+        # The provider is down: its breaker is open, and the probes it lets through after its
+        # wait fail too (however slowly this test runs).
+        monkeypatch.setattr(SimulatedProvider, "refund", down)
+        shop.breaker.force_open()
 
         for _ in range(ASKS):
             with pytest.raises(DependencyFailed):
