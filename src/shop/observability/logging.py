@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -45,10 +46,17 @@ _SECRET_VALUES = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=4096)
+def _secret_key(key: str) -> bool:
+    """Whether a key sounds secret (decided once per key: keys are the code's own names)."""
+    lowered = key.lower()
+    return any(s in lowered for s in _SECRET_KEYS)
+
+
 def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Blank values under secret-sounding keys, and tokens wherever they appear in a string."""
     for key, value in event.items():
-        if any(s in key.lower() for s in _SECRET_KEYS):
+        if _secret_key(key):
             event[key] = "[redacted]"
         elif isinstance(value, str) and ("eyJ" in value or "earer" in value):
             event[key] = _SECRET_VALUES.sub("[redacted]", value)
