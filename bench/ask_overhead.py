@@ -1,4 +1,4 @@
-"""In-process bus `ask` overhead beyond the handler itself (target: <= 5 us, PERFORMANCE.md).
+"""In-process bus `ask` overhead beyond the handler itself (target: <= 5 us, bench/README.md).
 
 One `Bus` on the `InProcessTransport` with one local test module ("bench") whose query handler
 does nothing. In one run, on uvloop, interleaved round by round so drift hits every variant alike:
@@ -226,7 +226,7 @@ async def components(count: int) -> list[tuple[str, float | None]]:
         )
 
     try:
-        await aio("reference: Future request/reply on uvloop (PERFORMANCE.md ~3.6 us)", future_round_trip)
+        await aio("reference: Future request/reply on uvloop (bench/README.md ~3.6 us)", future_round_trip)
         sync(
             "Bus._envelope (uuid4, traceparent, msgpack encode, replace)",
             lambda: bus._envelope(q, consumer=consumer),

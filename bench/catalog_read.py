@@ -1,6 +1,6 @@
 """A catalog read through the full `shop run` stack vs the same query in a bare Litestar app.
 
-PERFORMANCE.md's target: `GET /api/v1/products/{id}` through `shop run` at >= 0.8x the req/s of
+bench/README.md's target: `GET /api/v1/products/{id}` through `shop run` at >= 0.8x the req/s of
 the same SELECT in a bare Litestar app, measured side by side in one run.
 
 Servers (all on granian, one worker, uvloop, via `shop.cli.serve`):

@@ -1,6 +1,6 @@
 """Orders per second through HTTP on `shop run` (SQLite, granian), and the saga's latency.
 
-PERFORMANCE.md: "orders completed per second, `shop run` on SQLite, and its p99 saga latency:
+bench/README.md: "orders completed per second, `shop run` on SQLite, and its p99 saga latency:
 report; the goal is >= 200/s here".
 
 Setup, before anything is timed (argon2 sign-up and log-in are slow on purpose): `shop run` on
@@ -36,7 +36,7 @@ Printed:
   log          warning/error events of the shop's log, counted (the first 200 lines are kept in
                bench/results/orders-shop-<mode>.warnings)
 --count-hops starts the shop with bench/hopcount on its PYTHONPATH, which counts every call
-aiosqlite hands to a connection thread (a "hop", ~100 µs each per PERFORMANCE.md), and prints
+aiosqlite hands to a connection thread (a "hop", ~100 µs each per bench/README.md), and prints
 hops, SQL statements and transactions per order.
 --profile records the shop with py-spy (when installed: `.venv/bin/pip install py-spy`; not a
 project dependency) during the timed run, prints the hottest functions and keeps the raw

@@ -1,10 +1,10 @@
-"""The Dramatiq/Redis transport against raw Redis and against Dramatiq's defaults (PERFORMANCE.md).
+"""The Dramatiq/Redis transport against raw Redis and against Dramatiq's defaults (bench/README.md).
 
 In one run, each server in a process of its own, on the same Redis:
 
 1. ask latency, one request at a time, interleaved round by round:
      raw        a sync redis-py client: LPUSH request + BLPOP reply, against a server process
-                looping BLPOP request + LPUSH reply (the reference; PERFORMANCE.md p50 220-300 us)
+                looping BLPOP request + LPUSH reply (the reference; bench/README.md p50 220-300 us)
      raw/async  the same client loop on redis.asyncio (what an asyncio app could do by hand)
      transport  `DramatiqTransport.request` to a process consuming with `DramatiqTransport`,
                 whose host answers at once
