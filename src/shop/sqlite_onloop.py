@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import pool
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.util.concurrency import await_
 
 DRIVER = "shop_onloop"
@@ -110,6 +110,4 @@ registry.register(f"sqlite.{DRIVER}", __name__, "OnLoopSQLiteDialect")
 
 def onloop_url(url: str | URL) -> URL:
     """The same SQLite database, through this dialect."""
-    from sqlalchemy.engine import make_url
-
     return make_url(url).set(drivername=f"sqlite+{DRIVER}")

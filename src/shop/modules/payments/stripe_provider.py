@@ -160,13 +160,10 @@ class StripeProvider:
                 ref, options={"idempotency_key": stripe_idempotency_key(idempotency_key, CAPTURE)}
             )
         except stripe.InvalidRequestError as exc:
-            if exc.code == "resource_missing":
-                return ProviderResult.declined(UNKNOWN_AUTHORIZATION, ref)
-            if exc.code != "payment_intent_unexpected_state":
-                raise _failure(exc) from exc
-            intent = await self._current(ref)
-            if intent.status == SUCCEEDED:
-                return ProviderResult.declined(ALREADY_CAPTURED, ref)
+            found = await self._refused(exc, ref)
+            if isinstance(found, ProviderResult):
+                return found
+            intent = found
             if intent.status == CANCELED:
                 return ProviderResult.declined(AUTHORIZATION_VOIDED, ref)
             if intent.status in (REQUIRES_CAPTURE, PROCESSING):
@@ -185,13 +182,10 @@ class StripeProvider:
                 ref, options={"idempotency_key": stripe_idempotency_key(idempotency_key, VOID)}
             )
         except stripe.InvalidRequestError as exc:
-            if exc.code == "resource_missing":
-                return ProviderResult.declined(UNKNOWN_AUTHORIZATION, ref)
-            if exc.code != "payment_intent_unexpected_state":
-                raise _failure(exc) from exc
-            intent = await self._current(ref)
-            if intent.status == SUCCEEDED:
-                return ProviderResult.declined(ALREADY_CAPTURED, ref)
+            found = await self._refused(exc, ref)
+            if isinstance(found, ProviderResult):
+                return found
+            intent = found
             if intent.status == CANCELED:
                 return ProviderResult.ok(ref)  # voided already: the same end
             raise ProviderError(f"stripe: could not cancel {ref} ({intent.status})") from exc
@@ -224,6 +218,20 @@ class StripeProvider:
         return ProviderResult.ok(ref)  # succeeded, or pending: Stripe has taken it
 
     # -- helpers --------------------------------------------------------------------------
+
+    async def _refused(
+        self, exc: stripe.InvalidRequestError, ref: str
+    ) -> ProviderResult | stripe.PaymentIntent:
+        """A capture or cancel Stripe refused: the answer when the refusal settles it (an unknown
+        intent, one captured already), else the intent as it is now; any other refusal raised."""
+        if exc.code == "resource_missing":
+            return ProviderResult.declined(UNKNOWN_AUTHORIZATION, ref)
+        if exc.code != "payment_intent_unexpected_state":
+            raise _failure(exc) from exc
+        intent = await self._current(ref)
+        if intent.status == SUCCEEDED:
+            return ProviderResult.declined(ALREADY_CAPTURED, ref)
+        return intent
 
     async def _current(self, ref: str) -> stripe.PaymentIntent:
         """The intent as it is now (a GET needs no idempotency key)."""
