@@ -194,6 +194,9 @@ async def phase(
         print(f"   polls      {polled.rps:.0f}/s, p50 {polled.p50_ms} ms, p99 {polled.p99_ms} ms, errors {polled.errors}")
     if spy is not None:
         print(summarize_profile(work_dir(args) / "pyspy.txt", top=40))
+        if args.profile_out:
+            shutil.copy(work_dir(args) / "pyspy.txt", args.profile_out)
+            print(f"   py-spy raw stacks kept in {args.profile_out}")
     return {"rate": rate, "cpu_ms": per_order, "p99": pct(latency, 0.99), "orders": len(orders)}
 
 
@@ -255,6 +258,7 @@ def main() -> int:
     parser.add_argument("--no-polling", action="store_true", help="skip the phase with polling customers")
     parser.add_argument("--floor-orders", type=int, default=3000)
     parser.add_argument("--profile", action="store_true", help="py-spy the shop during the quiet phase")
+    parser.add_argument("--profile-out", help="with --profile: keep py-spy's raw (collapsed) stacks in this file")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench: wrk not found (bench/run.sh installs it)", file=sys.stderr)
