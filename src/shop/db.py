@@ -24,7 +24,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from shop.sqlite_onloop import onloop_url
+from shop.sqlite_checkpoints import CHECKPOINTS
+from shop.sqlite_onloop import LoopConnection, onloop_url
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -36,6 +37,7 @@ class Database:
         self.module = module
         self.url = url
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
+        self._checkpointed: str | None = None  # the SQLite file the checkpoint thread keeps
         self.schema: str | None = None if self.is_sqlite else module
         translate = {module: None} if self.is_sqlite else {None: module}
         # JSON columns through msgspec (a few times faster than the stdlib's json, same JSON).
@@ -53,6 +55,7 @@ class Database:
             # connection never waits inside the driver (see `writer`); others keep SQLite's
             # busy timeout (ad-hoc connections of tools and tests; readers never wait in WAL).
             engine_url = onloop_url(url)
+            self._checkpointed = database if database and database != ":memory:" else None
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
             # Keep connections (each with its own PRAGMAs): the default pool closes every
             # connection above 5 when it is returned, so bursts kept opening new ones.
@@ -74,11 +77,13 @@ class Database:
         self._reader: AsyncConnection | None = None
         # Prepared statements run as the driver's SQL (SQLite); off when SQL is traced.
         self.driver_sql = self.is_sqlite
+        if self._checkpointed is not None:  # checkpoints off the loop (autocheckpoint is off)
+            CHECKPOINTS.add(self._checkpointed)
 
     async def writer(self) -> AsyncConnection:
         """The connection of this process's SQLite writers (under `write_lock`)."""
         if self._writer is None or self._writer.closed or self._writer.invalidated:
-            writer = await self.engine.connect()
+            writer = await LoopConnection.open(self.engine)
             # Never wait in the driver (on the loop): unit_of_work waits for another process's
             # write lock with asyncio sleeps instead.
             raw = await writer.get_raw_connection()
@@ -90,7 +95,7 @@ class Database:
         """The connection this process's SQLite readers share: no transaction (each statement
         reads a committed state under WAL and runs to its end on the loop), no pool check-out."""
         if self._reader is None or self._reader.closed or self._reader.invalidated:
-            reader = await self.engine.connect()
+            reader = await LoopConnection.open(self.engine)
             await reader.execution_options(shop_write=False)
             self._reader = reader
         return self._reader
@@ -109,6 +114,9 @@ class Database:
         return sum(1 for c in (self._writer, self._reader) if c is not None and not c.closed)
 
     async def dispose(self) -> None:
+        if self._checkpointed is not None:
+            CHECKPOINTS.remove(self._checkpointed)
+            self._checkpointed = None
         for connection in (self._writer, self._reader):
             if connection is not None:
                 await connection.close()
@@ -133,6 +141,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
         "PRAGMA foreign_keys=ON",
         f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
         "PRAGMA synchronous=NORMAL",
+        "PRAGMA wal_autocheckpoint=0",  # the checkpoint thread does it (shop.sqlite_checkpoints)
     ):
         cursor.execute(pragma)
     cursor.close()

@@ -12,7 +12,6 @@ themselves are pure functions (:mod:`shop.bus.saga.transitions`); the reads are
 from __future__ import annotations
 
 import asyncio
-import copy
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -40,6 +39,7 @@ from shop.bus.saga.state import (
     SagaRow,
     SagaState,
     context_of,
+    copy_data,
     merge,
 )
 from shop.bus.saga.statuses import SagaStatus, StepStatus
@@ -429,7 +429,7 @@ class SagaEngine(SagaTimers):
         first = definition.steps[0].name
         deadline: datetime | None = None
         if definition.deadline is not None:
-            ctx = SagaContext(saga_id, definition.name, first, copy.deepcopy(initial))
+            ctx = SagaContext(saga_id, definition.name, first, copy_data(initial))
             deadline = now + resolve_deadline(definition.deadline, ctx)
         trace = trace_of(context.current())
         meta: dict[str, Any] = {VERSION_KEY: definition.version, DONE_KEY: []}

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import uuid
 from collections.abc import Mapping
@@ -11,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
+import msgspec
 
 from shop.bus.saga.checks import utc, utc_or_none
 from shop.bus.saga.definition import SagaContext
@@ -104,7 +103,7 @@ class SagaRow:
     stale: bool = False  # a save found the stored saga changed by someone else: reload
 
     @classmethod
-    def from_mapping(cls, row: sa.RowMapping) -> SagaRow:
+    def from_mapping(cls, row: Mapping[Any, Any]) -> SagaRow:
         data = dict(row["data"] or {})
         meta = data.pop(META_KEY, None)
         meta = dict(meta) if isinstance(meta, dict) else {}
@@ -149,7 +148,7 @@ class SagaRow:
             type=self.type,
             status=self.status,
             step=self.step,
-            data=copy.deepcopy(self.data),
+            data=copy_data(self.data),
             failure_reason=self.failure_reason,
             step_deadline=self.step_deadline,
             deadline=self.deadline,
@@ -203,13 +202,19 @@ def merge(data: dict[str, Any], result: Mapping[str, Any] | None) -> dict[str, A
     return merged
 
 
+def copy_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of JSON-able saga data (msgspec's round trip: ~10x cheaper than deepcopy)."""
+    copied: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(data))
+    return copied
+
+
 def context_of(row: SagaRow, step: str, phase: str = "action", uow: UnitOfWork | None = None) -> SagaContext:
     """What a call on ``row``'s ``step`` gets to see (a copy of the data)."""
     return SagaContext(
         saga_id=row.id,
         saga_type=row.type,
         step=step,
-        data=copy.deepcopy(row.data),
+        data=copy_data(row.data),
         attempt=row.attempts + 1,
         phase=phase,
         uow=uow,

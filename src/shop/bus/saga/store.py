@@ -7,28 +7,32 @@ import inspect
 import uuid
 from collections.abc import Awaitable
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.saga.definition import Saga
 from shop.bus.saga.state import Change, SagaRow, context_of
 from shop.bus.tables import saga_instances, saga_steps
-from shop.db import Database, UnitOfWork, unit_of_work
+from shop.db import Database, Prepared, UnitOfWork, unit_of_work
 from shop.observability import metrics
 
 __all__ = ["load", "write"]
 
 log = structlog.get_logger("shop.bus.saga")
 
-# Built once: a statement built per call costs SQLAlchemy twice as much as one reused.
-_LOAD = sa.select(saga_instances).where(saga_instances.c.id == sa.bindparam("b_id"))
-_SAVE = saga_instances.update().where(
-    saga_instances.c.id == sa.bindparam("b_id"), saga_instances.c.version == sa.bindparam("b_version")
+# Built once and run as the driver's SQL where it can (`shop.db.Prepared`): a saga is loaded
+# and saved several times an order.
+_LOAD = Prepared(sa.select(saga_instances).where(saga_instances.c.id == sa.bindparam("b_id")))
+_SAVE = Prepared(
+    saga_instances.update().where(
+        saga_instances.c.id == sa.bindparam("b_id"), saga_instances.c.version == sa.bindparam("b_version")
+    )
 )
+_INSERT = Prepared(saga_instances.insert())
+_STEP = Prepared(saga_steps.insert())
 
 
 async def load(
@@ -37,11 +41,11 @@ async def load(
     """The saga's row, read in ``session`` or in a read-only unit of work of its own."""
     params = {"b_id": saga_id}
     if session is not None:
-        found = (await session.execute(_LOAD, params)).mappings().first()
+        found = (await _LOAD.execute(session, params)).mappings()
     else:
         async with unit_of_work(database, write=False) as uow:
-            found = (await uow.session.execute(_LOAD, params)).mappings().first()
-    return None if found is None else SagaRow.from_mapping(found)
+            found = (await _LOAD.execute(uow, params)).mappings()
+    return SagaRow.from_mapping(found[0]) if found else None
 
 
 async def _call_hook(result: Awaitable[None] | None) -> None:
@@ -59,26 +63,23 @@ async def write(uow: UnitOfWork, definition: Saga, row: SagaRow, change: Change,
     if change.finish is not None:
         for key in definition.transient:
             row.data.pop(key, None)
-    result = cast(
-        CursorResult[Any],
-        await session.execute(
-            _SAVE,
-            {
-                "b_id": row.id,
-                "b_version": expected,
-                "status": row.status,
-                "step": row.step,
-                "step_index": row.step_index,
-                "data": row.stored_data(),
-                "failure_reason": row.failure_reason,
-                "step_deadline": row.step_deadline,
-                "deadline": row.deadline,
-                "attempts": row.attempts,
-                "next_attempt_at": row.next_attempt_at,
-                "version": expected + 1,
-                "updated_at": now,
-            },
-        ),
+    result = await _SAVE.execute(
+        uow,
+        {
+            "b_id": row.id,
+            "b_version": expected,
+            "status": row.status,
+            "step": row.step,
+            "step_index": row.step_index,
+            "data": row.stored_data(),
+            "failure_reason": row.failure_reason,
+            "step_deadline": row.step_deadline,
+            "deadline": row.deadline,
+            "attempts": row.attempts,
+            "next_attempt_at": row.next_attempt_at,
+            "version": expected + 1,
+            "updated_at": now,
+        },
     )
     if result.rowcount != 1:
         log.info("saga.concurrent_change", saga_id=str(row.id), version=expected)
@@ -86,13 +87,9 @@ async def write(uow: UnitOfWork, definition: Saga, row: SagaRow, change: Change,
         return False
     row.version = expected + 1
     row.updated_at = now
-    if change.events:
-        await session.execute(
-            saga_steps.insert(),
-            [
-                {"saga_id": row.id, "step": e.step, "status": e.status, "detail": e.detail, "at": now}
-                for e in change.events
-            ],
+    for e in change.events:
+        await _STEP.execute(
+            uow, {"saga_id": row.id, "step": e.step, "status": e.status, "detail": e.detail, "at": now}
         )
     if definition.on_step is not None:
         for event in change.events:
@@ -129,22 +126,25 @@ async def insert(
     started: str,
 ) -> None:
     """A new saga's row and its first timeline line."""
-    await session.execute(
-        saga_instances.insert().values(
-            id=saga_id,
-            type=saga_type,
-            status=status,
-            step=first_step,
-            step_index=0,
-            data=data,
-            failure_reason=None,
-            step_deadline=None,
-            deadline=deadline,
-            attempts=0,
-            next_attempt_at=None,
-            version=0,
-            created_at=now,
-            updated_at=now,
-        )
+    await _INSERT.execute(
+        session,
+        {
+            "id": saga_id,
+            "type": saga_type,
+            "status": status,
+            "step": first_step,
+            "step_index": 0,
+            "data": data,
+            "failure_reason": None,
+            "step_deadline": None,
+            "deadline": deadline,
+            "attempts": 0,
+            "next_attempt_at": None,
+            "version": 0,
+            "created_at": now,
+            "updated_at": now,
+        },
     )
-    await session.execute(saga_steps.insert().values(saga_id=saga_id, step=saga_type, status=started, at=now))
+    await _STEP.execute(
+        session, {"saga_id": saga_id, "step": saga_type, "status": started, "detail": None, "at": now}
+    )
