@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.util import concurrency
 
 import shop.sqlite_onloop
@@ -34,7 +35,12 @@ async def database(tmp_path: Path) -> AsyncIterator[Database]:
 async def _write(database: Database, rows: int) -> None:
     for start in range(0, rows, 100):
         async with unit_of_work(database) as uow:
-            await uow.session.execute(notes.insert(), [{"n": n, "text": ROW} for n in range(start, start + 100)])
+            rows_ = [{"n": n, "text": ROW} for n in range(start, start + 100)]
+            await uow.session.execute(notes.insert(), rows_)
+
+
+def _size(path: str) -> int:
+    return os.stat(path).st_size  # a stat of a local file: microseconds
 
 
 def _file(database: Database) -> str:
@@ -56,18 +62,18 @@ async def test_commits_leave_the_checkpoint_to_the_thread(database: Database) ->
     CHECKPOINTS.remove(path)  # as if the thread were not there: commits alone
     try:
         await _write(database, ROWS)
-        assert os.path.getsize(path) < 200_000, "a commit copied the WAL into the database file"
-        assert os.path.getsize(path + "-wal") > 1_000_000
+        assert _size(path) < 200_000, "a commit copied the WAL into the database file"
+        assert _size(path + "-wal") > 1_000_000
     finally:
         CHECKPOINTS.add(path)
-    await _eventually(lambda: os.path.getsize(path) > 1_000_000)
+    await _eventually(lambda: _size(path) > 1_000_000)
 
 
 async def test_the_thread_checkpoints_every_file_a_database_has_open(database: Database) -> None:
     path = _file(database)
     assert path in CHECKPOINTS.watched()
     await _write(database, ROWS)
-    await _eventually(lambda: os.path.getsize(path) > 1_000_000)
+    await _eventually(lambda: _size(path) > 1_000_000)
     async with unit_of_work(database, write=False) as uow:
         assert (await uow.session.execute(sa.select(sa.func.count()).select_from(notes))).scalar() == ROWS
 
@@ -91,6 +97,18 @@ async def test_a_removed_file_is_never_created_again(tmp_path: Path) -> None:
     checkpoints.remove(str(path))
 
 
+async def _undone_savepoint(session: AsyncConnection) -> None:
+    async with session.begin_nested():
+        await session.execute(notes.insert(), {"n": 3, "text": "rolled back"})
+        raise RuntimeError("undo the savepoint")
+
+
+async def _undone_transaction(database: Database) -> None:
+    async with unit_of_work(database) as uow:
+        await uow.session.execute(notes.insert(), {"n": 4, "text": "rolled back"})
+        raise RuntimeError("undo the transaction")
+
+
 async def test_statements_transactions_and_savepoints_skip_the_greenlet(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -111,13 +129,9 @@ async def test_statements_transactions_and_savepoints_skip_the_greenlet(
         async with uow.session.begin_nested():
             await uow.session.execute(notes.insert(), {"n": 2, "text": "kept too"})
         with pytest.raises(RuntimeError):
-            async with uow.session.begin_nested():
-                await uow.session.execute(notes.insert(), {"n": 3, "text": "rolled back"})
-                raise RuntimeError("undo the savepoint")
+            await _undone_savepoint(uow.session)
     with pytest.raises(RuntimeError):
-        async with unit_of_work(database) as uow:
-            await uow.session.execute(notes.insert(), {"n": 4, "text": "rolled back"})
-            raise RuntimeError("undo the transaction")
+        await _undone_transaction(database)
     async with unit_of_work(database, write=False) as uow:
         kept = (await uow.session.execute(sa.select(notes.c.n).order_by(notes.c.n))).scalars().all()
     assert kept == [1, 2]
