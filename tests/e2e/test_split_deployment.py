@@ -139,6 +139,14 @@ class Deployment:
         assert response.status_code == 200, response.text
         return dict(response.json())
 
+    def breakers_of(self, name: str, admin: dict[str, str]) -> dict[str, str]:
+        """One process's breakers, from its own GET /api/v1/services (the gateway's view shows
+        the gateway's breakers; a service's shows those of its bus and its providers)."""
+        port = self.gateway_port if name == "gateway" else self.ports[name]
+        response = httpx.get(f"http://127.0.0.1:{port}/api/v1/services", headers=admin, timeout=10)
+        assert response.status_code == 200, response.text
+        return dict(response.json()["breakers"])
+
     def healthy_instances(
         self, client: httpx.Client, admin: dict[str, str], module: str
     ) -> list[dict[str, Any]]:
@@ -192,7 +200,15 @@ def split_backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
 
 
 @pytest.fixture
-def split(tmp_path: Path, redis_url: str, split_backend: str | None) -> Iterator[Deployment]:
+def split_env() -> dict[str, str]:
+    """Settings of every process of the deployment on top of the defaults below."""
+    return {}
+
+
+@pytest.fixture
+def split(
+    tmp_path: Path, redis_url: str, split_backend: str | None, split_env: dict[str, str]
+) -> Iterator[Deployment]:
     namespace = f"e2e{uuid.uuid4().hex[:8]}"
     base = redis_url.rsplit("/", 1)[0]
     env = {
@@ -206,6 +222,7 @@ def split(tmp_path: Path, redis_url: str, split_backend: str | None) -> Iterator
         "SHOP_PAYMENT_DEADLINE_S": "300",
         "SHOP_LOG_LEVEL": "INFO",
         "SHOP_NAMESPACE": namespace,
+        **split_env,
     }
     if split_backend is not None:
         env["SHOP_DATABASE_URL"] = split_backend
@@ -417,6 +434,72 @@ def test_payments_down_mid_saga_keeps_the_rest_serving_and_the_order_completes_o
         timeout=30, what="payments answering",
     )  # fmt: skip
     assert [p["status"] for p in payments] == ["CAPTURED"], "charged exactly once"
+
+
+class TestAPaymentProviderOutage:
+    """The provider fails every call (`tok_error`): its breaker opens in the payments process,
+    and nothing else does -- payments and orders keep answering their customers, and the orders
+    end as a payment outage ends (API.md: `CANCELLED`/`PAYMENT_TIMEOUT`), their stock released."""
+
+    @pytest.fixture
+    def split_env(self) -> dict[str, str]:
+        # A short payment deadline, and a provider breaker that stays open for the whole test.
+        return {"SHOP_PAYMENT_DEADLINE_S": "8", "SHOP_PAYMENT_PROVIDER_BREAKER_WAIT_S": "300"}
+
+    def test_opens_only_the_provider_breaker_and_payments_and_orders_reads_stay_up(
+        self, split: Deployment, journey: Journey
+    ) -> None:
+        started = time.monotonic()
+        customer = journey.customer()
+        address = journey.address(customer)
+        product = journey.product(stock=5)
+        bystander = journey.customer()
+        orders = [journey.place(customer, product, 1, address, token="tok_error") for _ in range(3)]
+
+        until(lambda: split.breakers_of("payments", journey.admin).get("provider:simulated") == "OPEN",
+              timeout=30, what="the provider breaker OPEN in the payments process")  # fmt: skip
+
+        def reads_answer() -> None:
+            for headers in (customer, bystander):
+                for path in ("/api/v1/payments", "/api/v1/orders"):
+                    response = journey.client.get(path, headers=headers)
+                    assert response.status_code == 200, (path, response.status_code, response.text)
+            for order_id in orders:
+                assert journey.order(customer, order_id)["id"] == order_id
+                listed = journey.client.get("/api/v1/payments", params={"order_id": order_id},
+                                            headers=customer)  # fmt: skip
+                assert listed.status_code == 200, listed.text
+
+        def module_breakers_closed() -> set[str]:
+            """Every process's `module:payments:*` breakers, all CLOSED, and the gateway's too."""
+            seen: set[str] = set()
+            for name in ("orders", "payments", "catalog-1", "catalog-2", "users", "delivery"):
+                for breaker, state in split.breakers_of(name, journey.admin).items():
+                    if breaker.startswith("module:payments:"):
+                        assert state == "CLOSED", (name, breaker, state)
+                        seen.add(breaker)
+            assert set(split.breakers_of("gateway", journey.admin).values()) <= {"CLOSED"}
+            return seen
+
+        for _ in range(5):  # while the provider's breaker is open
+            reads_answer()
+        assert "module:payments:queries" in module_breakers_closed()
+
+        settled = [journey.settle(customer, order_id, timeout=40) for order_id in orders]
+        assert {(o["status"], o["failure_reason"]) for o in settled} == {("CANCELLED", "PAYMENT_TIMEOUT")}
+        until(lambda: journey.client.get(f"/api/v1/products/{product}").json()["stock_available"] == 5,
+              timeout=20, what="the orders' stock released")  # fmt: skip
+        for order_id in orders:
+            statuses = [p["status"] for p in journey.list("/api/v1/payments", order_id, customer)]
+            assert statuses, order_id
+            assert "CAPTURED" not in statuses, statuses
+
+        # The sagas voided their payments by asking payments (through `module:payments:commands`
+        # in the orders process) while the provider's breaker was still open.
+        assert split.breakers_of("payments", journey.admin)["provider:simulated"] == "OPEN"
+        assert {"module:payments:queries", "module:payments:commands"} <= module_breakers_closed()
+        reads_answer()
+        assert time.monotonic() - started < 60
 
 
 def test_one_catalog_instance_killed_reads_fail_over_and_its_entry_leaves_the_registry(

@@ -18,13 +18,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from .test_split_deployment import (  # noqa: F401 - split_backend, split and journey are fixtures
+from .test_split_deployment import (  # noqa: F401 - split_backend, split_env, split and journey are fixtures
     Deployment,
     Journey,
     free_port,
     journey,
     split,
     split_backend,
+    split_env,
 )
 
 pytestmark = pytest.mark.e2e

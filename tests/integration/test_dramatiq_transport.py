@@ -32,6 +32,7 @@ from .conftest import (
     ConfBalance,
     ConfBoom,
     ConfDeposit,
+    ConfHold,
     ConfSlow,
     Observed,
     audit_log,
@@ -179,6 +180,44 @@ async def test_an_ask_to_a_module_whose_consumers_are_down_times_out_and_is_not_
             await ledger.stop()
     finally:
         await asker.stop()
+
+
+async def test_a_query_is_answered_promptly_while_the_modules_command_path_is_saturated(
+    make_database: Any, transports: Callable[..., DramatiqTransport]
+) -> None:
+    """The served side's bulkhead: ledger's two command threads are held by slow commands (and
+    more wait behind them in Redis); a query to ledger from another process goes by ledger's
+    queue of queries and its own threads, and is answered at once."""
+    ledger_db = await make_database("ledger", ledger_md)
+    ledger = Bus(
+        make_modules(Observed()),
+        transports(worker_threads=2, query_threads=2),
+        local=["ledger"],
+        databases={"ledger": ledger_db},
+        breakers=BreakerRegistry(),
+    )
+    asker = Bus(make_modules(Observed()), transports(), local=[], databases={}, breakers=BreakerRegistry())
+    await ledger.start()
+    await asker.start()
+    holding: list[asyncio.Task[Any]] = []
+    try:
+        assert await asker.ask(ConfBalance(account="warm"), timeout=5) == 0
+        started = time.monotonic()
+        holding = [asyncio.create_task(asker.ask(ConfHold(seconds=1.5), timeout=10)) for _ in range(6)]
+        await asyncio.sleep(0.3)  # both command threads hold a command; four more queue behind
+        asked = time.monotonic()
+        assert await asker.ask(ConfBalance(account="nobody"), timeout=1.0) == 0
+        assert time.monotonic() - asked < 0.5, "a query waited for the saturated command path"
+        assert not any(task.done() for task in holding), "the command path was not saturated"
+        assert await asyncio.gather(*holding) == ["held"] * 6
+        # ...the commands themselves were all answered, two at a time: three waves of 1.5 s
+        assert time.monotonic() - started >= 4.4
+    finally:
+        for task in holding:
+            task.cancel()
+        await asyncio.gather(*holding, return_exceptions=True)
+        await asker.stop()
+        await ledger.stop()
 
 
 # -- the transport alone, with a scripted host ----------------------------------------------

@@ -22,8 +22,9 @@ from litestar.params import FromPath
 
 from shop.security.guards import admin_only
 from shop.web.pagination import Cursor, Limit, encode_cursor, keyset_cursor
+from shop.web.proxied import DEAD_LETTERS
 
-PATH = "/api/v1/admin/dead-letters"
+PATH = DEAD_LETTERS
 CALL_TIMEOUT_S = 3.0
 
 

@@ -30,7 +30,6 @@ from shop.console.console import console_router
 from shop.console.reference import reference_handlers
 from shop.discovery.base import Registry
 from shop.discovery.factory import registry_for
-from shop.gateway.fanout_deadletters import PATH as DEAD_LETTERS
 from shop.gateway.fanout_deadletters import FanOutDeadLetterController
 from shop.gateway.middleware import GatewayMiddleware
 from shop.gateway.ops import OpsController
@@ -51,6 +50,7 @@ from shop.observability.logcontext import set_process_module
 from shop.security.keys import load_keys
 from shop.security.tokens import TokenVerifier
 from shop.settings import Settings
+from shop.web.proxied import proxied
 
 log = structlog.get_logger("shop.gateway")
 
@@ -65,7 +65,6 @@ UPSTREAM_BREAKER = BreakerConfig(
 )
 OPENAPI_CACHE_S = 30.0
 OPENAPI_TIMEOUT_S = 2.0
-_SERVICES_PATHS = frozenset({"/api/v1/services", "/api/v1/services/"})
 
 
 class SchemaController(Controller):
@@ -144,7 +143,7 @@ class Gateway:
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path.startswith("/api/") and path not in _SERVICES_PATHS and not path.startswith(DEAD_LETTERS):
+            if proxied(path):
                 await self.proxy(scope, receive, send)
                 return
         await self._ops_asgi(scope, receive, send)

@@ -8,7 +8,9 @@ route really does:
 * 400 where a route reads a query, header or body; 401 behind `authenticated`/`admin_only`,
   403 behind `admin_only`; 404 where the path has a parameter (a malformed id matches no
   route); 408 and 413 where it reads a body (slow upload, size cap); 429 on every rate-limited path; 503 where
-  it asks another module over the bus (its breaker open, no answer in time);
+  it asks another module over the bus (its breaker open, no answer in time); 502, 503 and 504
+  where the gateway of the split deployment proxies it (:mod:`shop.web.proxied`): the module's
+  instances failed, none is healthy, or none answered in time;
 * the statuses a route names itself with `problems={status: "when"}` in its decorator (e.g.
   409 for a conflict), and extra successes with Litestar's `responses=`;
 * request bodies by msgspec's own JSON Schema of the type that decodes them, so every
@@ -33,6 +35,7 @@ from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_204_NO_CONTENT
 
 from shop.security.guards import admin_only, authenticated
+from shop.web.proxied import proxied
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
@@ -73,8 +76,12 @@ GENERIC = {
     408: "the request body did not arrive in time (at the gateway)",
     413: "the request body is too large",
     429: "too many requests; retry after `Retry-After` seconds",
-    503: "a dependency is unavailable; retry after `Retry-After` seconds",
+    502: "(gateway) the module's instances failed to answer; retry after `Retry-After` seconds",
+    503: "a module or dependency the request needs is unavailable; retry after `Retry-After` seconds",
+    504: "(gateway) the module's instances did not answer in time; retry after `Retry-After` seconds",
 }
+#: The statuses a problem answer carries `Retry-After` with.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
 def _statuses(handler: HTTPRouteHandler, path: str, operation: Mapping[str, Any]) -> dict[int, str]:
@@ -100,6 +107,9 @@ def _statuses(handler: HTTPRouteHandler, path: str, operation: Mapping[str, Any]
         found[429] = GENERIC[429]
     if "bus" in handler.parsed_fn_signature.parameters:
         found[503] = GENERIC[503]
+    if proxied(path):  # answered by the gateway when no instance of the module can
+        for status in (502, 503, 504):
+            found[status] = GENERIC[status]
     found.update(handler.opt.get("problems") or {})
     return found
 
@@ -109,7 +119,7 @@ def _problem_response(status: int, description: str) -> dict[str, Any]:
         "description": description or HTTPStatus(status).phrase,
         "content": {PROBLEM_JSON: {"schema": PROBLEM_REF}},
     }
-    if status in (429, 503):
+    if status in RETRY_STATUSES:
         response["headers"] = RETRY_AFTER
     return response
 

@@ -62,7 +62,9 @@ async def test_each_route_documents_the_statuses_it_answers(document: dict[str, 
         "409",
         "413",
         "429",
+        "502",
         "503",
+        "504",
     }
     assert _statuses(document, "post", "/api/v1/orders/{order_id}/cancel") >= {
         "202", "401", "404", "409", "429", "503"
@@ -72,6 +74,32 @@ async def test_each_route_documents_the_statuses_it_answers(document: dict[str, 
     assert "404" in _statuses(document, "get", "/api/v1/payments")  # another customer's order_id
     retry_after = document["paths"]["/api/v1/orders"]["get"]["responses"]["503"]["headers"]["Retry-After"]
     assert retry_after["required"] is True
+
+
+async def test_what_the_gateway_proxies_documents_its_502_503_and_504_with_retry_after(
+    document: dict[str, Any],
+) -> None:
+    """In the split deployment the gateway answers 502 (instances failed), 503 (none healthy)
+    and 504 (none answered in time) on every path it proxies, not on those it answers itself."""
+    proxied = 0
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            answered_by_gateway = path.startswith("/api/") and not path.startswith(
+                ("/api/v1/services", "/api/v1/admin/dead-letters")
+            )
+            if answered_by_gateway:
+                proxied += 1
+                for status in ("502", "503", "504"):
+                    assert status in responses, (method, path, status)
+                    assert responses[status]["content"] == PROBLEM
+                    assert responses[status]["headers"]["Retry-After"]["required"] is True
+            else:
+                assert not {"502", "504"} & set(responses), (method, path)
+    assert proxied >= 20  # every operation of the five modules
+    assert _statuses(document, "get", "/api/v1/users/me") >= {"401", "502", "503", "504"}
+    assert _statuses(document, "get", "/health") == {"200"}
+    assert "502" not in _statuses(document, "get", "/api/v1/services")
 
 
 async def test_request_bodies_state_what_the_app_enforces(document: dict[str, Any]) -> None:

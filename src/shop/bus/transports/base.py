@@ -7,7 +7,16 @@ from collections.abc import Awaitable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shop.bus.messages import Envelope, Message
+from shop.bus.messages import Envelope, Message, Query
+
+
+def is_query(envelope: Envelope, message: Message | None = None) -> bool:
+    """Whether a request asks a query (a read) rather than a command: the two go through
+    separate bulkheads, in process and across processes (ADR 0020)."""
+    if message is not None:
+        return isinstance(message, Query)
+    kind = Message.registry.get(envelope.type)
+    return kind is not None and issubclass(kind, Query)
 
 
 class Outcome(enum.Enum):

@@ -1,9 +1,12 @@
 """The Dramatiq/Redis transport: module queues in Redis, consumed by a Dramatiq worker.
 
-One Redis queue per module (`queue_name = module`) and one generic actor per queue that takes
+Two Redis queues per module: `<module>` for commands and events (deliveries) and for asks of
+commands, and `<module>.queries` for asks of queries; one generic actor per queue that takes
 `(kind, envelope_bytes)`, kind being "deliver" (a command or event, at least once) or "request"
-(an `ask` from another process, answered on a per-request reply key). Decisions and measurements
-are in docs/adr/0007-dramatiq-transport.md; in short:
+(an `ask` from another process, answered on a per-request reply key). Each kind of queue has its
+own Dramatiq worker (consumer threads and worker threads), so commands saturating a module leave
+its queries threads of their own (the served side's bulkhead, ADR 0020). Decisions and
+measurements are in docs/adr/0007-dramatiq-transport.md; in short:
 
 - The transport owns its broker (`_Broker`, a namespaced `RedisBroker`, in `redis_broker.py`),
   never the global one, with no Dramatiq middleware: the kernel retries, dead-letters and times out itself.
@@ -40,7 +43,7 @@ import structlog
 
 from shop.bus.errors import AskTimeout, HandlerFailed, handler_failed
 from shop.bus.messages import Envelope, Message, Reply, decode_body, decode_envelope, decode_reply, encode
-from shop.bus.transports.base import Host, Outcome
+from shop.bus.transports.base import Host, Outcome, is_query
 from shop.bus.transports.redis_broker import ENQUEUE_LUA, WAKE_TOKENS, _Broker, actor_name
 
 log = structlog.get_logger("shop.bus.dramatiq")
@@ -49,6 +52,8 @@ T = TypeVar("T")
 DELIVER: Final = "deliver"
 REQUEST: Final = "request"
 
+#: The suffix of a module's queue of queries (`<module>.queries`).
+QUERIES: Final = ".queries"
 #: How long worker threads wait on Dramatiq's in-memory work queue before checking for stop.
 WORKER_POLL_MS: Final = 100
 #: When handling a delivery failed in a way the kernel did not absorb (the loop is gone, the
@@ -56,6 +61,11 @@ WORKER_POLL_MS: Final = 100
 REDELIVER_AFTER_MS: Final = 1000
 
 # -- replies --------------------------------------------------------------------------------
+
+
+def queries_queue(queue: str) -> str:
+    """The queue of a module's queries (asks of Query messages), apart from its commands."""
+    return f"{queue}{QUERIES}"
 
 
 def reply_of(result: Any) -> Reply:
@@ -101,6 +111,7 @@ class DramatiqTransport:
         *,
         namespace: str = "shop",
         worker_threads: int = 8,
+        query_threads: int = 8,
         prefetch: int = 64,
         heartbeat_timeout_ms: int = 15_000,
         maintenance_chance: int = 1_000,
@@ -109,11 +120,12 @@ class DramatiqTransport:
         idle_block_s: float | None = None,
         shutdown_timeout_s: float = 30.0,
     ) -> None:
-        if worker_threads < 1 or prefetch < 1:
-            raise ValueError("worker_threads and prefetch must be >= 1")
+        if worker_threads < 1 or query_threads < 1 or prefetch < 1:
+            raise ValueError("worker_threads, query_threads and prefetch must be >= 1")
         self.redis_url = redis_url
         self.namespace = namespace
         self.worker_threads = worker_threads
+        self.query_threads = query_threads
         self.prefetch = prefetch
         self.reply_ttl_s = reply_ttl_s
         self.shutdown_timeout_s = shutdown_timeout_s
@@ -130,7 +142,7 @@ class DramatiqTransport:
         self._host: Host | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._actors: dict[str, dramatiq.Actor[Any, Any]] = {}
-        self._worker: dramatiq.Worker | None = None
+        self._workers: list[dramatiq.Worker] = []
         self._in_flight: set[concurrent.futures.Future[Any]] = set()
         self._client: aredis.Redis | None = None  # enqueues and replies
         self._blocking: aredis.Redis | None = None  # BLPOP on reply keys: no socket timeout
@@ -149,37 +161,43 @@ class DramatiqTransport:
         await self._clients()
         if not queues:
             return
-        for queue in queues:
-            self._actors[queue] = dramatiq.Actor(
-                self._consume(queue),
-                broker=self.broker,
-                actor_name=actor_name(queue),
-                queue_name=queue,
-                priority=0,
-                options={},
+        for module in queues:
+            for queue in (module, queries_queue(module)):
+                self._actors[queue] = dramatiq.Actor(
+                    self._consume(queue, module),
+                    broker=self.broker,
+                    actor_name=actor_name(queue),
+                    queue_name=queue,
+                    priority=0,
+                    options={},
+                )
+        # Two workers on one broker, each with its own threads and in-memory work queue: the
+        # commands' and the queries' (their whitelists are disjoint).
+        for names, threads in (
+            (set(queues), self.worker_threads),
+            ({queries_queue(m) for m in queues}, self.query_threads),
+        ):
+            worker = dramatiq.Worker(
+                self.broker, queues=names, worker_threads=threads, worker_timeout=WORKER_POLL_MS
             )
-        worker = dramatiq.Worker(
-            self.broker,
-            queues=set(queues),
-            worker_threads=self.worker_threads,
-            worker_timeout=WORKER_POLL_MS,
-        )
-        worker.queue_prefetch = self.prefetch
-        worker.start()
-        self._worker = worker
+            worker.queue_prefetch = self.prefetch
+            worker.start()
+            self._workers.append(worker)
 
     async def stop(self) -> None:
         """Finish the messages being handled (up to `shutdown_timeout_s`), put back the ones
         fetched but not started, stop every thread, close every connection."""
         self.broker.stopping = True
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            for thread in worker.workers:
-                thread.stop()  # take no new message after the current one
+        workers, self._workers = self._workers, []
+        if workers:
+            for worker in workers:
+                for thread in worker.workers:
+                    thread.stop()  # take no new message after the current one
             with contextlib.suppress(redis.RedisError):
-                await self._kick(len(worker.consumers))
+                await self._kick(sum(len(worker.consumers) for worker in workers))
             await self._drain(self.shutdown_timeout_s)
-            await asyncio.to_thread(worker.stop, timeout=int(self.shutdown_timeout_s * 1000) + 5_000)
+            for worker in workers:
+                await asyncio.to_thread(worker.stop, timeout=int(self.shutdown_timeout_s * 1000) + 5_000)
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
         batch, self._batch = self._batch, None
@@ -243,7 +261,8 @@ class DramatiqTransport:
     async def request(
         self, queue: str, envelope: Envelope, *, timeout: float, message: Message | None = None
     ) -> Any:
-        """Enqueue the request and wait for its reply in one pipeline: [EVAL enqueue, BLPOP]."""
+        """Enqueue the request and wait for its reply in one pipeline: [EVAL enqueue, BLPOP].
+        A query goes to the module's queue of queries, anything else to the module's queue."""
         await self._clients()
         assert self._blocking is not None
         reply_key = f"{self.namespace}:__reply__.{uuid.uuid4().hex}"
@@ -252,7 +271,8 @@ class DramatiqTransport:
             deadline = min(deadline, envelope.deadline)
         body = envelope.body if envelope.body or message is None else encode(message)
         wire = msgspec.structs.replace(envelope, body=body, reply_to=reply_key, deadline=deadline)
-        queue_name, message_id, data = self.broker.wire(queue, REQUEST, encode(wire), 0)
+        target = queries_queue(queue) if is_query(envelope, message) else queue
+        queue_name, message_id, data = self.broker.wire(target, REQUEST, encode(wire), 0)
         try:
             async with asyncio.timeout(timeout):
                 async with self._blocking.pipeline(transaction=False) as pipe:
@@ -271,8 +291,9 @@ class DramatiqTransport:
         return result_of(decode_reply(raw))
 
     async def depths(self, queues: Collection[str]) -> dict[str, int]:
-        """LLEN of each queue's Redis list (one pipelined round trip; delayed retries and
-        messages a consumer has fetched but not finished are not counted)."""
+        """LLEN of each module's Redis lists, its queue and its queue of queries added (one
+        pipelined round trip; delayed retries and messages a consumer has fetched but not
+        finished are not counted)."""
         names = sorted(queues)
         if not names:
             return {}
@@ -280,8 +301,9 @@ class DramatiqTransport:
         async with client.pipeline(transaction=False) as pipe:
             for queue in names:
                 pipe.llen(self.broker.enqueue_keys(queue)[1])
+                pipe.llen(self.broker.enqueue_keys(queries_queue(queue))[1])
             lengths = await pipe.execute()
-        return {queue: int(length) for queue, length in zip(names, lengths, strict=True)}
+        return {queue: int(lengths[2 * n]) + int(lengths[2 * n + 1]) for n, queue in enumerate(names)}
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, None
@@ -314,13 +336,16 @@ class DramatiqTransport:
 
     # -- consuming (worker threads) ----------------------------------------------------------
 
-    def _consume(self, queue: str) -> Callable[[str, bytes], None]:
+    def _consume(self, queue: str, module: str) -> Callable[[str, bytes], None]:
+        """The actor of a Redis queue (`module` or its queue of queries): the host hears of
+        the module, whichever of its queues the message came by."""
+
         def consume(kind: str, data: bytes) -> None:
             envelope = decode_envelope(data)
             if kind == REQUEST:
-                self._answer(queue, envelope)
+                self._answer(module, envelope)
             else:
-                self._process(queue, envelope)
+                self._process(module, envelope)
 
         consume.__name__ = consume.__qualname__ = actor_name(queue)
         return consume

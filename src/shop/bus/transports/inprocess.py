@@ -14,8 +14,8 @@ from typing import Any
 import msgspec
 
 from shop.bus.errors import AskTimeout
-from shop.bus.messages import Envelope, Message, Query
-from shop.bus.transports.base import Host, Outcome
+from shop.bus.messages import Envelope, Message
+from shop.bus.transports.base import Host, Outcome, is_query
 
 _Item = tuple[Envelope, "asyncio.Future[None]"]
 
@@ -33,7 +33,7 @@ class LocalRequests:
     async def request(
         self, queue: str, envelope: Envelope, *, timeout: float, message: Message | None = None
     ) -> Any:
-        lane = (queue, _is_query(envelope, message))
+        lane = (queue, is_query(envelope, message))
         slots = self._slots.get(lane)
         if slots is None:
             slots = self._slots[lane] = asyncio.Semaphore(self.per_queue)
@@ -58,13 +58,6 @@ class LocalRequests:
             raise
         finally:
             timer.cancel()
-
-
-def _is_query(envelope: Envelope, message: Message | None) -> bool:
-    if message is not None:
-        return isinstance(message, Query)
-    kind = Message.registry.get(envelope.type)
-    return kind is not None and issubclass(kind, Query)
 
 
 class InProcessTransport:
