@@ -17,7 +17,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shop.db import Prepared
+from shop.db import Prepared, savepoint
 
 
 async def keyset_rows(
@@ -46,7 +46,7 @@ async def mark_cancelled(session: AsyncConnection, table: sa.Table, order_id: uu
     if await is_marked_cancelled(session, table, order_id):
         return
     try:
-        async with session.begin_nested():
+        async with savepoint(session):
             await session.execute(
                 table.insert().values(order_id=order_id, reason=reason[:100], cancelled_at=datetime.now(UTC))
             )

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.clock import as_utc
 from shop.contracts.delivery import AddressSnapshot, DeliveryPage, DeliveryView
-from shop.db import Prepared
+from shop.db import Prepared, savepoint
 from shop.db_tables import is_marked_cancelled, keyset_rows, mark_cancelled
 from shop.modules.delivery.models import cancelled_orders, deliveries, shipping_instructions
 
@@ -95,7 +95,7 @@ class DeliveryDesk:
             return
         values = {name: getattr(address, name) for name in _ADDRESS_FIELDS}
         try:
-            async with self.session.begin_nested():
+            async with savepoint(self.session):
                 await _REMEMBER.execute(
                     self.session,
                     {"order_id": order_id, "customer_id": customer_id, "created_at": datetime.now(UTC)}

@@ -36,7 +36,7 @@ from shop.contracts.payments import (
     PaymentVoided,
     TakePayment,
 )
-from shop.db import Database, Prepared, unit_of_work
+from shop.db import Database, Prepared, savepoint, unit_of_work
 from shop.db_tables import is_marked_cancelled, keyset_rows, mark_cancelled
 from shop.modules.payments.models import cancelled_orders, payments
 from shop.modules.payments.provider import (
@@ -140,7 +140,7 @@ class PaymentBook:
             return found
         now = datetime.now(UTC)
         try:
-            async with self.session.begin_nested():
+            async with savepoint(self.session):
                 await _OPEN.execute(
                     self.session,
                     {
