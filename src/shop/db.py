@@ -174,13 +174,16 @@ class UnitOfWork:
         self._transactional = transactional  # False: SQLite readers (autocommit statements)
         self._transaction: AsyncTransaction | None = None
         self._after_commit: list[AfterCommit] = []
+        self._driver: Any = None
 
     def after_commit(self, hook: AfterCommit) -> None:
         self._after_commit.append(hook)
 
     def driver(self) -> Any:
         """The driver's own connection under this transaction (for `Prepared`)."""
-        return self.session.sync_connection.connection.driver_connection  # type: ignore[union-attr]
+        if self._driver is None:
+            self._driver = self.session.sync_connection.connection.driver_connection  # type: ignore[union-attr]
+        return self._driver
 
     async def run_after_commit(self) -> None:
         hooks, self._after_commit = self._after_commit, []
@@ -328,6 +331,7 @@ class _Compiled:
     binds: tuple[Callable[[Any], Any] | None, ...]
     keys: tuple[str, ...]  # the result columns
     results: tuple[Callable[[Any], Any] | None, ...]
+    converts: bool  # any result processor at all
 
 
 @dataclass(slots=True)
@@ -388,7 +392,7 @@ class Prepared:
             values[name] if bind is None else bind(values[name])
             for name, bind in zip(compiled.names, compiled.binds, strict=True)
         ]
-        cursor = uow.driver().cursor()
+        cursor = sqlite3.Cursor(uow.driver())  # the plain cursor: results are read at once
         try:
             cursor.execute(compiled.sql, args)
             raw = cursor.fetchall() if cursor.description else []
@@ -397,7 +401,7 @@ class Prepared:
         finally:
             cursor.close()
         results = compiled.results
-        if raw and any(p is not None for p in results):
+        if raw and compiled.converts:
             rows = [tuple(v if p is None else p(v) for v, p in zip(row, results, strict=True)) for row in raw]
         else:
             rows = [tuple(row) for row in raw]
@@ -423,12 +427,14 @@ class Prepared:
                 sql = compiled.preparer._render_schema_translates(sql, translate)
             processors = compiled._bind_processors
             columns = compiled._result_columns or []
+            results = tuple(c.type._cached_result_processor(dialect, None) for c in columns)
             found = _Compiled(
                 sql=sql,
                 names=names,
                 binds=tuple(processors.get(name) for name in names),
                 keys=tuple(c.keyname for c in columns),
-                results=tuple(c.type._cached_result_processor(dialect, None) for c in columns),
+                results=results,
+                converts=any(p is not None for p in results),
             )
         self._cache[cache_key] = found
         return found

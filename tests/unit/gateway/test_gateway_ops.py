@@ -311,3 +311,18 @@ async def test_a_redis_outage_falls_back_to_per_process_counting() -> None:
         assert [(await store.hit("k", limit))[0] for _ in range(3)] == [True, True, False]
     finally:
         await store.aclose()
+
+
+async def test_a_window_starts_at_the_keys_first_hit_so_a_burst_is_never_split_by_the_clock() -> None:
+    now = [59.9]  # just before a whole minute: a window aligned to minutes would reset at 60.0
+    store = MemoryRateLimitStore(clock=lambda: now[0])
+    limit = RateLimit(2, 60.0)
+    answers = []
+    for t in (59.9, 60.0, 60.1):
+        now[0] = t
+        answers.append((await store.hit("login:203.0.113.9", limit))[0])
+    assert answers == [True, True, False]
+    now[0] = 119.8  # still inside the window the first hit opened (it ends at 119.9)
+    assert (await store.hit("login:203.0.113.9", limit))[0] is False
+    now[0] = 120.0  # past one period after the first hit: a new window
+    assert (await store.hit("login:203.0.113.9", limit)) == (True, 60.0)
