@@ -330,8 +330,7 @@ class _Compiled:
     names: tuple[str, ...]  # the parameters, in the order the SQL takes them
     binds: tuple[Callable[[Any], Any] | None, ...]
     keys: tuple[str, ...]  # the result columns
-    results: tuple[Callable[[Any], Any] | None, ...]
-    converts: bool  # any result processor at all
+    converts: tuple[tuple[int, Callable[[Any], Any]], ...]  # (column, result processor)
 
 
 @dataclass(slots=True)
@@ -400,9 +399,8 @@ class Prepared:
             raise DBAPIError.instance(compiled.sql, args, exc, sqlite3.Error) from exc
         finally:
             cursor.close()
-        results = compiled.results
         if raw and compiled.converts:
-            rows = [tuple(v if p is None else p(v) for v, p in zip(row, results, strict=True)) for row in raw]
+            rows = [_converted(row, compiled.converts) for row in raw]
         else:
             rows = [tuple(row) for row in raw]
         return Rows(compiled.keys, rows, cursor.rowcount)
@@ -433,11 +431,19 @@ class Prepared:
                 names=names,
                 binds=tuple(processors.get(name) for name in names),
                 keys=tuple(c.keyname for c in columns),
-                results=results,
-                converts=any(p is not None for p in results),
+                converts=tuple((i, p) for i, p in enumerate(results) if p is not None),
             )
         self._cache[cache_key] = found
         return found
+
+
+def _converted(
+    row: tuple[Any, ...], converts: tuple[tuple[int, Callable[[Any], Any]], ...]
+) -> tuple[Any, ...]:
+    values = list(row)
+    for i, process in converts:
+        values[i] = process(values[i])
+    return tuple(values)
 
 
 def _unit_of_work_on(connection: AsyncConnection) -> UnitOfWork | None:
