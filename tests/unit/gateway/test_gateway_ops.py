@@ -62,8 +62,17 @@ def document(path: str, schema: str) -> dict[str, Any]:
     }
 
 
+SERVICE_BREAKERS = {"module:catalog:queries": "CLOSED", "provider:simulated": "OPEN"}
+SEEN_AUTHORIZATION: list[str | None] = []
+
+
 async def upstream(request: httpx.Request) -> httpx.Response:
     host = request.url.host
+    if request.url.path == "/api/v1/services":  # a service's own view: its breakers
+        SEEN_AUTHORIZATION.append(request.headers.get("authorization"))
+        if host == "catalog-a":
+            return httpx.Response(200, json={"modules": {}, "breakers": SERVICE_BREAKERS})
+        return httpx.Response(503, json={"status": 503, "title": "Service Unavailable"})
     if request.url.path == "/schema/openapi.json":
         if host == "orders-a":
             return httpx.Response(200, json=document("/api/v1/orders", "Order"))
@@ -137,7 +146,7 @@ async def test_services_lists_instances_per_module_and_the_breakers_for_an_admin
 
         assert response.status_code == 200
         body = response.json()
-        assert set(body) == {"modules", "breakers"}
+        assert set(body) == {"modules", "breakers", "services"}
         catalog = body["modules"]["catalog"]
         assert [(i["instance_id"], i["url"], i["healthy"]) for i in catalog] == [
             ("catalog-a", "http://catalog-a:8000", True),
@@ -149,6 +158,22 @@ async def test_services_lists_instances_per_module_and_the_breakers_for_an_admin
         assert [i["instance_id"] for i in body["modules"]["orders"]] == ["orders-a"]
         assert body["modules"]["payments"] == []  # known, nothing registered
         assert body["breakers"] == {"upstream:catalog-a": "CLOSED", "upstream:orders-a": "OPEN"}
+
+
+async def test_services_shows_each_services_own_breakers_and_says_which_did_not_answer() -> None:
+    async with open_gateway() as gw:
+        await gw.add("catalog", "catalog-a", CATALOG)
+        await gw.add("orders", "orders-a", ORDERS)  # answers its /api/v1/services with 503
+        admin = bearer("admin")
+        SEEN_AUTHORIZATION.clear()
+
+        body = (await gw.client.get("/api/v1/services", headers=admin)).json()
+
+        assert body["services"] == {
+            "http://catalog-a:8000": {"breakers": SERVICE_BREAKERS},
+            "http://orders-a:8000": {"breakers": None, "error": "answered 503"},
+        }
+        assert SEEN_AUTHORIZATION == [admin["Authorization"]] * 2, "asked with the admin's token"
 
 
 async def test_health_ready_and_metrics_answer_without_a_token() -> None:
