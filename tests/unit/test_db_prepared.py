@@ -121,3 +121,33 @@ async def test_a_savepoint_undoes_only_its_own_writes_and_a_duplicate_inside_one
     async with unit_of_work(database, write=False) as uow:
         assert (await SELECT.execute(uow, {"b_id": undone})).rows == []
         assert (await SELECT.execute(uow, {"b_id": kept})).mappings()[0]["name"] == "renamed"
+
+
+async def _mixed_then_fail(database: Database, first: uuid.UUID, second: uuid.UUID) -> None:
+    async with unit_of_work(database) as uow:
+        await INSERT.execute(uow, _row(first))  # the driver's SQL
+        await uow.session.execute(things.insert(), _row(second))  # SQLAlchemy's path
+        raise RuntimeError("roll the whole unit of work back")
+
+
+async def test_driver_and_sqlalchemy_statements_share_one_transaction_that_commits_or_rolls_back_whole(
+    database: Database,
+) -> None:
+    undone = (uuid.uuid4(), uuid.uuid4())
+    with pytest.raises(RuntimeError):
+        await _mixed_then_fail(database, *undone)
+    kept = (uuid.uuid4(), uuid.uuid4(), uuid.uuid4())
+    async with unit_of_work(database) as uow:  # SQLAlchemy's path first, then the driver's
+        await uow.session.execute(things.insert(), _row(kept[0]))
+        await INSERT.execute(uow, _row(kept[1]))
+    async with unit_of_work(database) as uow:  # the driver's alone, after a mixed one
+        await INSERT.execute(uow, _row(kept[2]))
+    async with unit_of_work(database, write=False) as uow:
+        found = {
+            thing_id for thing_id in (*undone, *kept) if (await SELECT.execute(uow, {"b_id": thing_id})).rows
+        }
+    assert found == set(kept)
+    writer = await database.writer()
+    assert not writer.in_transaction()
+    raw = await writer.get_raw_connection()
+    assert not raw.driver_connection.in_transaction  # type: ignore[union-attr]
