@@ -27,12 +27,16 @@ def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     raise NotAuthorizedException(detail=f"invalid token: {error}" if error else "a bearer token is required")
 
 
-def authenticated(connection: ASGIConnection[Any, Any, Any, Any], _handler: Any) -> None:
+# Guards are coroutines: Litestar runs a plain function guard in a worker thread (a thread
+# hand-off and a GIL switch per request, ~0.5 ms under load), for what is a dict lookup.
+
+
+async def authenticated(connection: ASGIConnection[Any, Any, Any, Any], _handler: Any) -> None:
     """Any signed-in user (customer or admin)."""
     principal_of(connection)
 
 
-def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _handler: Any) -> None:
+async def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _handler: Any) -> None:
     if not principal_of(connection).is_admin:
         raise PermissionDeniedException(detail="this operation needs the admin role")
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from litestar import concurrency as litestar_concurrency
+
 from shop.observability import logging as shop_logging
 from shop.settings import MODULE_NAMES, RateLimit
 
@@ -216,3 +218,26 @@ async def test_an_open_users_breaker_answers_503_with_retry_after_not_500(open_s
             "/api/v1/auth/token", json={"email": "ada@example.com", "password": "whatever-it-is"}
         )
         api.problem(again, 401)  # answered by the users module again
+
+
+async def test_signed_in_requests_are_answered_on_the_loop_without_a_thread_hand_off(
+    open_shop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_shop() as api:
+        _, headers = await api.customer()
+        handed_off: list[str] = []
+        original = litestar_concurrency.sync_to_thread
+
+        async def counting(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            handed_off.append(getattr(fn, "__name__", repr(fn)))
+            return await original(fn, *args, **kwargs)
+
+        monkeypatch.setattr(litestar_concurrency, "sync_to_thread", counting)
+        monkeypatch.setattr("litestar.utils.sync.sync_to_thread", counting, raising=False)
+        answers = [
+            await api.client.get("/api/v1/users/me", headers=headers),  # guards=[authenticated]
+            await api.client.get("/api/v1/users/me/addresses", headers=headers),
+            await api.client.get("/api/v1/services", headers=headers),  # admin_only: 403
+        ]
+        assert [a.status_code for a in answers] == [200, 200, 403]
+        assert handed_off == [], "a guard or dependency ran in a worker thread"
