@@ -9,7 +9,6 @@ import re
 from typing import Any
 
 import pytest
-
 from litestar import concurrency as litestar_concurrency
 
 from shop.observability import logging as shop_logging
