@@ -353,7 +353,7 @@ class Prepared:
 
     def __init__(self, statement: Any) -> None:
         self.statement = statement
-        self._cache: dict[tuple[str, tuple[str, ...]], _Compiled | None] = {}
+        self._cache: dict[tuple[str, bool, tuple[str, ...]], _Compiled | None] = {}
 
     async def execute(
         self, target: UnitOfWork | AsyncConnection, params: Mapping[str, Any] | None = None
@@ -394,7 +394,7 @@ class Prepared:
 
     def _compiled(self, database: Database, keys: tuple[str, ...]) -> _Compiled | None:
         """The driver's SQL for these parameter names, or None for SQLAlchemy's path."""
-        cache_key = (database.module, keys)
+        cache_key = (database.module, database.is_sqlite, keys)  # a module on either backend (tests)
         try:
             return self._cache[cache_key]
         except KeyError:

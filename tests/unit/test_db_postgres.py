@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -155,3 +156,21 @@ async def test_a_pooled_connection_the_server_closed_is_replaced_at_check_out(
         async with unit_of_work(database, write=False) as uow:
             assert (await SELECT.execute(uow, {"b_id": thing_id})).mappings()[0]["name"] == "box"
             assert (await uow.session.exec_driver_sql("SELECT pg_backend_pid()")).scalar() != backend
+
+
+async def test_one_statement_serves_a_module_on_sqlite_and_on_postgresql_in_one_process(
+    database: Database, tmp_path: Path
+) -> None:
+    """Compiled per backend: SQLite's `?` SQL is never sent to PostgreSQL, nor the reverse."""
+    lite = Database(MODULE, f"sqlite:///{tmp_path / 'things.db'}")
+    try:
+        async with lite.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        for db in (lite, database, lite, database):
+            thing_id = uuid.uuid4()
+            async with unit_of_work(db) as uow:
+                await INSERT.execute(uow, _row(thing_id))
+            async with unit_of_work(db, write=False) as uow:
+                assert (await SELECT.execute(uow, {"b_id": thing_id})).mappings()[0]["name"] == "box"
+    finally:
+        await lite.dispose()
