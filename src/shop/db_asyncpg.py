@@ -1,7 +1,7 @@
 """PostgreSQL (asyncpg) specifics of `shop.db`: prepared statements run by asyncpg itself, and a
 check-out that costs no round trip.
 
-Measured in bench/orders_wrk.py on PostgreSQL (docs/adr/0025-postgresql-unit-of-work.md): the
+Measured in bench/orders_wrk.py on PostgreSQL (docs/adr/0026-postgresql-round-trips.md): the
 shop's process is CPU-bound, and through SQLAlchemy each statement pays for a greenlet hop, an
 execution context and its result machinery on top of asyncpg's own work. `Prepared` (most of an
 order's statements) skips that here: the statement is compiled once with the asyncpg dialect,

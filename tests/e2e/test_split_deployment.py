@@ -498,6 +498,16 @@ class TestAPaymentProviderOutage:
         # in the orders process) while the provider's breaker was still open.
         assert split.breakers_of("payments", journey.admin)["provider:simulated"] == "OPEN"
         assert {"module:payments:queries", "module:payments:commands"} <= module_breakers_closed()
+        # The operator sees the same through the gateway: each service's own breakers.
+        seen = split.services(journey.client, journey.admin)["services"]
+        payments_url = f"http://127.0.0.1:{split.ports['payments']}"
+        assert seen[payments_url]["breakers"]["provider:simulated"] == "OPEN"
+        assert all(
+            state == "CLOSED"
+            for view in seen.values()
+            for name, state in (view["breakers"] or {}).items()
+            if name.startswith("module:")
+        )
         reads_answer()
         assert time.monotonic() - started < 60
 

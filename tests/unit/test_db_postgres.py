@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from shop.db import Database, Prepared, unit_of_work
+from shop.db import Database, Prepared, savepoint, unit_of_work
 
 pytestmark = pytest.mark.postgres
 
@@ -112,12 +112,12 @@ async def test_a_duplicate_through_asyncpg_is_sqlalchemys_integrity_error_and_ro
 
 
 async def test_a_savepoint_rolled_back_keeps_the_rest_of_the_unit_of_work(database: Database) -> None:
-    """asyncpg's statements and SQLAlchemy's savepoints share one transaction."""
+    """asyncpg's statements and `shop.db.savepoint` (SQLAlchemy's on PostgreSQL) share one transaction."""
     first, second = uuid.uuid4(), uuid.uuid4()
     async with unit_of_work(database) as uow:
         await INSERT.execute(uow, _row(first))
         with pytest.raises(IntegrityError):
-            async with uow.session.begin_nested():
+            async with savepoint(uow.session):
                 await INSERT.execute(uow, _row(first))
         await INSERT.execute(uow, _row(second))
     async with unit_of_work(database, write=False) as uow:

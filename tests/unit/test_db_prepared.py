@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from shop.db import Database, Prepared, unit_of_work
+from shop.db import Database, Prepared, savepoint, unit_of_work
 
 metadata = sa.MetaData(schema="things")  # translated away on SQLite, as a module's is
 things = sa.Table(
@@ -97,3 +97,27 @@ async def test_parameters_the_compiled_form_does_not_cover_go_through_sqlalchemy
         await INSERT.execute(uow, row)
     async with unit_of_work(database, write=False) as uow:
         assert (await SELECT.execute(uow, {"b_id": thing_id})).mappings()[0]["n"] == 7
+
+
+async def _fail_inside_savepoint(session: object, row: dict[str, object]) -> None:
+    async with savepoint(session):  # type: ignore[arg-type]
+        await INSERT.execute(session, row)  # type: ignore[arg-type]
+        raise RuntimeError("undo the savepoint only")
+
+
+async def test_a_savepoint_undoes_only_its_own_writes_and_a_duplicate_inside_one_is_caught(
+    database: Database,
+) -> None:
+    kept, undone = uuid.uuid4(), uuid.uuid4()
+    async with unit_of_work(database) as uow:
+        await INSERT.execute(uow, _row(kept))
+        with pytest.raises(RuntimeError):
+            await _fail_inside_savepoint(uow.session, _row(undone))
+        with pytest.raises(IntegrityError):  # a duplicate, as modules' "insert unless there" does
+            async with savepoint(uow.session):
+                await INSERT.execute(uow, _row(kept))
+        async with savepoint(uow.session):
+            await RENAME.execute(uow, {"b_id": kept, "name": "renamed"})
+    async with unit_of_work(database, write=False) as uow:
+        assert (await SELECT.execute(uow, {"b_id": undone})).rows == []
+        assert (await SELECT.execute(uow, {"b_id": kept})).mappings()[0]["name"] == "renamed"

@@ -6,6 +6,7 @@ envelope created inside inherits the trace id and correlation id and names its c
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import uuid
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from shop.bus.messages import Envelope
 
 _random = random.Random()
+# A forked worker (granian, Dramatiq) would otherwise draw the same ids as its parent and siblings.
+os.register_at_fork(after_in_child=_random.seed)
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 

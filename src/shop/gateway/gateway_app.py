@@ -31,6 +31,7 @@ from shop.console.reference import reference_handlers
 from shop.discovery.base import Registry
 from shop.discovery.factory import registry_for
 from shop.gateway.fanout_deadletters import FanOutDeadLetterController
+from shop.gateway.fanout_services import service_breakers
 from shop.gateway.middleware import GatewayMiddleware
 from shop.gateway.ops import OpsController
 from shop.gateway.problems import EXCEPTION_HANDLERS, problem
@@ -180,8 +181,12 @@ class Gateway:
         for name, state in self.breakers.states().items():
             metrics.set_breaker_state(name, state)
 
-    async def describe_services(self) -> dict[str, Any]:
-        """`GET /api/v1/services`: the registry now (else the last snapshot) and the breakers."""
+    async def describe_services(self, *, authorization: str | None = None) -> dict[str, Any]:
+        """`GET /api/v1/services`: the registry now (else the last snapshot), the gateway's own
+        breakers (one per upstream instance) and, under `services`, each service's breakers
+        (its modules' and its providers'), asked of one healthy instance per service with the
+        admin's token: `{"<url>": {"breakers": {...}}}`, or `{"breakers": null, "error": ...}`
+        for a service that did not answer."""
         try:
             views = await asyncio.wait_for(self.proxy.refresh(), OPENAPI_TIMEOUT_S)
         except Exception as exc:
@@ -190,7 +195,8 @@ class Gateway:
         modules: dict[str, list[dict[str, object]]] = {m: [] for m in self.proxy.table.modules}
         for view in views:
             modules.setdefault(view.module, []).append(view.public())
-        return {"modules": modules, "breakers": self.breakers.states()}
+        services = await service_breakers(self, authorization)
+        return {"modules": modules, "breakers": self.breakers.states(), "services": services}
 
     def service_urls(self) -> list[str]:
         """One healthy instance URL per distinct service (a process serving several modules

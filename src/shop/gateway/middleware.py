@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import msgspec
-import structlog
 
 from shop.bus import context
 from shop.gateway.ratelimit import RateLimiter
+from shop.observability import logging as shop_logging
 from shop.observability import metrics, tracing
 from shop.security.guards import AUTH_ERROR_KEY, PRINCIPAL_KEY
 from shop.security.tokens import InvalidToken, TokenVerifier
@@ -30,7 +30,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-log = structlog.get_logger("shop.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 UNLIMITED_PATHS = frozenset({"/health", "/ready", "/metrics"})
 # Probes and scrapes: no server span (a trace every few seconds per instance, about nothing).
@@ -58,33 +57,23 @@ class GatewayMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = _headers(scope)
-        request_id = headers.get("x-request-id", "")
-        if not _REQUEST_ID.match(request_id):
-            request_id = uuid.uuid4().hex
-        incoming = headers.get("traceparent")
-        parent = incoming if context.parse_traceparent(incoming) else None
+        request_id, incoming, authorization = _read_headers(scope)
+        correlation_id = uuid.uuid4()
+        if request_id is None or not _REQUEST_ID.match(request_id):
+            request_id = correlation_id.hex  # one random id for both: they name the same request
+        parent = incoming if incoming is not None and context.parse_traceparent(incoming) else None
+        path = scope["path"]
         span: tracing.Span | None = None
         otel_token: object = None
-        if tracing.state.tracer is None or scope["path"] in UNTRACED_PATHS:
+        if tracing.state.tracer is None or path in UNTRACED_PATHS:
             traceparent = context.child_traceparent(parent)
         else:  # a SERVER span continuing the caller's trace; current for the whole request
-            span = tracing.start(
-                method_label(scope["method"]),
-                tracing.SpanKind.SERVER,
-                parent,
-                {
-                    "http.request.method": scope["method"],
-                    "url.path": scope["path"],
-                    "url.scheme": str(scope.get("scheme", "http")),
-                    "shop.request_id": request_id,
-                },
-            )
+            span = _start_server_span(scope, parent, request_id)
             traceparent = tracing.traceparent_of(span)
             otel_token = tracing.attach(span)
         token = context.enter(
             context.MessageContext(
-                correlation_id=uuid.uuid4(), traceparent=traceparent, request_id=request_id
+                correlation_id=correlation_id, traceparent=traceparent, request_id=request_id
             )
         )
         status_holder = [500]
@@ -93,13 +82,11 @@ class GatewayMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder[0] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid)]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
             await send(message)
 
         try:
-            subject = self._authenticate(scope, headers)
-            path = scope["path"]
+            subject = self._authenticate(scope, authorization) if authorization else None
             if self.limiter is not None and path not in UNLIMITED_PATHS:
                 key = subject or _peer(scope)
                 retry_after = await self.limiter.check("api", key, self.rate_limit)
@@ -114,23 +101,12 @@ class GatewayMiddleware:
             status = status_holder[0]
             method = method_label(scope["method"])
             metrics.observe_http(method, route, status, elapsed)
-            log.info(
-                "http.request",
-                module=self.service,
-                method=scope["method"],
-                path=scope["path"],
-                route=route,
-                status=status,
-                duration_ms=round(elapsed * 1000, 3),
-            )
+            shop_logging.access(self.service, scope["method"], path, route, status, round(elapsed * 1000, 3))
             context.leave(token)
             if span is not None:
                 _end_server_span(span, otel_token, method, route, status)
 
-    def _authenticate(self, scope: Scope, headers: dict[str, str]) -> str | None:
-        authorization = headers.get("authorization")
-        if not authorization:
-            return None
+    def _authenticate(self, scope: Scope, authorization: str) -> str | None:
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
             scope[AUTH_ERROR_KEY] = "expected 'Authorization: Bearer <token>'"
@@ -142,6 +118,20 @@ class GatewayMiddleware:
             return None
         scope[PRINCIPAL_KEY] = principal
         return f"sub:{principal.user_id}"
+
+
+def _start_server_span(scope: Scope, parent: str | None, request_id: str) -> tracing.Span:
+    return tracing.start(
+        method_label(scope["method"]),
+        tracing.SpanKind.SERVER,
+        parent,
+        {
+            "http.request.method": scope["method"],
+            "url.path": scope["path"],
+            "url.scheme": str(scope.get("scheme", "http")),
+            "shop.request_id": request_id,
+        },
+    )
 
 
 def _end_server_span(span: tracing.Span, otel_token: object, method: str, route: str, status: int) -> None:
@@ -158,13 +148,22 @@ def _end_server_span(span: tracing.Span, otel_token: object, method: str, route:
 _WANTED = frozenset({b"x-request-id", b"traceparent", b"authorization"})
 
 
-def _headers(scope: Scope) -> dict[str, str]:
-    """The few request headers the gateway reads (ASGI servers give lower-case names)."""
-    found: dict[str, str] = {}
+def _read_headers(scope: Scope) -> tuple[str | None, str | None, str | None]:
+    """The three request headers the gateway reads: X-Request-ID, traceparent, Authorization
+    (one pass over the headers; ASGI servers give lower-case names, mixed case is accepted)."""
+    request_id = traceparent = authorization = None
     for name, value in scope.get("headers", ()):
-        if name in _WANTED or name.lower() in _WANTED:
-            found[name.lower().decode("latin-1")] = value.decode("latin-1")
-    return found
+        if name not in _WANTED:
+            name = name.lower()
+            if name not in _WANTED:
+                continue
+        if name == b"x-request-id":
+            request_id = value.decode("latin-1")
+        elif name == b"traceparent":
+            traceparent = value.decode("latin-1")
+        else:
+            authorization = value.decode("latin-1")
+    return request_id, traceparent, authorization
 
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from litestar import Controller, Response, get
+from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
@@ -16,6 +16,14 @@ from shop.observability import metrics as shop_metrics
 from shop.security.guards import admin_only
 
 Check = Callable[[], Awaitable[None]]
+
+
+class Describe(Protocol):
+    """What `GET /api/v1/services` answers; `authorization`: the admin's, to ask further."""
+
+    def __call__(self, *, authorization: str | None = None) -> Awaitable[dict[str, Any]]: ...
+
+
 READY_TIMEOUT_S = 2.0
 
 
@@ -54,9 +62,10 @@ class OpsController(Controller):
         )
 
     @get("/api/v1/services", guards=[admin_only], tags=["operations"], summary="Instances and breakers")
-    async def services(self, state: State) -> dict[str, Any]:
-        describe: Callable[[], Awaitable[dict[str, Any]]] = state["describe_services"]
-        return await describe()
+    async def services(self, request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
+        describe: Describe = state["describe_services"]
+        # The admin's token: the gateway asks each service for its breakers with it.
+        return await describe(authorization=request.headers.get("authorization"))
 
 
 async def _probe(check: Check) -> str | None:

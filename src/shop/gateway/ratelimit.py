@@ -24,7 +24,9 @@ class RateLimitStore(Protocol):
 
 
 class MemoryRateLimitStore:
-    """Per-process counters; enough for `shop run`, which is one process."""
+    """Per-process counters; enough for `shop run`, which is one process. As in Redis, a key's
+    window starts at its first hit (not at a multiple of the period), so a burst is never split
+    by a window boundary the client cannot see."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000) -> None:
         self._clock = clock
@@ -33,10 +35,9 @@ class MemoryRateLimitStore:
 
     async def hit(self, key: str, limit: RateLimit) -> tuple[bool, float]:
         now = self._clock()
-        window_start = math.floor(now / limit.period) * limit.period
-        start, count = self._windows.get(key, (window_start, 0))
-        if start != window_start:
-            start, count = window_start, 0
+        start, count = self._windows.get(key, (now, 0))
+        if now >= start + limit.period:
+            start, count = now, 0
         count += 1
         self._windows[key] = (start, count)
         if len(self._windows) > self._max_keys:

@@ -6,7 +6,9 @@ import functools
 import logging
 import re
 import sys
+import time
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any, TextIO, cast
 
 import msgspec
@@ -63,6 +65,13 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
+def _clean(value: str) -> str:
+    """`value` with any token in it blanked (as `_redact` does to every string of a line)."""
+    if "eyJ" in value or "earer" in value:
+        return _SECRET_VALUES.sub("[redacted]", value)
+    return value
+
+
 _encoder = msgspec.json.Encoder(enc_hook=str)
 
 
@@ -80,10 +89,86 @@ def _dumps(obj: Any, **_kwargs: Any) -> str:
     return _encoder.encode(obj).decode()
 
 
+class _Second:
+    """The ISO-8601 text of the current second, made once per second."""
+
+    at = -1
+    text = ""
+
+
+_second = _Second()
+
+
+def _timestamp() -> str:
+    """Now, as structlog's TimeStamper(fmt="iso", utc=True) writes it, at a fifth of its cost."""
+    now = time.time()
+    second = int(now)
+    if second != _second.at:
+        _second.text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second.at = second
+    micro = int((now - second) * 1_000_000)
+    return f"{_second.text}.{micro:06d}Z" if micro else f"{_second.text}Z"
+
+
+class _AccessLog:
+    """Where access lines go, and whether they are written at all (set by `configure`)."""
+
+    enabled: bool = True
+    stream: Any = _Stderr()
+
+
+_access = _AccessLog()
+
+
+def access_enabled() -> bool:
+    """Whether `access` writes anything (the level is INFO or lower)."""
+    return _access.enabled
+
+
+def access(module: str | None, method: str, path: str, route: str, status: int, duration_ms: float) -> None:
+    """One access line (`http.request`, at INFO) for an answered HTTP request.
+
+    The hot path of every request, so it skips structlog's processor chain: the line is built
+    as one dict, encoded once by msgspec and written with one write, with the keys of any other
+    line in the same order (the five context keys included) and the same redaction of tokens
+    in what the client chose (method, path, request id). Structlog's contextvars are not merged
+    in: the shop binds none (its context is `shop.bus.context` and the bound module)."""
+    if not _access.enabled:
+        return
+    ctx = context.current()
+    trace_id = span_id = None
+    traceparent = ctx.traceparent
+    if traceparent:
+        parts = traceparent.split("-")
+        if len(parts) == 4:
+            trace_id, span_id = parts[1], parts[2]
+    request_id = ctx.request_id
+    line = {
+        "module": module if module is not None else current_module(),
+        "method": _clean(method),
+        "path": _clean(path),
+        "route": route,
+        "status": status,
+        "duration_ms": duration_ms,
+        "event": "http.request",
+        "level": "info",
+        "timestamp": _timestamp(),
+        "trace_id": trace_id,
+        "span_id": span_id,
+        "correlation_id": None if ctx.correlation_id is None else str(ctx.correlation_id),
+        "request_id": request_id if request_id is None else _clean(request_id),
+    }
+    stream = _access.stream
+    stream.write(_encoder.encode(line).decode() + "\n")
+    stream.flush()
+
+
 def configure(level: str = "INFO", *, stream: Any = None) -> None:
     """JSON lines to stderr (or `stream`), at `level`; stdlib logging routed through too."""
     numeric = logging.getLevelName(level.upper())
     set_debug(numeric <= logging.DEBUG)
+    _access.enabled = numeric <= logging.INFO
+    _access.stream = stream or _Stderr()
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -62,8 +62,17 @@ def document(path: str, schema: str) -> dict[str, Any]:
     }
 
 
+SERVICE_BREAKERS = {"module:catalog:queries": "CLOSED", "provider:simulated": "OPEN"}
+SEEN_AUTHORIZATION: list[str | None] = []
+
+
 async def upstream(request: httpx.Request) -> httpx.Response:
     host = request.url.host
+    if request.url.path == "/api/v1/services":  # a service's own view: its breakers
+        SEEN_AUTHORIZATION.append(request.headers.get("authorization"))
+        if host == "catalog-a":
+            return httpx.Response(200, json={"modules": {}, "breakers": SERVICE_BREAKERS})
+        return httpx.Response(503, json={"status": 503, "title": "Service Unavailable"})
     if request.url.path == "/schema/openapi.json":
         if host == "orders-a":
             return httpx.Response(200, json=document("/api/v1/orders", "Order"))
@@ -137,7 +146,7 @@ async def test_services_lists_instances_per_module_and_the_breakers_for_an_admin
 
         assert response.status_code == 200
         body = response.json()
-        assert set(body) == {"modules", "breakers"}
+        assert set(body) == {"modules", "breakers", "services"}
         catalog = body["modules"]["catalog"]
         assert [(i["instance_id"], i["url"], i["healthy"]) for i in catalog] == [
             ("catalog-a", "http://catalog-a:8000", True),
@@ -149,6 +158,22 @@ async def test_services_lists_instances_per_module_and_the_breakers_for_an_admin
         assert [i["instance_id"] for i in body["modules"]["orders"]] == ["orders-a"]
         assert body["modules"]["payments"] == []  # known, nothing registered
         assert body["breakers"] == {"upstream:catalog-a": "CLOSED", "upstream:orders-a": "OPEN"}
+
+
+async def test_services_shows_each_services_own_breakers_and_says_which_did_not_answer() -> None:
+    async with open_gateway() as gw:
+        await gw.add("catalog", "catalog-a", CATALOG)
+        await gw.add("orders", "orders-a", ORDERS)  # answers its /api/v1/services with 503
+        admin = bearer("admin")
+        SEEN_AUTHORIZATION.clear()
+
+        body = (await gw.client.get("/api/v1/services", headers=admin)).json()
+
+        assert body["services"] == {
+            "http://catalog-a:8000": {"breakers": SERVICE_BREAKERS},
+            "http://orders-a:8000": {"breakers": None, "error": "answered 503"},
+        }
+        assert (len(SEEN_AUTHORIZATION), set(SEEN_AUTHORIZATION)) == (2, {admin["Authorization"]})
 
 
 async def test_health_ready_and_metrics_answer_without_a_token() -> None:
@@ -311,3 +336,18 @@ async def test_a_redis_outage_falls_back_to_per_process_counting() -> None:
         assert [(await store.hit("k", limit))[0] for _ in range(3)] == [True, True, False]
     finally:
         await store.aclose()
+
+
+async def test_a_window_starts_at_the_keys_first_hit_so_a_burst_is_never_split_by_the_clock() -> None:
+    now = [59.9]  # just before a whole minute: a window aligned to minutes would reset at 60.0
+    store = MemoryRateLimitStore(clock=lambda: now[0])
+    limit = RateLimit(2, 60.0)
+    answers = []
+    for t in (59.9, 60.0, 60.1):
+        now[0] = t
+        answers.append((await store.hit("login:203.0.113.9", limit))[0])
+    assert answers == [True, True, False]
+    now[0] = 119.8  # still inside the window the first hit opened (it ends at 119.9)
+    assert (await store.hit("login:203.0.113.9", limit))[0] is False
+    now[0] = 120.0  # past one period after the first hit: a new window
+    assert (await store.hit("login:203.0.113.9", limit)) == (True, 60.0)

@@ -10,7 +10,7 @@ rows in opposite orders) inside a savepoint that is rolled back when any line fa
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.clock import as_utc
 from shop.contracts.catalog import CategoryView, Line, PricedLine, ProductPage, ProductView
-from shop.db import Prepared
+from shop.db import Prepared, savepoint
 from shop.modules.catalog.models import products, reservation_lines, reservations
 
 # reservation statuses
@@ -85,6 +85,24 @@ def _product(m: Mapping[Any, Any]) -> ProductView:
     )
 
 
+def _product_of_row(row: Sequence[Any]) -> ProductView:
+    """`_product` of a row of `_VIEW_COLUMNS`, by position (the hot read: no mapping built)."""
+    id_, sku, name, description, price, currency, category, on_hand, reserved, created_at = row
+    return ProductView(
+        id=id_,
+        sku=sku,
+        name=name,
+        description=description,
+        price=int(price),
+        currency=currency,
+        category=category,
+        stock_available=int(on_hand) - int(reserved),
+        on_hand=int(on_hand),
+        reserved=int(reserved),
+        created_at=as_utc(created_at),
+    )
+
+
 class Catalog:
     """Products: create, change, adjust stock, read."""
 
@@ -119,7 +137,7 @@ class Catalog:
         if await self._sku_exists(sku):
             raise SkuTaken(sku)
         try:
-            async with self.session.begin_nested():
+            async with savepoint(self.session):
                 await self.session.execute(products.insert().values(**values))
         except IntegrityError:
             if await self._sku_exists(sku):  # a concurrent create won the race
@@ -168,8 +186,8 @@ class Catalog:
         raise BelowReserved(product_id)
 
     async def get(self, product_id: uuid.UUID) -> ProductView | None:
-        found = (await _GET.execute(self.session, {"b_id": product_id})).mappings()
-        return _product(found[0]) if found else None
+        row = (await _GET.execute(self.session, {"b_id": product_id})).first()
+        return None if row is None else _product_of_row(row)
 
     async def page(
         self, *, category: str | None, limit: int, after: tuple[datetime, uuid.UUID] | None
@@ -256,6 +274,29 @@ _TRANSITION = Prepared(
         reservations.c.id == sa.bindparam("b_id"), reservations.c.status == sa.bindparam("b_status")
     )
 )
+_NOW = sa.bindparam("b_now", type_=products.c.updated_at.type)
+_STOCK_RELEASED = Prepared(
+    products.update()
+    .where(products.c.id == sa.bindparam("b_id"))
+    .values(reserved=products.c.reserved - _QUANTITY, updated_at=_NOW)
+)
+_STOCK_COMMITTED = Prepared(
+    products.update()
+    .where(products.c.id == sa.bindparam("b_id"))
+    .values(
+        on_hand=products.c.on_hand - _QUANTITY,
+        reserved=products.c.reserved - _QUANTITY,
+        updated_at=_NOW,
+    )
+)
+_STOCK_RESTOCKED = Prepared(
+    products.update()
+    .where(products.c.id == sa.bindparam("b_id"))
+    .values(on_hand=products.c.on_hand + _QUANTITY, updated_at=_NOW)
+)
+_INSERT_LINE = Prepared(reservation_lines.insert())
+_CLAIM_SQLITE = Prepared(sqlite.insert(reservations).on_conflict_do_nothing())
+_CLAIM_PG = Prepared(postgresql.insert(reservations).on_conflict_do_nothing())
 _LINES = Prepared(
     sa.select(reservation_lines.c.product_id, reservation_lines.c.quantity)
     .where(reservation_lines.c.reservation_id == sa.bindparam("b_id"))
@@ -271,18 +312,26 @@ def merge_lines(lines: Iterable[Line]) -> dict[uuid.UUID, int]:
     return merged
 
 
+class _LinesUnavailable(Exception):
+    """Some wanted products are short or unknown: the reservation's savepoint is rolled back."""
+
+    def __init__(self, products: list[uuid.UUID]) -> None:
+        super().__init__(products)
+        self.products = products
+
+
 class StockLedger:
     """Reservations of stock for orders; every operation is idempotent by reservation id."""
 
     def __init__(self, session: AsyncConnection) -> None:
         self.session = session
 
-    def _insert_ignoring_duplicates(self, **values: Any) -> sa.Insert:
+    def _insert_ignoring_duplicates(self) -> Prepared:
         dialect = self.session.dialect.name
         if dialect == "postgresql":
-            return postgresql.insert(reservations).values(**values).on_conflict_do_nothing()
+            return _CLAIM_PG
         if dialect == "sqlite":
-            return sqlite.insert(reservations).values(**values).on_conflict_do_nothing()
+            return _CLAIM_SQLITE
         raise NotImplementedError(f"no INSERT ... ON CONFLICT for {dialect}")
 
     async def _claim(self, reservation_id: uuid.UUID, order_id: uuid.UUID | None, status: str) -> bool:
@@ -291,10 +340,15 @@ class StockLedger:
         On PostgreSQL a concurrent, uncommitted claim of the same id makes this wait for that
         transaction and then report False, so one key is acted on once."""
         now = _now()
-        result = await self.session.execute(
-            self._insert_ignoring_duplicates(
-                id=reservation_id, order_id=order_id, status=status, created_at=now, updated_at=now
-            )
+        result = await self._insert_ignoring_duplicates().execute(
+            self.session,
+            {
+                "id": reservation_id,
+                "order_id": order_id,
+                "status": status,
+                "created_at": now,
+                "updated_at": now,
+            },
         )
         return bool(result.rowcount)
 
@@ -342,9 +396,20 @@ class StockLedger:
 
         wanted = merge_lines(lines)
         position = {product_id: n for n, product_id in enumerate(wanted)}
+        try:
+            async with savepoint(self.session):
+                priced = await self._reserve_lines(reservation_id, wanted, position)
+        except _LinesUnavailable as unavailable:
+            return await self._reject(reservation_id, order_id, unavailable.products, position)
+        return Reserved(order_id, tuple(sorted(priced.values(), key=lambda line: position[line.product_id])))
+
+    async def _reserve_lines(
+        self, reservation_id: uuid.UUID, wanted: Mapping[uuid.UUID, int], position: Mapping[uuid.UUID, int]
+    ) -> dict[uuid.UUID, PricedLine]:
+        """Reserve each wanted quantity and record the priced lines; _LinesUnavailable (in the
+        caller's savepoint, which it rolls back) when any product is short or unknown."""
         priced: dict[uuid.UUID, PricedLine] = {}
         failed: list[uuid.UUID] = []
-        savepoint = await self.session.begin_nested()
         for product_id in sorted(wanted):
             quantity = wanted[product_id]
             row = (
@@ -364,26 +429,21 @@ class StockLedger:
                     quantity=quantity,
                 )
         if failed:
-            await savepoint.rollback()
-            return await self._reject(reservation_id, order_id, failed, position)
-        if priced:
-            await self.session.execute(
-                reservation_lines.insert(),
-                [
-                    {
-                        "reservation_id": reservation_id,
-                        "product_id": line.product_id,
-                        "position": position[line.product_id],
-                        "quantity": line.quantity,
-                        "unit_price": line.unit_price,
-                        "currency": line.currency,
-                        "name": line.name,
-                    }
-                    for line in priced.values()
-                ],
+            raise _LinesUnavailable(failed)
+        for line in priced.values():
+            await _INSERT_LINE.execute(
+                self.session,
+                {
+                    "reservation_id": reservation_id,
+                    "product_id": line.product_id,
+                    "position": position[line.product_id],
+                    "quantity": line.quantity,
+                    "unit_price": line.unit_price,
+                    "currency": line.currency,
+                    "name": line.name,
+                },
             )
-        await savepoint.commit()
-        return Reserved(order_id, tuple(sorted(priced.values(), key=lambda line: position[line.product_id])))
+        return priced
 
     async def _reject(
         self,
@@ -424,13 +484,11 @@ class StockLedger:
         rows = (await _LINES.execute(self.session, {"b_id": reservation_id})).rows
         return [(row[0], int(row[1])) for row in rows]
 
-    async def _apply(self, reservation_id: uuid.UUID, change: Callable[[int], dict[str, Any]]) -> None:
-        """Apply `change(quantity)` (column values) to each line's product, in product-id order."""
+    async def _apply(self, reservation_id: uuid.UUID, change: Prepared) -> None:
+        """Apply `change` (one of the _STOCK_* statements) to each line's product with the line's
+        quantity, in product-id order."""
         for product_id, quantity in await self._lines(reservation_id):
-            values = change(quantity)
-            await self.session.execute(
-                products.update().where(products.c.id == product_id).values(**values, updated_at=_now())
-            )
+            await change.execute(self.session, {"b_id": product_id, "b_quantity": quantity, "b_now": _now()})
 
     async def release(self, reservation_id: uuid.UUID) -> Transition:
         """RESERVED -> RELEASED, giving the stock back. A reservation already RELEASED, COMMITTED,
@@ -440,7 +498,7 @@ class StockLedger:
         late reserves nothing."""
         for _ in range(3):
             if await self._transition(reservation_id, RESERVED, RELEASED):
-                await self._apply(reservation_id, lambda q: {"reserved": products.c.reserved - q})
+                await self._apply(reservation_id, _STOCK_RELEASED)
                 return Transition(RELEASED, changed=True)
             current = await self._status(reservation_id)
             if current is not None and current != RESERVED:
@@ -453,17 +511,14 @@ class StockLedger:
     async def commit(self, reservation_id: uuid.UUID) -> Transition:
         """RESERVED -> COMMITTED: the stock leaves the shelf (on hand and reserved both drop)."""
         if await self._transition(reservation_id, RESERVED, COMMITTED):
-            await self._apply(
-                reservation_id,
-                lambda q: {"on_hand": products.c.on_hand - q, "reserved": products.c.reserved - q},
-            )
+            await self._apply(reservation_id, _STOCK_COMMITTED)
             return Transition(COMMITTED, changed=True)
         return Transition(await self._status(reservation_id), changed=False)
 
     async def restock(self, reservation_id: uuid.UUID) -> Transition:
         """COMMITTED -> RESTOCKED: the committed stock returns to the shelf."""
         if await self._transition(reservation_id, COMMITTED, RESTOCKED):
-            await self._apply(reservation_id, lambda q: {"on_hand": products.c.on_hand + q})
+            await self._apply(reservation_id, _STOCK_RESTOCKED)
             return Transition(RESTOCKED, changed=True)
         return Transition(await self._status(reservation_id), changed=False)
 

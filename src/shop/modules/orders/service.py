@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from shop.bus.clock import as_utc
 from shop.contracts.catalog import Line, PricedLine
 from shop.contracts.orders import OrderLine, OrderView
-from shop.db import Prepared
+from shop.db import Prepared, savepoint
 from shop.modules.orders.messages import OrderPage
 from shop.modules.orders.models import orders
 
@@ -35,6 +35,7 @@ class OrderStatus(StrEnum):
 FINAL = frozenset({OrderStatus.FAILED, OrderStatus.CANCELLED})
 
 
+_GET = Prepared(sa.select(orders).where(orders.c.id == sa.bindparam("b_id")))
 _INSERT = Prepared(orders.insert())
 _PRICE = Prepared(orders.update().where(orders.c.id == sa.bindparam("b_id")))
 _SET_STATUS: dict[int, Prepared] = {}
@@ -74,8 +75,8 @@ class OrderBook:
         self.session = session
 
     async def get(self, order_id: uuid.UUID) -> OrderView | None:
-        row = (await self.session.execute(sa.select(orders).where(orders.c.id == order_id))).first()
-        return view(row._mapping) if row is not None else None
+        found = (await _GET.execute(self.session, {"b_id": order_id})).mappings()
+        return view(found[0]) if found else None
 
     async def visible(self, order_id: uuid.UUID, viewer_id: uuid.UUID, is_admin: bool) -> OrderView | None:
         """The order if the viewer owns it or is an admin; None hides whether it exists."""
@@ -125,7 +126,7 @@ class OrderBook:
             "updated_at": now,
         }
         try:
-            async with self.session.begin_nested():
+            async with savepoint(self.session):
                 await _INSERT.execute(self.session, values)
         except IntegrityError:
             # A concurrent request with the same key won the race.

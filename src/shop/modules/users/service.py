@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.clock import as_utc
 from shop.contracts.users import AddressPage, AddressView, UserView
+from shop.db import Prepared, savepoint
 from shop.modules.users.models import addresses, users
 
 
@@ -21,6 +22,13 @@ class EmailTaken(Exception):
 
 def normalise_email(email: str) -> str:
     return email.strip().lower()
+
+
+_ADDRESS_OF = Prepared(
+    sa.select(addresses).where(
+        addresses.c.id == sa.bindparam("b_id"), addresses.c.user_id == sa.bindparam("b_user_id")
+    )
+)
 
 
 class UserDirectory:
@@ -33,7 +41,7 @@ class UserDirectory:
             raise EmailTaken(email)
         user_id = uuid.uuid4()
         try:
-            async with self.session.begin_nested():
+            async with savepoint(self.session):
                 await self.session.execute(
                     users.insert().values(
                         id=user_id,
@@ -84,12 +92,10 @@ class UserDirectory:
         return AddressPage(items=tuple(rows[:limit]), has_more=len(rows) > limit)
 
     async def address_of(self, address_id: uuid.UUID, user_id: uuid.UUID) -> AddressView | None:
-        row = (
-            await self.session.execute(
-                sa.select(addresses).where(addresses.c.id == address_id, addresses.c.user_id == user_id)
-            )
-        ).first()
-        return _address(row._mapping) if row is not None else None
+        found = (
+            await _ADDRESS_OF.execute(self.session, {"b_id": address_id, "b_user_id": user_id})
+        ).mappings()
+        return _address(found[0]) if found else None
 
 
 def _user(m: Any) -> UserView:
