@@ -246,7 +246,10 @@ def create_pg_database(url: str) -> str:
             await conn.close()
 
     asyncio.run(go())
-    return url.rsplit("/", 1)[0] + "/shop_bench"
+    # the same server, database shop_bench (a query such as ?host=/var/run/postgresql is kept)
+    return url.replace("postgresql+asyncpg://", "postgresql://").split("?")[0].rsplit("/", 1)[0] + "/shop_bench" + (
+        "?" + url.split("?", 1)[1] if "?" in url else ""
+    )
 
 
 def main() -> int:

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from shop import db_asyncpg
 from shop.sqlite_checkpoints import CHECKPOINTS
 from shop.sqlite_onloop import LoopConnection, onloop_url
 
@@ -61,7 +62,8 @@ class Database:
             # connection above 5 when it is returned, so bursts kept opening new ones.
             kwargs.update(pool_size=20, max_overflow=20)
         else:
-            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+            # No pool_pre_ping (3 round trips per check-out on asyncpg): see shop.db_asyncpg.
+            kwargs.update(pool_size=10, max_overflow=10)
         self.engine: AsyncEngine = create_async_engine(engine_url, **kwargs).execution_options(
             schema_translate_map=translate
         )
@@ -70,13 +72,15 @@ class Database:
             # pysqlite's own transaction handling defers BEGIN; take the write lock up front
             # so that concurrent writers queue on the busy timeout instead of deadlocking.
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
+        else:  # PostgreSQL: a connection the server closed is not checked out
+            event.listen(self.engine.sync_engine.pool, "checkout", db_asyncpg.reject_closed)
         # SQLite has one writer at a time. Writers of this process queue here, in order, and
         # share one connection kept open (no pool check-out and reset per transaction).
         self.write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
         self._writer: AsyncConnection | None = None
         self._reader: AsyncConnection | None = None
-        # Prepared statements run as the driver's SQL (SQLite); off when SQL is traced.
-        self.driver_sql = self.is_sqlite
+        # Prepared statements run as the driver's SQL (SQLite, asyncpg); off when SQL is traced.
+        self.driver_sql = self.is_sqlite or make_url(url).get_driver_name() == "asyncpg"
         if self._checkpointed is not None:  # checkpoints off the loop (autocheckpoint is off)
             CHECKPOINTS.add(self._checkpointed)
 
@@ -293,9 +297,10 @@ async def _begin(database: Database, write: bool, deadline: float) -> UnitOfWork
             uow = UnitOfWork(database, connection, shared=True, transactional=write)
         else:
             connection = await database.engine.connect()
-            if not write:
-                await connection.execution_options(shop_write=False)
-            uow = UnitOfWork(database, connection, shared=False)
+            if not write:  # PostgreSQL: reads in autocommit, no BEGIN/COMMIT round trips (the
+                # default READ COMMITTED gives each statement its own snapshot either way)
+                await connection.execution_options(shop_write=False, isolation_level="AUTOCOMMIT")
+            uow = UnitOfWork(database, connection, shared=False, transactional=write)
         try:
             await uow.begin()
             return uow
@@ -327,7 +332,7 @@ async def savepoint(session: AsyncConnection) -> AsyncIterator[None]:
     On SQLite in the current unit of work it is the driver's SAVEPOINT/RELEASE (2 µs each, where
     SQLAlchemy's nested transaction costs ~50 µs a statement); elsewhere `begin_nested()`."""
     uow = _unit_of_work_on(session)
-    if uow is None or not uow.database.driver_sql:
+    if uow is None or not uow.database.driver_sql or not uow.database.is_sqlite:
         async with session.begin_nested():
             yield
         return
@@ -356,6 +361,10 @@ class _Compiled:
     binds: tuple[Callable[[Any], Any] | None, ...]
     keys: tuple[str, ...]  # the result columns
     converts: tuple[tuple[int, Callable[[Any], Any]], ...]  # (column, result processor)
+    # PostgreSQL: the result columns' types; their processors depend on the driver's column
+    # types too, known once asyncpg has prepared the statement (kept per those types' OIDs).
+    types: tuple[Any, ...] = ()
+    by_oids: dict[tuple[int, ...], tuple[tuple[int, Callable[[Any], Any]], ...]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -384,9 +393,10 @@ class Prepared:
     `shop.sqlite_onloop`) a prepared statement is compiled once, then its parameters are
     converted by SQLAlchemy's own bind processors and handed to the driver, and its rows are
     converted by SQLAlchemy's result processors: the same values in and out as through
-    SQLAlchemy, and driver errors raised as SQLAlchemy's (IntegrityError ...). On PostgreSQL,
-    with SQL tracing on (`Database.driver_sql` false), or for parameters the compiled form does
-    not cover, it runs through SQLAlchemy as usual. Parameters by name; for an INSERT or an
+    SQLAlchemy, and driver errors raised as SQLAlchemy's (IntegrityError ...). On PostgreSQL
+    it runs as asyncpg's prepared statement the same way (`shop.db_asyncpg`). With SQL tracing
+    on (`Database.driver_sql` false), or for parameters the compiled form does not cover, it
+    runs through SQLAlchemy as usual. Parameters by name; for an INSERT or an
     UPDATE without `.values()`, the names that are columns are the columns written.
     """
 
@@ -394,7 +404,7 @@ class Prepared:
 
     def __init__(self, statement: Any) -> None:
         self.statement = statement
-        self._cache: dict[tuple[str, tuple[str, ...]], _Compiled | None] = {}
+        self._cache: dict[tuple[str, bool, tuple[str, ...]], _Compiled | None] = {}
 
     async def execute(
         self, target: UnitOfWork | AsyncConnection, params: Mapping[str, Any] | None = None
@@ -416,6 +426,8 @@ class Prepared:
             values[name] if bind is None else bind(values[name])
             for name, bind in zip(compiled.names, compiled.binds, strict=True)
         ]
+        if not uow.database.is_sqlite:  # PostgreSQL: asyncpg's prepared statement
+            return await _asyncpg_rows(uow, compiled, args)
         cursor = sqlite3.Cursor(uow.driver())  # the plain cursor: results are read at once
         try:
             cursor.execute(compiled.sql, args)
@@ -432,7 +444,7 @@ class Prepared:
 
     def _compiled(self, database: Database, keys: tuple[str, ...]) -> _Compiled | None:
         """The driver's SQL for these parameter names, or None for SQLAlchemy's path."""
-        cache_key = (database.module, keys)
+        cache_key = (database.module, database.is_sqlite, keys)  # a module on either backend (tests)
         try:
             return self._cache[cache_key]
         except KeyError:
@@ -444,22 +456,42 @@ class Prepared:
         )
         names = tuple(compiled.positiontup or ())
         found: _Compiled | None = None
-        if set(names) <= set(keys):  # else a default it would fill in: SQLAlchemy's path
+        # Else a default it would fill in, or an expanding IN list: SQLAlchemy's path.
+        if set(names) <= set(keys) and not compiled.post_compile_params:
             sql = compiled.string
             if translate:
                 sql = compiled.preparer._render_schema_translates(sql, translate)
             processors = compiled._bind_processors
             columns = compiled._result_columns or []
-            results = tuple(c.type._cached_result_processor(dialect, None) for c in columns)
+            # PostgreSQL's depend on the driver's column types: see _asyncpg_rows
+            results = tuple(
+                c.type._cached_result_processor(dialect, None) if database.is_sqlite else None
+                for c in columns
+            )
             found = _Compiled(
                 sql=sql,
                 names=names,
                 binds=tuple(processors.get(name) for name in names),
                 keys=tuple(c.keyname for c in columns),
                 converts=tuple((i, p) for i, p in enumerate(results) if p is not None),
+                types=tuple(c.type for c in columns),
             )
         self._cache[cache_key] = found
         return found
+
+
+async def _asyncpg_rows(uow: UnitOfWork, compiled: _Compiled, args: list[Any]) -> Rows:
+    raw, rowcount, oids = await db_asyncpg.fetch(uow.session, compiled.sql, args)
+    try:
+        converts = compiled.by_oids[oids]
+    except KeyError:
+        dialect = uow.database.engine.dialect
+        results = (
+            t._cached_result_processor(dialect, oid) for t, oid in zip(compiled.types, oids, strict=True)
+        )
+        converts = compiled.by_oids[oids] = tuple((i, p) for i, p in enumerate(results) if p is not None)
+    rows = [_converted(row, converts) for row in raw] if converts else [tuple(row) for row in raw]
+    return Rows(compiled.keys, rows, rowcount)
 
 
 def _converted(

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shop.db import Prepared, savepoint
+from shop.db import Prepared, UnitOfWork
 
 
 async def keyset_rows(
@@ -45,13 +45,35 @@ async def mark_cancelled(session: AsyncConnection, table: sa.Table, order_id: uu
     """Remember that the order was cancelled (idempotent: a second mark, even a racing one, is a no-op)."""
     if await is_marked_cancelled(session, table, order_id):
         return
-    try:
-        async with savepoint(session):
-            await session.execute(
-                table.insert().values(order_id=order_id, reason=reason[:100], cancelled_at=datetime.now(UTC))
-            )
-    except IntegrityError:
-        pass
+    mark = _MARK.get(table)
+    if mark is None:
+        mark = _MARK[table] = InsertIfAbsent(table)
+    await mark.execute(
+        session, {"order_id": order_id, "reason": reason[:100], "cancelled_at": datetime.now(UTC)}
+    )
+
+
+_MARK: dict[sa.Table, InsertIfAbsent] = {}
+
+
+class InsertIfAbsent:
+    """An INSERT of a whole row that leaves a row already there (same primary or unique key)
+    alone: `INSERT ... ON CONFLICT DO NOTHING`, one statement where a savepoint around a plain
+    INSERT takes three round trips on PostgreSQL. A concurrent, uncommitted insert of the same
+    key is waited for (PostgreSQL) or serialized by the write lock (SQLite), then left alone."""
+
+    __slots__ = ("_by_dialect",)
+
+    def __init__(self, table: sa.Table) -> None:
+        self._by_dialect = {
+            "postgresql": Prepared(postgresql.insert(table).on_conflict_do_nothing()),
+            "sqlite": Prepared(sqlite.insert(table).on_conflict_do_nothing()),
+        }
+
+    async def execute(self, target: UnitOfWork | AsyncConnection, values: Mapping[str, Any]) -> bool:
+        """True if the row was inserted, False if one with its key was there already."""
+        session = target.session if isinstance(target, UnitOfWork) else target
+        return (await self._by_dialect[session.dialect.name].execute(target, values)).rowcount == 1
 
 
 async def is_marked_cancelled(session: AsyncConnection, table: sa.Table, order_id: uuid.UUID) -> bool:

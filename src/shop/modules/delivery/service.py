@@ -13,13 +13,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.clock import as_utc
 from shop.contracts.delivery import AddressSnapshot, DeliveryPage, DeliveryView
-from shop.db import Prepared, savepoint
-from shop.db_tables import is_marked_cancelled, keyset_rows, mark_cancelled
+from shop.db import Prepared
+from shop.db_tables import InsertIfAbsent, is_marked_cancelled, keyset_rows, mark_cancelled
 from shop.modules.delivery.models import cancelled_orders, deliveries, shipping_instructions
 
 PREPARING = "PREPARING"
@@ -49,7 +48,7 @@ def tracking_number() -> str:
 
 
 # The hot statements, prepared once (shop.db.Prepared).
-_REMEMBER = Prepared(shipping_instructions.insert())
+_REMEMBER = InsertIfAbsent(shipping_instructions)
 _INSTRUCTION = Prepared(
     sa.select(shipping_instructions).where(shipping_instructions.c.order_id == sa.bindparam("b_order_id"))
 )
@@ -94,15 +93,10 @@ class DeliveryDesk:
         if await self.instruction(order_id) is not None:
             return
         values = {name: getattr(address, name) for name in _ADDRESS_FIELDS}
-        try:
-            async with savepoint(self.session):
-                await _REMEMBER.execute(
-                    self.session,
-                    {"order_id": order_id, "customer_id": customer_id, "created_at": datetime.now(UTC)}
-                    | values,
-                )
-        except IntegrityError:
-            pass
+        await _REMEMBER.execute(
+            self.session,
+            {"order_id": order_id, "customer_id": customer_id, "created_at": datetime.now(UTC)} | values,
+        )
 
     async def instruction(self, order_id: uuid.UUID) -> Instruction | None:
         found = (await _INSTRUCTION.execute(self.session, {"b_order_id": order_id})).mappings()

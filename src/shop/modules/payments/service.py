@@ -18,7 +18,6 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.breaker import CircuitOpenError
@@ -36,8 +35,8 @@ from shop.contracts.payments import (
     PaymentVoided,
     TakePayment,
 )
-from shop.db import Database, Prepared, savepoint, unit_of_work
-from shop.db_tables import is_marked_cancelled, keyset_rows, mark_cancelled
+from shop.db import Database, Prepared, unit_of_work
+from shop.db_tables import InsertIfAbsent, is_marked_cancelled, keyset_rows, mark_cancelled
 from shop.modules.payments.models import cancelled_orders, payments
 from shop.modules.payments.provider import (
     ALREADY_CAPTURED,
@@ -97,7 +96,7 @@ class Payment:
         )
 
 
-_OPEN = Prepared(payments.insert())
+_OPEN = InsertIfAbsent(payments)
 _GET = Prepared(sa.select(payments).where(payments.c.id == sa.bindparam("b_id")))
 _MOVE = Prepared(
     payments.update().where(
@@ -139,24 +138,21 @@ class PaymentBook:
                 log.warning("payments.conflicting_take_payment", payment_id=str(cmd.payment_id))
             return found
         now = datetime.now(UTC)
-        try:
-            async with savepoint(self.session):
-                await _OPEN.execute(
-                    self.session,
-                    {
-                        "id": cmd.payment_id,
-                        "order_id": cmd.order_id,
-                        "customer_id": cmd.customer_id,
-                        "amount": cmd.amount,
-                        "currency": cmd.currency,
-                        "status": PENDING,
-                        "refunded": 0,
-                        "created_at": now,
-                        "updated_at": now,
-                    },
-                )
-        except IntegrityError:  # created by a concurrent delivery of the same command
-            pass
+        # left alone when created by a concurrent delivery of the same command
+        await _OPEN.execute(
+            self.session,
+            {
+                "id": cmd.payment_id,
+                "order_id": cmd.order_id,
+                "customer_id": cmd.customer_id,
+                "amount": cmd.amount,
+                "currency": cmd.currency,
+                "status": PENDING,
+                "refunded": 0,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
         created = await self.get(cmd.payment_id)
         assert created is not None
         return created

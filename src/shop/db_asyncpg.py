@@ -1,0 +1,80 @@
+"""PostgreSQL (asyncpg) specifics of `shop.db`: prepared statements run by asyncpg itself, and a
+check-out that costs no round trip.
+
+Measured in bench/orders_wrk.py on PostgreSQL (docs/adr/0026-postgresql-round-trips.md): the
+shop's process is CPU-bound, and through SQLAlchemy each statement pays for a greenlet hop, an
+execution context and its result machinery on top of asyncpg's own work. `Prepared` (most of an
+order's statements) skips that here: the statement is compiled once with the asyncpg dialect,
+its parameters go through SQLAlchemy's bind processors, and it runs as a prepared statement
+from the same per-connection cache, in the same transaction, that SQLAlchemy's cursor uses. The
+values in and out and the errors raised (IntegrityError ...) are SQLAlchemy's.
+
+`pool_pre_ping` was three round trips per check-out (BEGIN, a ping, ROLLBACK); `reject_closed`
+drops a pooled connection whose socket the server has closed (a restart, a terminated backend)
+from what asyncpg already knows, and the pool checks out another.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+_ROWCOUNT = re.compile(r"(?:SELECT|UPDATE|DELETE|INSERT \d+) (\d+)")
+
+
+async def fetch(
+    session: AsyncConnection, sql: str, args: list[Any]
+) -> tuple[list[Any], int, tuple[int, ...]]:
+    """Run the driver's SQL (`$n` parameters) in the session's transaction: (rows, rowcount,
+    the result columns' type OIDs).
+
+    Uses the SQLAlchemy asyncpg adapter's transaction start and statement cache (the same
+    statements SQLAlchemy's cursor prepares), so both paths can be mixed in one transaction."""
+    # SQLAlchemy's asyncpg adapter (private API of sqlalchemy.dialects.postgresql.asyncpg,
+    # tests/unit/test_db_postgres.py holds it to SQLAlchemy's own path).
+    adapted: Any = session.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
+    expired: float = session.dialect._invalidate_schema_cache_asof  # type: ignore[attr-defined]
+    try:
+        async with adapted._execute_mutex:
+            if adapted._transaction is None:
+                await adapted._start_transaction()  # BEGIN, as the adapter's cursor does
+            statement, attributes = await adapted._prepare(sql, expired)
+            rows = await statement.fetch(*args)
+            status = statement.get_statusmsg()
+    except Exception as exc:
+        raise _sqlalchemy_error(session, adapted, sql, args, exc) from exc
+    found = _ROWCOUNT.match(status or "")
+    return rows, int(found.group(1)) if found else -1, tuple(a.type.oid for a in attributes)
+
+
+def _sqlalchemy_error(
+    session: AsyncConnection, adapted: Any, sql: str, args: list[Any], exc: Exception
+) -> Exception:
+    """The exception SQLAlchemy's path raises for this driver error (IntegrityError ...)."""
+    dbapi = session.dialect.dbapi
+    if dbapi is None or isinstance(exc, DBAPIError):
+        return exc
+    try:
+        adapted._handle_exception(exc)  # raises the DB-API form of asyncpg's error
+    except dbapi.Error as translated:
+        return DBAPIError.instance(
+            sql,
+            args,
+            translated,
+            dbapi.Error,
+            connection_invalidated=session.dialect.is_disconnect(translated, adapted, None),
+        )
+    except Exception as other:  # anything else is raised as it is
+        return other
+    return exc  # pragma: no cover - _handle_exception always raises
+
+
+def reject_closed(_dbapi: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection) -> None:
+    """Pool check-out: a connection the server closed is dropped (the pool retries another)."""
+    driver = record.driver_connection
+    if driver is not None and driver.is_closed():
+        raise DisconnectionError("the server closed this pooled connection")

@@ -1,0 +1,176 @@
+"""PostgreSQL units of work: prepared statements run by asyncpg give what SQLAlchemy's path gives
+(values, rowcounts, errors, rollbacks), reads take no transaction, and a pooled connection the
+server closed is replaced at check-out instead of failing the next unit of work."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from shop.db import Database, Prepared, savepoint, unit_of_work
+
+pytestmark = pytest.mark.postgres
+
+MODULE = "pgthings"
+metadata = sa.MetaData(schema=MODULE)
+things = sa.Table(
+    "things",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("name", sa.String(50), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("blob", sa.LargeBinary, nullable=True),
+    sa.Column("price", sa.Numeric(12, 2), nullable=True),
+    sa.Column("n", sa.Integer, nullable=False, default=7),
+)
+INSERT = Prepared(things.insert())
+SELECT = Prepared(sa.select(things).where(things.c.id == sa.bindparam("b_id")))
+RENAME = Prepared(things.update().where(things.c.id == sa.bindparam("b_id")))
+ADD = Prepared(
+    things.update()
+    .where(things.c.n >= sa.bindparam("least"), things.c.name == sa.bindparam("b_name"))
+    .values(n=things.c.n + sa.bindparam("least"))
+)
+SOME = Prepared(sa.select(things.c.id).where(things.c.id.in_(sa.bindparam("ids", expanding=True))))
+NOW = Prepared(sa.select(sa.func.clock_timestamp().label("c"), sa.func.now().label("t")))
+
+
+@pytest.fixture
+async def database(postgres_url: str) -> AsyncIterator[Database]:
+    db = Database(MODULE, postgres_url)
+    async with db.engine.begin() as conn:
+        await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{MODULE}" CASCADE')
+        await conn.exec_driver_sql(f'CREATE SCHEMA "{MODULE}"')
+        await conn.run_sync(metadata.create_all)
+    yield db
+    async with db.engine.begin() as conn:
+        await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{MODULE}" CASCADE')
+    await db.dispose()
+
+
+def _row(thing_id: uuid.UUID) -> dict[str, object]:
+    return {
+        "id": thing_id,
+        "name": "box",
+        "data": {"lines": [1, 2], "ok": True},
+        "at": datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+        "blob": b"\x00\x01",
+        "price": Decimal("12.50"),
+        "n": 3,
+    }
+
+
+@pytest.mark.parametrize("driver_sql", [True, False], ids=["asyncpg", "sqlalchemy"])
+async def test_a_prepared_statement_stores_and_reads_what_sqlalchemy_does(
+    database: Database, driver_sql: bool
+) -> None:
+    database.driver_sql = driver_sql
+    thing_id = uuid.uuid4()
+    async with unit_of_work(database) as uow:
+        await INSERT.execute(uow, _row(thing_id))
+        renamed = await RENAME.execute(uow, {"b_id": thing_id, "name": "crate"})
+        added = await ADD.execute(uow, {"least": 2, "b_name": "crate"})
+        missed = await RENAME.execute(uow, {"b_id": uuid.uuid4(), "name": "none"})
+    async with unit_of_work(database, write=False) as uow:
+        found = (await SELECT.execute(uow, {"b_id": thing_id})).mappings()
+        some = (await SOME.execute(uow, {"ids": [thing_id, uuid.uuid4()]})).rows
+        plain = (await uow.session.execute(sa.select(things).where(things.c.id == thing_id))).mappings().one()
+
+    assert (renamed.rowcount, added.rowcount, missed.rowcount) == (1, 1, 0)
+    assert found == [{**_row(thing_id), "name": "crate", "n": 5}]
+    assert found[0] == dict(plain)
+    assert some == [(thing_id,)]
+
+
+async def test_a_duplicate_through_asyncpg_is_sqlalchemys_integrity_error_and_rolls_back(
+    database: Database,
+) -> None:
+    thing_id = uuid.uuid4()
+    async with unit_of_work(database) as uow:
+        await INSERT.execute(uow, _row(thing_id))
+
+    async def rename_then_insert_again() -> None:
+        async with unit_of_work(database) as uow:
+            await RENAME.execute(uow, {"b_id": thing_id, "name": "lost"})
+            await INSERT.execute(uow, _row(thing_id))
+
+    with pytest.raises(IntegrityError):
+        await rename_then_insert_again()
+
+    async with unit_of_work(database, write=False) as uow:
+        assert (await SELECT.execute(uow, {"b_id": thing_id})).mappings()[0]["name"] == "box"
+
+
+async def test_a_savepoint_rolled_back_keeps_the_rest_of_the_unit_of_work(database: Database) -> None:
+    """asyncpg's statements and `shop.db.savepoint` (SQLAlchemy's on PostgreSQL) share one transaction."""
+    first, second = uuid.uuid4(), uuid.uuid4()
+    async with unit_of_work(database) as uow:
+        await INSERT.execute(uow, _row(first))
+        with pytest.raises(IntegrityError):
+            async with savepoint(uow.session):
+                await INSERT.execute(uow, _row(first))
+        await INSERT.execute(uow, _row(second))
+    async with unit_of_work(database, write=False) as uow:
+        assert len((await SOME.execute(uow, {"ids": [first, second]})).rows) == 2
+
+
+async def test_a_read_only_unit_of_work_runs_each_statement_on_its_own(database: Database) -> None:
+    """No transaction around reads: now() is each statement's start, not a transaction's."""
+    async with unit_of_work(database, write=False) as uow:
+        first = (await NOW.execute(uow)).rows[0]
+        await asyncio.sleep(0.02)
+        second = (await NOW.execute(uow)).rows[0]
+    async with unit_of_work(database) as uow:
+        begun = (await NOW.execute(uow)).rows[0]
+        await asyncio.sleep(0.02)
+        later = (await NOW.execute(uow)).rows[0]
+    assert second[1] > first[1]
+    assert later[1] == begun[1]  # a writing unit of work is one transaction
+
+
+async def test_a_pooled_connection_the_server_closed_is_replaced_at_check_out(
+    database: Database, postgres_url: str
+) -> None:
+    thing_id = uuid.uuid4()
+    async with unit_of_work(database) as uow:
+        await INSERT.execute(uow, _row(thing_id))
+        backend = (await uow.session.exec_driver_sql("SELECT pg_backend_pid()")).scalar()
+    admin = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", backend)
+    finally:
+        await admin.close()
+    await asyncio.sleep(0.2)  # the server's goodbye reaches the pooled connection
+
+    for _ in range(3):  # every pooled connection the pool hands out works
+        async with unit_of_work(database, write=False) as uow:
+            assert (await SELECT.execute(uow, {"b_id": thing_id})).mappings()[0]["name"] == "box"
+            assert (await uow.session.exec_driver_sql("SELECT pg_backend_pid()")).scalar() != backend
+
+
+async def test_one_statement_serves_a_module_on_sqlite_and_on_postgresql_in_one_process(
+    database: Database, tmp_path: Path
+) -> None:
+    """Compiled per backend: SQLite's `?` SQL is never sent to PostgreSQL, nor the reverse."""
+    lite = Database(MODULE, f"sqlite:///{tmp_path / 'things.db'}")
+    try:
+        async with lite.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        for db in (lite, database, lite, database):
+            thing_id = uuid.uuid4()
+            async with unit_of_work(db) as uow:
+                await INSERT.execute(uow, _row(thing_id))
+            async with unit_of_work(db, write=False) as uow:
+                assert (await SELECT.execute(uow, {"b_id": thing_id})).mappings()[0]["name"] == "box"
+    finally:
+        await lite.dispose()
