@@ -186,7 +186,7 @@ class UnitOfWork:
         # events cost ~35 µs a unit of work. A statement run through SQLAlchemy still autobegins
         # its own transaction object (on the open one, see _sqlite_begin_immediate), which then
         # commits or rolls back the driver's transaction as usual.
-        self._direct = shared and transactional and database.driver_sql
+        self._direct = shared and transactional and database.is_sqlite and database.driver_sql
 
     def after_commit(self, hook: AfterCommit) -> None:
         self._after_commit.append(hook)
