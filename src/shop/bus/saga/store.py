@@ -87,10 +87,7 @@ async def write(uow: UnitOfWork, definition: Saga, row: SagaRow, change: Change,
         return False
     row.version = expected + 1
     row.updated_at = now
-    for e in change.events:
-        await _STEP.execute(
-            uow, {"saga_id": row.id, "step": e.step, "status": e.status, "detail": e.detail, "at": now}
-        )
+    await _timeline(uow, row.id, change, now)
     if definition.on_step is not None:
         for event in change.events:
             if event.hook:
@@ -112,6 +109,19 @@ async def write(uow: UnitOfWork, definition: Saga, row: SagaRow, change: Change,
             "saga.finished", saga_id=str(row.id), type=row.type, status=finish.status, reason=finish.reason
         )
     return True
+
+
+async def _timeline(uow: UnitOfWork, saga_id: uuid.UUID, change: Change, now: datetime) -> None:
+    """The change's timeline lines."""
+    lines = [
+        {"saga_id": saga_id, "step": e.step, "status": e.status, "detail": e.detail, "at": now}
+        for e in change.events
+    ]
+    if uow.database.is_sqlite or len(lines) == 1:  # the driver's SQL, microseconds a row
+        for line in lines:
+            await _STEP.execute(uow, line)
+    elif lines:  # one statement for them all: one round trip to a server
+        await uow.session.execute(saga_steps.insert(), lines)
 
 
 async def insert(
