@@ -46,7 +46,7 @@ from shop.gateway.sagas import SagaAdminController
 from shop.observability import logging as shop_logging
 from shop.observability import metrics, tracing
 from shop.observability.logcontext import bound_module, set_process_module
-from shop.process import die_with_parent
+from shop.process import die_with_parent, freeze_heap_after_start
 from shop.security.guards import provide_principal
 from shop.security.keys import load_keys
 from shop.security.throttle import Throttle, client_address
@@ -295,6 +295,7 @@ def build_app(
         except Exception as exc:  # the server exits; this line is what the operator sees
             log.error("shop.start_failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
             raise
+        freeze_heap_after_start()
         try:
             if around is None:
                 yield

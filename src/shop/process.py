@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
 ENV_FLAG = "SHOP_DIE_WITH_PARENT"
+GC_FREEZE_FLAG = "SHOP_GC_FREEZE"
 
 
 def die_with_parent() -> None:
@@ -24,3 +26,15 @@ def die_with_parent() -> None:
         return
     if os.getppid() == 1:  # the parent died before we asked
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def freeze_heap_after_start() -> None:
+    """In a server worker (`shop run|serve|gateway` set SHOP_GC_FREEZE=1): once the app has
+    started, move every object it made so far (modules, tables, compiled statements, routes:
+    ~160,000 objects) out of the cyclic garbage collector's sight with `gc.freeze()`. The
+    collections that requests' allocations trigger then scan only what requests made: measured
+    ~10% of a catalog read's CPU. Never in tests, which start many apps in one process (what
+    a frozen app leaves behind in cycles would never be collected)."""
+    if os.environ.get(GC_FREEZE_FLAG) == "1":
+        gc.collect()
+        gc.freeze()

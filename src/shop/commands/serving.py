@@ -91,6 +91,7 @@ def listen_url(host: str, port: int) -> str:
 def serve(settings: Settings, role: Role, *, server: str = DEFAULT_SERVER) -> None:
     """Serve the role's app factory on one worker of the chosen ASGI server (blocks)."""
     os.environ["SHOP_DIE_WITH_PARENT"] = "1"  # see shop.process.die_with_parent
+    os.environ.setdefault("SHOP_GC_FREEZE", "1")  # see shop.process.freeze_heap_after_start
     shop_logging.configure(settings.log_level)
     set_process_module(role.process_module)
     url = listen_url(settings.host, settings.port)

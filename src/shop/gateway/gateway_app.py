@@ -48,6 +48,7 @@ from shop.gateway.upstream import HttpxUpstream, UpstreamError
 from shop.observability import logging as shop_logging
 from shop.observability import metrics, tracing
 from shop.observability.logcontext import set_process_module
+from shop.process import freeze_heap_after_start
 from shop.security.keys import load_keys
 from shop.security.tokens import TokenVerifier
 from shop.settings import Settings
@@ -154,6 +155,7 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Litestar) -> AsyncIterator[None]:
         async with self.running():
+            freeze_heap_after_start()
             yield
 
     @contextlib.asynccontextmanager
