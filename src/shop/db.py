@@ -25,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from shop import db_asyncpg
-from shop.sqlite_checkpoints import CHECKPOINTS
 from shop.sqlite_onloop import LoopConnection, onloop_url
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -38,7 +37,6 @@ class Database:
         self.module = module
         self.url = url
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
-        self._checkpointed: str | None = None  # the SQLite file the checkpoint thread keeps
         self.schema: str | None = None if self.is_sqlite else module
         translate = {module: None} if self.is_sqlite else {None: module}
         # JSON columns through msgspec (a few times faster than the stdlib's json, same JSON).
@@ -56,7 +54,6 @@ class Database:
             # connection never waits inside the driver (see `writer`); others keep SQLite's
             # busy timeout (ad-hoc connections of tools and tests; readers never wait in WAL).
             engine_url = onloop_url(url)
-            self._checkpointed = database if database and database != ":memory:" else None
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
             # Keep connections (each with its own PRAGMAs): the default pool closes every
             # connection above 5 when it is returned, so bursts kept opening new ones.
@@ -81,8 +78,6 @@ class Database:
         self._reader: AsyncConnection | None = None
         # Prepared statements run as the driver's SQL (SQLite, asyncpg); off when SQL is traced.
         self.driver_sql = self.is_sqlite or make_url(url).get_driver_name() == "asyncpg"
-        if self._checkpointed is not None:  # checkpoints off the loop (autocheckpoint is off)
-            CHECKPOINTS.add(self._checkpointed)
 
     async def writer(self) -> AsyncConnection:
         """The connection of this process's SQLite writers (under `write_lock`)."""
@@ -118,9 +113,6 @@ class Database:
         return sum(1 for c in (self._writer, self._reader) if c is not None and not c.closed)
 
     async def dispose(self) -> None:
-        if self._checkpointed is not None:
-            CHECKPOINTS.remove(self._checkpointed)
-            self._checkpointed = None
         for connection in (self._writer, self._reader):
             if connection is not None:
                 await connection.close()
@@ -145,7 +137,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
         "PRAGMA foreign_keys=ON",
         f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
         "PRAGMA synchronous=NORMAL",
-        "PRAGMA wal_autocheckpoint=0",  # the checkpoint thread does it (shop.sqlite_checkpoints)
     ):
         cursor.execute(pragma)
     cursor.close()
