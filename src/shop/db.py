@@ -177,7 +177,7 @@ class UnitOfWork:
         # events cost ~35 µs a unit of work. A statement run through SQLAlchemy still autobegins
         # its own transaction object (on the open one, see _sqlite_begin_immediate), which then
         # commits or rolls back the driver's transaction as usual.
-        self._direct = shared and transactional and database.is_sqlite and database.driver_sql
+        self.on_driver = shared and transactional and database.is_sqlite and database.driver_sql
 
     def after_commit(self, hook: AfterCommit) -> None:
         self._after_commit.append(hook)
@@ -194,13 +194,13 @@ class UnitOfWork:
             await hook()
 
     async def begin(self) -> None:
-        if self._direct:
+        if self.on_driver:
             self.driver().execute("BEGIN IMMEDIATE")
         elif self._transactional:
             self._transaction = await self.session.begin()
 
     async def commit(self) -> None:
-        if self._direct:
+        if self.on_driver:
             if self.session.in_transaction():  # SQLAlchemy's object over the driver's transaction
                 await self.session.commit()
             else:
@@ -209,7 +209,7 @@ class UnitOfWork:
             await self._transaction.commit()
 
     async def rollback(self) -> None:
-        if self._direct:
+        if self.on_driver:
             await self._roll_back_direct()
         elif self._transaction is not None and self._transaction.is_active:
             await self._transaction.rollback()
@@ -225,7 +225,7 @@ class UnitOfWork:
     async def release(self) -> None:
         if not self._shared:
             await self.session.close()
-        elif self._direct:
+        elif self.on_driver:
             await self._roll_back_direct()  # a failed commit: leave it clean
         elif self._transactional and self.session.in_transaction():
             await self.session.rollback()  # a failed commit or begin: leave it clean
@@ -323,7 +323,7 @@ async def savepoint(session: AsyncConnection) -> AsyncIterator[None]:
     On SQLite in the current unit of work it is the driver's SAVEPOINT/RELEASE (2 µs each, where
     SQLAlchemy's nested transaction costs ~50 µs a statement); elsewhere `begin_nested()`."""
     uow = _unit_of_work_on(session)
-    if uow is None or not uow.database.driver_sql or not uow.database.is_sqlite:
+    if uow is None or not uow.on_driver:
         async with session.begin_nested():
             yield
         return

@@ -44,9 +44,16 @@ def _auth(request: Request[Any, Any, Any]) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-async def _each(
-    instances: Instances, method: str, path: str, headers: list[tuple[bytes, bytes]]
+async def each_service(
+    instances: Instances,
+    method: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    urls: Sequence[str] | None = None,
 ) -> list[tuple[int, bytes] | None]:
+    """One request to each service (`urls`, else one healthy instance per service), in parallel,
+    each bounded by CALL_TIMEOUT_S: its (status, body), or None when it did not answer."""
+
     async def one(url: str) -> tuple[int, bytes] | None:
         try:
             async with asyncio.timeout(CALL_TIMEOUT_S):
@@ -54,7 +61,8 @@ async def _each(
         except Exception:  # an instance that does not answer contributes nothing
             return None
 
-    return list(await asyncio.gather(*(one(url) for url in instances.service_urls())))
+    targets = instances.service_urls() if urls is None else urls
+    return list(await asyncio.gather(*(one(url) for url in targets)))
 
 
 class FanOutDeadLetterController(Controller):
@@ -71,7 +79,7 @@ class FanOutDeadLetterController(Controller):
         keyset_cursor(cursor)  # a cursor we did not make is refused here, not by every service
         instances: Instances = state["instances"]
         query = urlencode({"limit": min(limit + 1, 100), **({"cursor": cursor} if cursor else {})})
-        answers = await _each(instances, "GET", f"{PATH}?{query}", _auth(request))
+        answers = await each_service(instances, "GET", f"{PATH}?{query}", _auth(request))
         if answers and all(a is None for a in answers):
             raise ServiceUnavailableException(detail="no service answered", headers={"Retry-After": "5"})
         items: list[dict[str, Any]] = []
@@ -104,7 +112,7 @@ class FanOutDeadLetterController(Controller):
 async def _first(
     instances: Instances, method: str, path: str, headers: list[tuple[bytes, bytes]], ok: int
 ) -> Response[Any]:
-    for answer in await _each(instances, method, path, headers):
+    for answer in await each_service(instances, method, path, headers):
         if answer is not None and answer[0] == ok:
             return Response(msgspec.json.decode(answer[1]), status_code=ok)
     raise NotFoundException(detail="no such dead letter")

@@ -16,13 +16,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.clock import as_utc
 from shop.contracts.catalog import CategoryView, Line, PricedLine, ProductPage, ProductView
 from shop.db import Prepared, savepoint
+from shop.db_tables import InsertIfAbsent
 from shop.modules.catalog.models import products, reservation_lines, reservations
 
 # reservation statuses
@@ -295,8 +295,7 @@ _STOCK_RESTOCKED = Prepared(
     .values(on_hand=products.c.on_hand + _QUANTITY, updated_at=_NOW)
 )
 _INSERT_LINE = Prepared(reservation_lines.insert())
-_CLAIM_SQLITE = Prepared(sqlite.insert(reservations).on_conflict_do_nothing())
-_CLAIM_PG = Prepared(postgresql.insert(reservations).on_conflict_do_nothing())
+_CLAIM = InsertIfAbsent(reservations)
 _LINES = Prepared(
     sa.select(reservation_lines.c.product_id, reservation_lines.c.quantity)
     .where(reservation_lines.c.reservation_id == sa.bindparam("b_id"))
@@ -326,21 +325,13 @@ class StockLedger:
     def __init__(self, session: AsyncConnection) -> None:
         self.session = session
 
-    def _insert_ignoring_duplicates(self) -> Prepared:
-        dialect = self.session.dialect.name
-        if dialect == "postgresql":
-            return _CLAIM_PG
-        if dialect == "sqlite":
-            return _CLAIM_SQLITE
-        raise NotImplementedError(f"no INSERT ... ON CONFLICT for {dialect}")
-
     async def _claim(self, reservation_id: uuid.UUID, order_id: uuid.UUID | None, status: str) -> bool:
         """Insert the reservation's row; False if it exists already (then it is left alone).
 
         On PostgreSQL a concurrent, uncommitted claim of the same id makes this wait for that
         transaction and then report False, so one key is acted on once."""
         now = _now()
-        result = await self._insert_ignoring_duplicates().execute(
+        return await _CLAIM.execute(
             self.session,
             {
                 "id": reservation_id,
@@ -350,7 +341,6 @@ class StockLedger:
                 "updated_at": now,
             },
         )
-        return bool(result.rowcount)
 
     async def find(self, reservation_id: uuid.UUID) -> Reservation | None:
         row = (
