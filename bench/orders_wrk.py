@@ -158,7 +158,7 @@ async def phase(
         raw = work_dir(args) / "pyspy.txt"
         spy = subprocess.Popen(
             [str(py_spy()), "record", "--pid", str(pgid), "--subprocesses", "--gil", "--nonblocking",
-             "-r", "200", "-d", str(args.duration), "-f", "raw", "-o", str(raw)],
+             "-r", str(args.profile_rate), "-d", str(args.duration), "-f", "raw", "-o", str(raw)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         time.sleep(1.0)
@@ -261,6 +261,7 @@ def main() -> int:
     parser.add_argument("--no-polling", action="store_true", help="skip the phase with polling customers")
     parser.add_argument("--floor-orders", type=int, default=3000)
     parser.add_argument("--profile", action="store_true", help="py-spy the shop during the quiet phase")
+    parser.add_argument("--profile-rate", type=int, default=200, help="with --profile: py-spy samples per second (200)")
     parser.add_argument("--profile-out", help="with --profile: keep py-spy's raw (collapsed) stacks in this file")
     args = parser.parse_args()
     if shutil.which("wrk") is None:

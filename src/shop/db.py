@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from shop import db_asyncpg
+from shop.sqlite_checkpoints import AUTOCHECKPOINT_PAGES, CHECKPOINTS
 from shop.sqlite_onloop import LoopConnection, onloop_url
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -76,6 +77,7 @@ class Database:
         self.write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
         self._writer: AsyncConnection | None = None
         self._reader: AsyncConnection | None = None
+        self._checkpointed: str | None = None  # the SQLite file the checkpoint thread keeps
         # Prepared statements run as the driver's SQL (SQLite, asyncpg); off when SQL is traced.
         self.driver_sql = self.is_sqlite or make_url(url).get_driver_name() == "asyncpg"
 
@@ -88,6 +90,11 @@ class Database:
             raw = await writer.get_raw_connection()
             raw.driver_connection.execute("PRAGMA busy_timeout=0")  # type: ignore[union-attr]
             self._writer = writer
+            path = self.engine.url.database
+            if self._checkpointed is None and path and path != ":memory:":
+                # watched from this process, which writes it (never before a fork: see there)
+                self._checkpointed = path
+                CHECKPOINTS.add(path)
         return self._writer
 
     async def reader(self) -> AsyncConnection:
@@ -113,6 +120,9 @@ class Database:
         return sum(1 for c in (self._writer, self._reader) if c is not None and not c.closed)
 
     async def dispose(self) -> None:
+        if self._checkpointed is not None:
+            CHECKPOINTS.remove(self._checkpointed)
+            self._checkpointed = None
         for connection in (self._writer, self._reader):
             if connection is not None:
                 await connection.close()
@@ -137,6 +147,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
         "PRAGMA foreign_keys=ON",
         f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
         "PRAGMA synchronous=NORMAL",
+        # the process's checkpoint thread checkpoints (shop.sqlite_checkpoints), off the loop
+        f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}",
     ):
         cursor.execute(pragma)
     cursor.close()
@@ -432,6 +444,24 @@ class Prepared:
         else:
             rows = [tuple(row) for row in raw]
         return Rows(compiled.keys, rows, cursor.rowcount)
+
+    async def execute_many(self, uow: UnitOfWork, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run the statement once per row of parameters (all rows with the same names): on
+        SQLite as the driver's ``executemany`` (one call), elsewhere through SQLAlchemy's."""
+        if not rows:
+            return
+        compiled = None
+        if uow.database.is_sqlite and uow.database.driver_sql:
+            compiled = self._compiled(uow.database, tuple(rows[0]))
+        if compiled is None:
+            await uow.session.execute(self.statement, [dict(row) for row in rows])
+            return
+        pairs = tuple(zip(compiled.names, compiled.binds, strict=True))
+        args = [[row[name] if bind is None else bind(row[name]) for name, bind in pairs] for row in rows]
+        try:
+            uow.driver().executemany(compiled.sql, args)
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(compiled.sql, args, exc, sqlite3.Error) from exc
 
     def _compiled(self, database: Database, keys: tuple[str, ...]) -> _Compiled | None:
         """The driver's SQL for these parameter names, or None for SQLAlchemy's path."""

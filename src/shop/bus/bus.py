@@ -407,15 +407,17 @@ class Bus:
                 raise RuntimeError(f"{spec.module} has no database")
             async with unit_of_work(database, write=idempotent) as uow:
                 if idempotent:
-                    done, stored = await inbox.seen(uow, call.consumer, call.envelope.message_id)
-                    if done:
+                    first, stored = await inbox.claim(uow, call.consumer, call.envelope.message_id)
+                    if not first:
                         metrics.BUS_DUPLICATES.labels(call.consumer).inc()
                         return coerce_reply(_decode_reply(stored), plain)
                 result = await spec.func(
                     call.message, **plan.arguments(Scope(uow=uow, envelope=call.envelope))
                 )
                 if idempotent:
-                    await inbox.record(uow, call.consumer, call.envelope.message_id, _encode_reply(result))
+                    reply = _encode_reply(result)
+                    if reply is not None:
+                        await inbox.keep_reply(uow, call.consumer, call.envelope.message_id, reply)
                 return result
 
         invoke: Next = run

@@ -15,6 +15,7 @@ from shop.bus.messages import Envelope, decode_envelope, encode
 from shop.bus.outbox import Relay
 from shop.bus.tables import dead_letters, inbox
 from shop.db import Database, Prepared, UnitOfWork, unit_of_work
+from shop.db_tables import InsertIfAbsent
 
 _SEEN = Prepared(
     sa.select(inbox.c.reply).where(
@@ -22,6 +23,12 @@ _SEEN = Prepared(
     )
 )
 _RECORD = Prepared(inbox.insert())
+_CLAIM = InsertIfAbsent(inbox)
+_KEEP_REPLY = Prepared(
+    inbox.update()
+    .where(inbox.c.consumer == sa.bindparam("b_consumer"), inbox.c.message_id == sa.bindparam("b_message_id"))
+    .values(reply=sa.bindparam("reply"))
+)
 
 
 async def seen(uow: UnitOfWork, consumer: str, message_id: uuid.UUID) -> tuple[bool, bytes | None]:
@@ -35,6 +42,24 @@ async def record(uow: UnitOfWork, consumer: str, message_id: uuid.UUID, reply: b
     await _RECORD.execute(
         uow, {"consumer": consumer, "message_id": message_id, "reply": reply, "handled_at": time.time()}
     )
+
+
+async def claim(uow: UnitOfWork, consumer: str, message_id: uuid.UUID) -> tuple[bool, bytes | None]:
+    """Record that `consumer` handles `message_id` in the handler's own transaction, before it
+    runs: (True, None) the first time; (False, the reply it gave then) for a duplicate. One
+    statement where a check and a record took two; a concurrent duplicate waits for the first
+    to commit (PostgreSQL's unique key; SQLite's write lock) and then finds it. The claim goes
+    with the transaction when the handler fails."""
+    if await _CLAIM.execute(
+        uow, {"consumer": consumer, "message_id": message_id, "reply": None, "handled_at": time.time()}
+    ):
+        return True, None
+    return False, (await seen(uow, consumer, message_id))[1]
+
+
+async def keep_reply(uow: UnitOfWork, consumer: str, message_id: uuid.UUID, reply: bytes) -> None:
+    """Store the reply of a claimed handling (answered again to a duplicate)."""
+    await _KEEP_REPLY.execute(uow, {"b_consumer": consumer, "b_message_id": message_id, "reply": reply})
 
 
 PRUNE_BATCH = 1000

@@ -273,6 +273,51 @@ async def test_saga_without_waits_completes_in_the_background_after_commit(
     assert not engine.background_tasks
 
 
+@BOTH
+async def test_an_advance_after_this_process_saved_the_saga_reads_no_saga_row(
+    engine: SagaEngine, db: Database, trip: Trip, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shop.bus.saga import store
+
+    loads: list[uuid.UUID] = []
+    real_load = store.load
+
+    async def counting_load(*args: Any, **kwargs: Any) -> Any:
+        loads.append(args[1])
+        return await real_load(*args, **kwargs)
+
+    monkeypatch.setattr(store, "load", counting_load)
+    saga_id = await start(engine, db)  # started, then advanced after commit up to its wait
+
+    assert loads == []  # every advance began from the row as this process had committed it
+    assert trip.calls == ["book_flight", "book_hotel", "wait_for_payment"]
+    assert (await state(engine, saga_id)).status == "WAITING"
+
+
+@BOTH
+async def test_a_saga_changed_by_another_writer_since_this_process_saved_it_goes_on_from_the_stored_row(
+    engine: SagaEngine, db: Database, trip: Trip
+) -> None:
+    from shop.bus.tables import saga_instances
+
+    saga_id = uuid.uuid4()
+    async with unit_of_work(db) as uow:
+        await engine.start("trip", saga_id, {"traveller": "ada"})
+        # another writer (a second process; an operator) changes the row before it advances,
+        # with a new version as every writer of a saga row does
+        c = saga_instances.c
+        await uow.session.execute(
+            saga_instances.update().where(c.id == saga_id).values(attempts=3, version=c.version + 1)
+        )
+    await engine.drain()
+
+    found = await state(engine, saga_id)
+    # the save from the remembered row failed its version check; the advance read the stored
+    # row and went on from it (instead of leaving the saga for the stale-saga timer)
+    assert found.status == "WAITING"
+    assert trip.calls[-1] == "wait_for_payment"
+
+
 # -- definitive failure -------------------------------------------------------------------
 
 

@@ -238,4 +238,7 @@ async def uow_update_version(database: Database, saga_id: uuid.UUID, version: in
     data = (await uow.session.execute(sa.select(c.data).where(c.id == saga_id))).scalar_one()
     data[META_KEY]["version"] = version
     data[META_KEY]["done"] = ["gone"]  # a step its definition no longer has
-    await uow.session.execute(saga_instances.update().where(c.id == saga_id).values(data=data))
+    # as every writer of a saga row does: a new version (the engine's optimistic lock)
+    await uow.session.execute(
+        saga_instances.update().where(c.id == saga_id).values(data=data, version=c.version + 1)
+    )

@@ -54,6 +54,10 @@ __all__ = ["SagaEngine"]
 log = structlog.get_logger("shop.bus.saga")
 
 
+_MOVING = (SagaStatus.RUNNING, SagaStatus.WAITING, SagaStatus.COMPENSATING)
+_REMEMBERED_MAX = 10_000
+
+
 class _RollBack(Exception):
     """Roll a local step's transaction back (its action failed, or the saga changed meanwhile)."""
 
@@ -94,6 +98,10 @@ class SagaEngine(SagaTimers):
         self._preclaimed: dict[uuid.UUID, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        # saga id -> a copy of its row as this process last committed it (see _remember): the
+        # next advance starts from it instead of reading the row back (the save's version
+        # check still catches any other writer)
+        self._rows: dict[uuid.UUID, SagaRow] = {}
 
     # -- definitions and plumbing ---------------------------------------------------------
 
@@ -196,11 +204,32 @@ class SagaEngine(SagaTimers):
     async def _load(self, saga_id: uuid.UUID, session: Any = None) -> SagaRow | None:
         return await store.load(self.database, saga_id, session)
 
+    def _remember(self, uow: UnitOfWork, row: SagaRow) -> None:
+        """Keep a copy of ``row`` as saved in ``uow`` once (and only if) that commits.
+
+        A saga is saved, then advanced again a few milliseconds later (after the commit, or
+        when its step's outcome arrives): the copy spares reading back the row this process
+        has just written. Another process's write since then is caught by the next save's
+        version check, as with a row read back. Rows are forgotten when taken, when final, and
+        all at once past _REMEMBERED_MAX (sagas that wait long)."""
+        snapshot = row.copy()
+
+        async def remember() -> None:
+            if snapshot.status in _MOVING:
+                if len(self._rows) >= _REMEMBERED_MAX:
+                    self._rows.clear()
+                self._rows[snapshot.id] = snapshot
+            else:
+                self._rows.pop(snapshot.id, None)
+
+        uow.after_commit(remember)
+
     async def _write(self, uow: UnitOfWork, definition: Saga, row: SagaRow, change: Change) -> bool:
         if not await store.write(uow, definition, row, change, self._now()):
             return False
         if change.claims_next:
             self._preclaimed[row.id] = row.version
+        self._remember(uow, row)
         return True
 
     async def _save(self, definition: Saga, row: SagaRow, change: Change) -> bool:
@@ -244,11 +273,22 @@ class SagaEngine(SagaTimers):
             raise SagaError("advance() must not run inside a unit of work on the saga's database")
         with bound_module(self.database.module):  # timers advance sagas outside any handler
             async with self._locked(saga_id):
-                # Loaded once: after each successful save the row in memory is the stored one
-                # (the version check of the next save catches any other writer).
-                row = await self._load(saga_id)
+                # Loaded once (or as this process last saved it): after each successful save the
+                # row in memory is the stored one (the version check of the next save catches
+                # any other writer).
+                row = self._rows.pop(saga_id, None)
+                remembered = None if row is None else row.version
+                if row is None:
+                    row = await self._load(saga_id)
                 while row is not None and await self._step_once(row):
                     pass
+                if row is not None and row.stale and row.version == remembered:
+                    # what this process remembered was not the stored row any more (written
+                    # since by another process or by hand): go on from the stored one
+                    self._preclaimed.pop(saga_id, None)
+                    row = await self._load(saga_id)
+                    while row is not None and await self._step_once(row):
+                        pass
                 self._preclaimed.pop(saga_id, None)
                 if row is not None and not row.stale:
                     return row.state()
@@ -419,12 +459,6 @@ class SagaEngine(SagaTimers):
             self.definition(saga) if isinstance(saga, str) else self.definition(saga.name, saga.version)
         )
         initial = merge(dict(data or {}), None)
-        existing = await self._load(saga_id, uow.session)
-        if existing is not None:
-            if existing.type != definition.name:
-                raise SagaError(f"saga {saga_id} already exists as a {existing.type!r}")
-            log.info("saga.already_started", saga_id=str(saga_id), type=definition.name)
-            return
         now = self._now()
         first = definition.steps[0].name
         deadline: datetime | None = None
@@ -436,7 +470,7 @@ class SagaEngine(SagaTimers):
         if trace:
             meta[TRACE_KEY] = trace
         stored = {**initial, META_KEY: meta}
-        await store.insert(
+        inserted = await store.insert(
             uow.session,
             saga_id,
             definition.name,
@@ -446,6 +480,18 @@ class SagaEngine(SagaTimers):
             now,
             SagaStatus.RUNNING,
             StepStatus.STARTED,
+        )
+        if not inserted:
+            existing = await store.load(self.database, saga_id, uow.session)
+            if existing is not None and existing.type != definition.name:
+                raise SagaError(f"saga {saga_id} already exists as a {existing.type!r}")
+            log.info("saga.already_started", saga_id=str(saga_id), type=definition.name)
+            return
+        self._remember(
+            uow,
+            SagaRow.new(
+                saga_id, definition.name, first, copy_data(initial), definition.version, trace, deadline, now
+            ),
         )
 
         async def advance_after_commit() -> None:

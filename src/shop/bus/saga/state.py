@@ -14,7 +14,7 @@ import msgspec
 
 from shop.bus.saga.checks import utc, utc_or_none
 from shop.bus.saga.definition import SagaContext
-from shop.bus.saga.statuses import is_final
+from shop.bus.saga.statuses import SagaStatus, is_final
 from shop.db import UnitOfWork
 
 __all__ = [
@@ -133,6 +133,65 @@ class SagaRow:
             versioned=versioned,
         )
 
+    @classmethod
+    def new(
+        cls,
+        saga_id: uuid.UUID,
+        saga_type: str,
+        first_step: str,
+        data: dict[str, Any],
+        definition_version: int,
+        trace: dict[str, Any],
+        deadline: datetime | None,
+        now: datetime,
+    ) -> SagaRow:
+        """A new saga's row, RUNNING its first step, as :func:`store.insert` stores it."""
+        return cls(
+            id=saga_id,
+            type=saga_type,
+            status=SagaStatus.RUNNING,
+            step=first_step,
+            step_index=0,
+            data=data,
+            meta={},
+            failure_reason=None,
+            step_deadline=None,
+            deadline=utc_or_none(deadline),
+            attempts=0,
+            next_attempt_at=None,
+            version=0,
+            created_at=utc(now),
+            updated_at=utc(now),
+            trace=dict(trace),
+            definition_version=definition_version,
+            completed=[],
+        )
+
+    def copy(self) -> SagaRow:
+        """An independent copy (the data and bookkeeping copied deeply)."""
+        return SagaRow(
+            id=self.id,
+            type=self.type,
+            status=self.status,
+            step=self.step,
+            step_index=self.step_index,
+            data=copy_data(self.data),
+            meta=copy_data(self.meta),
+            failure_reason=self.failure_reason,
+            step_deadline=self.step_deadline,
+            deadline=self.deadline,
+            attempts=self.attempts,
+            next_attempt_at=self.next_attempt_at,
+            version=self.version,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            trace=copy_data(self.trace),
+            definition_version=self.definition_version,
+            completed=list(self.completed),
+            versioned=self.versioned,
+            stale=self.stale,
+        )
+
     def stored_data(self) -> dict[str, Any]:
         stored = dict(self.data)
         meta = {**self.meta, TRACE_KEY: self.trace} if self.trace else self.meta
@@ -198,7 +257,11 @@ def merge(data: dict[str, Any], result: Mapping[str, Any] | None) -> dict[str, A
         merged.update(result)
     if META_KEY in merged:
         raise ValueError(f"the data key {META_KEY!r} is reserved for the saga engine")
-    json.dumps(merged)  # raises TypeError/ValueError when not JSON-able
+    # JSON-able: what msgspec's round trip gives back unchanged (~4x cheaper than json.dumps);
+    # anything else (a datetime, a UUID, a set, a tuple ...) is judged by json.dumps, which
+    # raises TypeError/ValueError when it is not JSON-able
+    if msgspec.json.decode(msgspec.json.encode(merged)) != merged:
+        json.dumps(merged)
     return merged
 
 

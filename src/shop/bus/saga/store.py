@@ -17,6 +17,7 @@ from shop.bus.saga.definition import Saga
 from shop.bus.saga.state import Change, SagaRow, context_of
 from shop.bus.tables import saga_instances, saga_steps
 from shop.db import Database, Prepared, UnitOfWork, unit_of_work
+from shop.db_tables import InsertIfAbsent
 from shop.observability import metrics
 
 __all__ = ["load", "write"]
@@ -31,7 +32,7 @@ _SAVE = Prepared(
         saga_instances.c.id == sa.bindparam("b_id"), saga_instances.c.version == sa.bindparam("b_version")
     )
 )
-_INSERT = Prepared(saga_instances.insert())
+_INSERT = InsertIfAbsent(saga_instances)
 _STEP = Prepared(saga_steps.insert())
 
 
@@ -117,9 +118,10 @@ async def _timeline(uow: UnitOfWork, saga_id: uuid.UUID, change: Change, now: da
         {"saga_id": saga_id, "step": e.step, "status": e.status, "detail": e.detail, "at": now}
         for e in change.events
     ]
-    if uow.database.is_sqlite or len(lines) == 1:  # the driver's SQL, microseconds a row
-        for line in lines:
-            await _STEP.execute(uow, line)
+    if len(lines) == 1:
+        await _STEP.execute(uow, lines[0])
+    elif uow.database.is_sqlite:  # the driver's executemany: one call for them all
+        await _STEP.execute_many(uow, lines)
     elif lines:  # one statement for them all: one round trip to a server
         await uow.session.execute(saga_steps.insert(), lines)
 
@@ -134,9 +136,10 @@ async def insert(
     now: datetime,
     status: str,
     started: str,
-) -> None:
-    """A new saga's row and its first timeline line."""
-    await _INSERT.execute(
+) -> bool:
+    """A new saga's row and its first timeline line; False (and nothing written) when a saga
+    with that id exists already."""
+    inserted = await _INSERT.execute(
         session,
         {
             "id": saga_id,
@@ -155,6 +158,9 @@ async def insert(
             "updated_at": now,
         },
     )
+    if not inserted:
+        return False
     await _STEP.execute(
         session, {"saga_id": saga_id, "step": saga_type, "status": started, "detail": None, "at": now}
     )
+    return True

@@ -12,7 +12,7 @@ money once.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -131,31 +131,39 @@ class PaymentBook:
         return _payment(found[0]) if found else None
 
     async def open(self, cmd: TakePayment) -> Payment:
-        """The payment of this id, created PENDING the first time."""
-        found = await self.get(cmd.payment_id)
-        if found is not None:
-            if (found.order_id, found.amount, found.currency) != (cmd.order_id, cmd.amount, cmd.currency):
-                log.warning("payments.conflicting_take_payment", payment_id=str(cmd.payment_id))
-            return found
+        """The payment of this id, created PENDING the first time (a redelivered or concurrent
+        command finds the one there and leaves it alone)."""
         now = datetime.now(UTC)
-        # left alone when created by a concurrent delivery of the same command
-        await _OPEN.execute(
-            self.session,
-            {
-                "id": cmd.payment_id,
-                "order_id": cmd.order_id,
-                "customer_id": cmd.customer_id,
-                "amount": cmd.amount,
-                "currency": cmd.currency,
-                "status": PENDING,
-                "refunded": 0,
-                "created_at": now,
-                "updated_at": now,
-            },
+        opened = Payment(
+            id=cmd.payment_id,
+            order_id=cmd.order_id,
+            customer_id=cmd.customer_id,
+            amount=cmd.amount,
+            currency=cmd.currency,
+            status=PENDING,
+            provider_ref=None,
+            decline_reason=None,
+            refunded=0,
+            created_at=now,
         )
-        created = await self.get(cmd.payment_id)
-        assert created is not None
-        return created
+        values = {
+            "id": opened.id,
+            "order_id": opened.order_id,
+            "customer_id": opened.customer_id,
+            "amount": opened.amount,
+            "currency": opened.currency,
+            "status": PENDING,
+            "refunded": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        if await _OPEN.execute(self.session, values):
+            return opened
+        found = await self.get(cmd.payment_id)
+        assert found is not None
+        if (found.order_id, found.amount, found.currency) != (cmd.order_id, cmd.amount, cmd.currency):
+            log.warning("payments.conflicting_take_payment", payment_id=str(cmd.payment_id))
+        return found
 
     async def move(self, payment_id: uuid.UUID, source: str, target: str, **values: Any) -> bool:
         """Compare-and-set the status; True when this call made the change."""
@@ -234,8 +242,10 @@ class PaymentProcessor:
     async def take(self, cmd: TakePayment) -> Payment:
         """Authorize and capture (once, whatever the number of deliveries)."""
         async with unit_of_work(self.database) as uow:
-            await PaymentBook(uow.session).open(cmd)
-        return await self.drive(cmd.payment_id, token=cmd.payment_token)
+            book = PaymentBook(uow.session)
+            payment = await book.open(cmd)
+            seen = _Seen(payment, await book.is_cancelled(payment.order_id))
+        return await self.drive(cmd.payment_id, token=cmd.payment_token, seen=seen)
 
     async def give_up(self, order_id: uuid.UUID, reason: str) -> PaymentSettled:
         """The order's payment is not wanted any more: void what is authorized, refund what is
@@ -249,17 +259,22 @@ class PaymentProcessor:
         async with unit_of_work(self.database, write=False) as uow:
             return settled(order_id, await PaymentBook(uow.session).for_order(order_id))
 
-    async def drive(self, payment_id: uuid.UUID, *, token: str | None) -> Payment:
+    async def drive(self, payment_id: uuid.UUID, *, token: str | None, seen: _Seen | None = None) -> Payment:
         """Move the payment on until nothing is left to do. Without a token (a void or refund)
-        a PENDING payment of an order still wanted is left to its TakePayment."""
+        a PENDING payment of an order still wanted is left to its TakePayment.
+
+        Each step starts from the payment as read, or as this driver's own compare-and-set
+        just left it (with the order's cancelled mark read in that same transaction)."""
         for _ in range(MAX_STEPS):
-            async with unit_of_work(self.database, write=False) as uow:
-                book = PaymentBook(uow.session)
-                payment = await book.get(payment_id)
-                assert payment is not None, payment_id
-                cancelled = await book.is_cancelled(payment.order_id)
+            if seen is None:
+                async with unit_of_work(self.database, write=False) as uow:
+                    book = PaymentBook(uow.session)
+                    payment = await book.get(payment_id)
+                    assert payment is not None, payment_id
+                    seen = _Seen(payment, await book.is_cancelled(payment.order_id))
+            payment = seen.payment
             try:
-                again = await self._step(payment, cancelled, token)
+                outcome = await self._step(payment, seen.cancelled, token)
             except (ProviderError, TimeoutError, CircuitOpenError) as exc:
                 log.warning(
                     "payments.outcome_unknown",
@@ -268,37 +283,39 @@ class PaymentProcessor:
                     error=repr(exc),
                 )
                 raise PaymentOutcomeUnknown(f"payment {payment_id} ({payment.status}): {exc!r}") from exc
-            if not again:
+            if isinstance(outcome, _Done):
                 return payment
+            seen = outcome
         raise PaymentStuck(f"payment {payment_id} did not settle in {MAX_STEPS} steps")
 
-    async def _step(self, p: Payment, cancelled: bool, token: str | None) -> bool:
-        """One move; True when the payment should be looked at again."""
+    async def _step(self, p: Payment, cancelled: bool, token: str | None) -> _Next:
+        """One move: what it left (None: read the payment again), or _DONE."""
         if p.status == PENDING:
             if cancelled:  # never charge an order that was given up
-                await self._move(p, PENDING, VOIDED, PaymentVoided(payment_id=p.id, order_id=p.order_id))
-                return True
+                return await self._move(
+                    p, PENDING, VOIDED, PaymentVoided(payment_id=p.id, order_id=p.order_id)
+                )
             if token is None:
-                return False
+                return _DONE
             return await self._authorize(p, token)
         if p.status == AUTHORIZED:
             assert p.provider_ref is not None
             return await (self._void(p) if cancelled else self._capture(p))
         if p.status == CAPTURED and cancelled and p.refunded < p.amount:
             return await self._refund(p)
-        return False
+        return _DONE
 
-    async def _authorize(self, p: Payment, token: str) -> bool:
+    async def _authorize(self, p: Payment, token: str) -> _Seen | None:
         result = await self.provider.authorize(_key(p, "authorize"), p.amount, p.currency, token)
         if not result.approved:
             reason = result.reason or "declined"
             event = PaymentDeclined(
                 payment_id=p.id, order_id=p.order_id, customer_id=p.customer_id, reason=reason
             )
-            await self._move(p, PENDING, DECLINED, event, decline_reason=reason[:100])
-            return True
+            return await self._move(p, PENDING, DECLINED, event, decline_reason=reason[:100])
         assert result.provider_ref is not None
-        if not await self._move(p, PENDING, AUTHORIZED, None, provider_ref=result.provider_ref):
+        moved = await self._move(p, PENDING, AUTHORIZED, None, provider_ref=result.provider_ref)
+        if moved is None:
             # Moved on while we asked the provider: by a duplicate of this command (same key,
             # same authorization, nothing to do) or by a void, which found nothing to release
             # then: release our authorization now (its reference recorded first).
@@ -311,49 +328,50 @@ class PaymentProcessor:
             if voided:
                 await self.provider.void(_key(p, "void"), result.provider_ref)
                 log.info("payments.late_authorization_voided", payment_id=str(p.id))
-        return True
+        return moved
 
-    async def _capture(self, p: Payment) -> bool:
+    async def _capture(self, p: Payment) -> _Seen | None:
         assert p.provider_ref is not None
         result = await self.provider.capture(_key(p, "capture"), p.provider_ref)
         if result.approved or result.reason == ALREADY_CAPTURED:
-            await self._record_capture(p)
-        elif result.reason == AUTHORIZATION_VOIDED:  # a concurrent void got there first
-            await self._move(p, AUTHORIZED, VOIDED, PaymentVoided(payment_id=p.id, order_id=p.order_id))
-        else:
-            reason = result.reason or "capture_declined"
-            event = PaymentDeclined(
-                payment_id=p.id, order_id=p.order_id, customer_id=p.customer_id, reason=reason
+            return await self._record_capture(p)
+        if result.reason == AUTHORIZATION_VOIDED:  # a concurrent void got there first
+            return await self._move(
+                p, AUTHORIZED, VOIDED, PaymentVoided(payment_id=p.id, order_id=p.order_id)
             )
-            await self._move(p, AUTHORIZED, DECLINED, event, decline_reason=reason[:100])
-        return True
+        reason = result.reason or "capture_declined"
+        event = PaymentDeclined(
+            payment_id=p.id, order_id=p.order_id, customer_id=p.customer_id, reason=reason
+        )
+        return await self._move(p, AUTHORIZED, DECLINED, event, decline_reason=reason[:100])
 
-    async def _void(self, p: Payment) -> bool:
+    async def _void(self, p: Payment) -> _Seen | None:
         assert p.provider_ref is not None
         result = await self.provider.void(_key(p, "void"), p.provider_ref)
         if result.reason == ALREADY_CAPTURED:  # a concurrent capture got there first: refund next
-            await self._record_capture(p)
-        else:
-            await self._move(p, AUTHORIZED, VOIDED, PaymentVoided(payment_id=p.id, order_id=p.order_id))
-        return True
+            return await self._record_capture(p)
+        return await self._move(p, AUTHORIZED, VOIDED, PaymentVoided(payment_id=p.id, order_id=p.order_id))
 
-    async def _refund(self, p: Payment) -> bool:
+    async def _refund(self, p: Payment) -> _Seen | None:
         assert p.provider_ref is not None
         amount = p.amount - p.refunded
         result = await self.provider.refund(_key(p, "refund"), p.provider_ref, amount)
         if not result.approved:
             raise PaymentStuck(f"payment {p.id}: the provider refused the refund ({result.reason})")
         event = PaymentRefunded(payment_id=p.id, order_id=p.order_id, amount=amount)
-        await self._move(p, CAPTURED, REFUNDED, event, refunded=p.amount)
+        moved = await self._move(p, CAPTURED, REFUNDED, event, refunded=p.amount)
         log.info("payments.refunded", payment_id=str(p.id), order_id=str(p.order_id), amount=amount)
-        return True
+        return moved
 
-    async def _record_capture(self, p: Payment) -> None:
+    async def _record_capture(self, p: Payment) -> _Seen | None:
         """AUTHORIZED → CAPTURED; PaymentCaptured only while the order is still wanted (a capture
         landing after the order was given up is refunded by the next step instead)."""
         async with unit_of_work(self.database) as uow:
             book = PaymentBook(uow.session)
-            if await book.move(p.id, AUTHORIZED, CAPTURED) and not await book.is_cancelled(p.order_id):
+            if not await book.move(p.id, AUTHORIZED, CAPTURED):
+                return None
+            cancelled = await book.is_cancelled(p.order_id)
+            if not cancelled:
                 assert p.provider_ref is not None
                 await self.bus.publish(
                     PaymentCaptured(
@@ -365,12 +383,35 @@ class PaymentProcessor:
                         provider_ref=p.provider_ref,
                     )
                 )
+        return _Seen(replace(p, status=CAPTURED), cancelled)
 
-    async def _move(self, p: Payment, source: str, target: str, event: Event | None, **values: Any) -> bool:
+    async def _move(
+        self, p: Payment, source: str, target: str, event: Event | None, **values: Any
+    ) -> _Seen | None:
+        """Compare-and-set ``p`` from ``source`` to ``target`` (publishing ``event`` with it):
+        the payment as it left it, or None when it had moved on meanwhile."""
         async with unit_of_work(self.database) as uow:
-            moved = await PaymentBook(uow.session).move(p.id, source, target, **values)
-            if moved and event is not None:
+            book = PaymentBook(uow.session)
+            if not await book.move(p.id, source, target, **values):
+                return None
+            if event is not None:
                 await self.bus.publish(event)
-        if moved:
-            log.info("payments.status_changed", payment_id=str(p.id), order_id=str(p.order_id), status=target)
-        return moved
+            cancelled = await book.is_cancelled(p.order_id)
+        log.info("payments.status_changed", payment_id=str(p.id), order_id=str(p.order_id), status=target)
+        return _Seen(replace(p, status=target, **values), cancelled)
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """A payment as last read or written by its driver, and whether its order was given up."""
+
+    payment: Payment
+    cancelled: bool
+
+
+class _Done:
+    """Nothing left for the driver to do."""
+
+
+_DONE = _Done()
+_Next = _Seen | _Done | None
