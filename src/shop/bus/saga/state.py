@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -169,27 +169,12 @@ class SagaRow:
 
     def copy(self) -> SagaRow:
         """An independent copy (the data and bookkeeping copied deeply)."""
-        return SagaRow(
-            id=self.id,
-            type=self.type,
-            status=self.status,
-            step=self.step,
-            step_index=self.step_index,
+        return replace(
+            self,
             data=copy_data(self.data),
             meta=copy_data(self.meta),
-            failure_reason=self.failure_reason,
-            step_deadline=self.step_deadline,
-            deadline=self.deadline,
-            attempts=self.attempts,
-            next_attempt_at=self.next_attempt_at,
-            version=self.version,
-            created_at=self.created_at,
-            updated_at=self.updated_at,
             trace=copy_data(self.trace),
-            definition_version=self.definition_version,
             completed=list(self.completed),
-            versioned=self.versioned,
-            stale=self.stale,
         )
 
     def stored_data(self) -> dict[str, Any]:
