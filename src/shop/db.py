@@ -200,6 +200,24 @@ class UnitOfWork:
             self._driver = self.session.sync_connection.connection.driver_connection  # type: ignore[union-attr]
         return self._driver
 
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A savepoint in this transaction (see `savepoint`) which, when rolled back, also takes
+        back what was arranged meanwhile for after the commit: hooks added, and items added to
+        `items` or to its lists (the outbox messages to relay)."""
+        hooks = len(self._after_commit)
+        items = dict(self.items)
+        lengths = {key: len(value) for key, value in items.items() if isinstance(value, list)}
+        try:
+            async with savepoint(self.session):
+                yield
+        except BaseException:
+            del self._after_commit[hooks:]
+            self.items = items
+            for key, length in lengths.items():
+                del items[key][length:]
+            raise
+
     async def run_after_commit(self) -> None:
         hooks, self._after_commit = self._after_commit, []
         for hook in hooks:

@@ -1004,3 +1004,142 @@ async def test_overdue_sagas_are_listed_and_counted_until_the_timers_catch_up(
     assert await engine.overdue_counts() == {}
     assert await engine.counts() == {("trip", "CANCELLED"): 2, ("trip", "FAILED"): 1}
     assert engine.saga_types == ["trip"]
+
+
+# -- local steps run inline -----------------------------------------------------------------
+
+
+def stock_saga(trip: Trip, note: Callable[[SagaContext], Any], *, remote_waits: bool = False) -> Saga:
+    """A remote step ("reserve", or "pay" that waits for an event), then a local one ("note")."""
+
+    async def pay(ctx: SagaContext) -> Wait:
+        trip.calls.append("pay")
+        return Wait()
+
+    first = ("pay", pay, None) if remote_waits else ("reserve", trip.book_flight, trip.cancel_flight)
+    return (
+        Saga("stock")
+        .step(first[0], action=first[1], compensate=first[2])
+        .step("note", action=note, local=True)
+    )
+
+
+async def start_stock(engine: SagaEngine, db: Database) -> uuid.UUID:
+    saga_id = uuid.uuid4()
+    async with unit_of_work(db):
+        await engine.start("stock", saga_id)
+    await engine.drain()
+    return saga_id
+
+
+async def noted(db: Database, saga_id: uuid.UUID) -> list[str]:
+    async with unit_of_work(db, write=False) as uow:
+        rows = await uow.session.execute(
+            sa.select(trip_events.c.status).where(trip_events.c.saga_id == saga_id)
+        )
+        return [r[0] for r in rows]
+
+
+def counting_units_of_work(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Every unit of work the engine opens (True: a writing one)."""
+    from shop.bus.saga import engine as engine_module
+
+    opened: list[bool] = []
+    real = engine_module.unit_of_work
+
+    def counting(database: Database, *, write: bool = True) -> Any:
+        opened.append(write)
+        return real(database, write=write)
+
+    monkeypatch.setattr(engine_module, "unit_of_work", counting)
+    return opened
+
+
+async def note_in_transaction(ctx: SagaContext) -> None:
+    assert ctx.uow is not None
+    await ctx.uow.session.execute(
+        trip_events.insert().values(saga_id=ctx.saga_id, step="note", status="noted")
+    )
+
+
+@BOTH
+async def test_a_local_step_commits_with_the_outcome_of_the_remote_step_before_it(
+    new_engine: EngineFactory, db: Database, trip: Trip, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = new_engine(stock_saga(trip, note_in_transaction))
+    opened = counting_units_of_work(monkeypatch)
+    saga_id = await start_stock(engine, db)
+
+    assert (await state(engine, saga_id)).status == "COMPLETED"
+    assert await noted(db, saga_id) == ["noted"]
+    # the claim of "reserve"; then reserve's outcome with all of "note" (was: one more)
+    assert opened == [True, True]
+    assert pairs(await engine.timeline(saga_id)) == [
+        ("stock", "STARTED"),
+        ("reserve", "STARTED"),
+        ("reserve", "DONE"),
+        ("note", "STARTED"),
+        ("note", "DONE"),
+        ("stock", "COMPLETED"),
+    ]
+
+
+@BOTH
+async def test_a_failing_inline_local_step_is_rolled_back_alone_and_recorded_as_on_its_own(
+    new_engine: EngineFactory, db: Database, trip: Trip
+) -> None:
+    attempts: list[int] = []
+
+    async def note_that_refuses(ctx: SagaContext) -> None:
+        attempts.append(ctx.attempt)
+        await note_in_transaction(ctx)  # written, then rolled back with the step
+        raise StepFailed("NOTE_REFUSED", detail="no")
+
+    engine = new_engine(stock_saga(trip, note_that_refuses))
+    saga_id = await start_stock(engine, db)
+
+    final = await state(engine, saga_id)
+    assert final.status == "FAILED"
+    assert final.failure_reason == "NOTE_REFUSED"
+    assert await noted(db, saga_id) == []  # neither try of the step left its write
+    assert trip.calls == ["book_flight", "cancel_flight"]  # reserve compensated, once
+    assert attempts == [1, 1]  # inline (rolled back), then on its own: the same first attempt
+    assert pairs(await engine.timeline(saga_id)) == [
+        ("stock", "STARTED"),
+        ("reserve", "STARTED"),
+        ("reserve", "DONE"),
+        ("note", "STARTED"),
+        ("note", "FAILED"),
+        ("stock", "COMPENSATING"),
+        ("reserve", "COMPENSATING"),
+        ("reserve", "COMPENSATED"),
+        ("stock", "FAILED"),
+    ]
+
+
+@BOTH
+async def test_a_local_step_after_an_awaited_event_runs_in_the_event_handlers_transaction(
+    new_engine: EngineFactory, db: Database, trip: Trip
+) -> None:
+    engine = new_engine(stock_saga(trip, note_in_transaction, remote_waits=True))
+    saga_id = await start_stock(engine, db)
+    assert (await state(engine, saga_id)).status == "WAITING"
+
+    async def handler_that_fails() -> None:
+        async with unit_of_work(db):
+            assert await engine.complete_step(saga_id, "pay")
+            raise RuntimeError("the event handler failed after it")
+
+    with pytest.raises(RuntimeError):
+        await handler_that_fails()
+    assert (await state(engine, saga_id)).status == "WAITING"
+    assert await noted(db, saga_id) == []  # the local step's write went with the handler's
+
+    async with unit_of_work(db) as uow:  # e.g. the event handler with its inbox row
+        assert await engine.complete_step(saga_id, "pay")
+        inside = await uow.session.execute(
+            sa.select(trip_events.c.status).where(trip_events.c.saga_id == saga_id)
+        )
+        assert [r[0] for r in inside] == ["noted"]  # already, in the handler's transaction
+    assert not engine.background_tasks  # nothing left to advance after the commit
+    assert (await state(engine, saga_id)).status == "COMPLETED"

@@ -15,7 +15,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -55,6 +55,7 @@ log = structlog.get_logger("shop.bus.saga")
 
 
 _MOVING = (SagaStatus.RUNNING, SagaStatus.WAITING, SagaStatus.COMPENSATING)
+_ROW_FIELDS = tuple(f.name for f in fields(SagaRow))
 _REMEMBERED_MAX = 10_000
 
 
@@ -358,9 +359,16 @@ class SagaEngine(SagaTimers):
             return await self._save(definition, row, self._retry_later(row, step.name, error))
         if isinstance(result, Wait):
             return await self._save(definition, row, t.waiting(row, step, data, self._now()))
-        return await self._save(
-            definition, row, t.step_done(definition, row, step, data, claim_at=self._now())
-        )
+        change = t.step_done(definition, row, step, data, claim_at=self._now())
+        following = self._local_step_due(definition, row)
+        if following is None:
+            return await self._save(definition, row, change)
+        # the next step is local: its action and outcome commit with this save (one transaction)
+        async with unit_of_work(self.database) as uow:
+            if not await self._write(uow, definition, row, change):
+                return False
+            await self._run_local_inline(uow, definition, row, following, [])
+        return True
 
     async def _run_local_step(self, definition: Saga, row: SagaRow, step: Step, preclaimed: bool) -> bool:
         """A local step: its action and the record of its outcome in one transaction. When
@@ -404,6 +412,49 @@ class SagaEngine(SagaTimers):
             change = self._retry_later(row, step.name, failed)
         change.events[:0] = started
         return await self._save(definition, row, change)
+
+    @staticmethod
+    def _local_step_due(definition: Saga, row: SagaRow) -> Step | None:
+        """The local step ``row`` is to run now, if it is one (RUNNING, no retry wait)."""
+        if row.status != SagaStatus.RUNNING or row.next_attempt_at is not None:
+            return None
+        if row.step_index >= len(definition.steps):
+            return None
+        step = definition.steps[row.step_index]
+        return step if step.local and row.step == step.name else None
+
+    async def _run_local_inline(
+        self, uow: UnitOfWork, definition: Saga, row: SagaRow, step: Step, started: list[Event]
+    ) -> bool:
+        """Run local ``step`` inside ``uow``, right after the save that made it due there: its
+        effect and outcome commit with that save, one transaction fewer. When its action fails
+        (or anything in it does), all of it is rolled back to a savepoint, ``row`` is left as
+        that save left it, and False: the step then runs on its own as usual
+        (`_run_local_step`), which records the failure."""
+        snapshot = row.copy()
+        preclaimed = self._preclaimed.get(row.id)
+        try:
+            async with uow.savepoint():
+                ctx = context_of(row, step.name, uow=uow)
+                log.debug("saga.step_started", saga_id=str(row.id), step=step.name, attempt=ctx.attempt)
+                result = await step.action(ctx)
+                data = merge(ctx.data, result.data if isinstance(result, Wait) else result)
+                if isinstance(result, Wait):
+                    change = t.waiting(row, step, data, self._now())
+                else:
+                    change = t.step_done(definition, row, step, data, claim_at=self._now())
+                change.events[:0] = started
+                if not await self._write(uow, definition, row, change):
+                    raise _RollBack
+        except Exception:
+            for name in _ROW_FIELDS:
+                setattr(row, name, getattr(snapshot, name))
+            if preclaimed is None:
+                self._preclaimed.pop(row.id, None)
+            else:
+                self._preclaimed[row.id] = preclaimed
+            return False
+        return True
 
     async def _undo_next(self, definition: Saga, row: SagaRow) -> bool:
         """Run the pending abort, or the next compensation, or finish."""
@@ -517,6 +568,14 @@ class SagaEngine(SagaTimers):
                 return False
             if row.status == SagaStatus.PARKED:
                 return False
+            following = self._local_step_due(prepared[0], row)
+            if following is not None and not row.meta.get("started"):
+                # a local step comes next (orders' complete after the payment): in this
+                # transaction too; if it fails it runs on its own after the commit, as before
+                started = [Event(following.name, StepStatus.STARTED, f"attempt {row.attempts + 1}")]
+                await self._run_local_inline(uow, prepared[0], row, following, started)
+            if row.status not in _MOVING:
+                return True
 
             async def advance_after_commit() -> None:
                 self._schedule(saga_id)
