@@ -3,7 +3,7 @@ loop, no server and no load generator (what ADR 0025 and 0027 used to split a re
 
 Both apps get the same `GET /{prefix}/products/{id}` as an ASGI call (a scope, an empty body, a
 `send` that keeps the status), on uvloop, one request at a time, interleaved round by round so
-that drift hits both alike. Prints µs per request (median round) and the ratio of requests per
+that drift hits both alike; the heap made at start-up is frozen, as in a server worker. Prints µs per request (median round) and the ratio of requests per
 second (bare µs / shop µs: the figure `catalog_read.py` measures under wrk); `--profile` writes a
 cProfile of the shop's requests (top 25 by tottime to stderr, the listing to bench/results/).
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import os
 import pstats
@@ -117,6 +118,8 @@ async def main_async(args: argparse.Namespace) -> int:
             assert await _get(shop, f"/api/v1/products/{uuid.uuid4()}") == 404
             for app, paths in ((shop, shop_paths), (bare, bare_paths)):
                 await _round(app, paths, 500)
+            gc.collect()
+            gc.freeze()  # as server workers do after start-up (shop.process.freeze_heap_after_start)
             rounds: dict[str, list[float]] = {"shop": [], "bare": []}
             for r in range(args.rounds):
                 order = [("shop", shop, shop_paths), ("bare", bare, bare_paths)]
