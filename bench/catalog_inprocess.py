@@ -3,9 +3,10 @@ loop, no server and no load generator (what ADR 0025 and 0027 used to split a re
 
 Both apps get the same `GET /{prefix}/products/{id}` as an ASGI call (a scope, an empty body, a
 `send` that keeps the status), on uvloop, one request at a time, interleaved round by round so
-that drift hits both alike; the heap made at start-up is frozen, as in a server worker. Prints µs per request (median round) and the ratio of requests per
-second (bare µs / shop µs: the figure `catalog_read.py` measures under wrk); `--profile` writes a
-cProfile of the shop's requests (top 25 by tottime to stderr, the listing to bench/results/).
+that drift hits both alike; the heap made at start-up is frozen, as in a server worker. Prints
+µs per request (median round) and the ratio of requests per second (bare µs / shop µs: what
+`catalog_read.py` measures under wrk, without the server's and wrk's share); `--profile` writes
+a cProfile of the shop's requests (top 25 by tottime to stderr, the listing to bench/results/).
 
     .venv/bin/python bench/catalog_inprocess.py [--rounds 10] [--n 2000] [--log-level INFO] [--profile]
 """
