@@ -569,6 +569,9 @@ def _query_handle(bound: _Bound) -> Callable[[Message], Awaitable[Any]]:
     if not plan.needs_uow:
         if not plan.resolvers:
             return func
+        if plan.static:  # singletons only (the bus, the module's database ...): resolved once
+            fixed = plan.arguments(Scope())
+            return lambda message: func(message, **fixed)
         arguments = plan.arguments
 
         def call(message: Message) -> Awaitable[Any]:

@@ -57,6 +57,7 @@ class Plan:
     resolvers: tuple[tuple[str, Resolver], ...]
     needs_uow: bool
     needs_envelope: bool = False
+    static: bool = False  # every argument is a singleton: the same values for every message
 
     def arguments(self, scope: Scope) -> dict[str, Any]:
         return {name: resolve(scope) for name, resolve in self.resolvers}
@@ -91,6 +92,7 @@ class Injector:
         params = list(inspect.signature(func).parameters.values())[skip:]
         resolvers: list[tuple[str, Resolver]] = []
         needs_uow = needs_envelope = False
+        static = True
         for param in params:
             kind = hints.get(param.name)
             if kind is None:
@@ -100,8 +102,9 @@ class Injector:
             )
             needs_uow = needs_uow or uses_db
             needs_envelope = needs_envelope or uses_envelope
+            static = static and kind not in _SCOPED and kind in self.singletons  # (built by now)
             resolvers.append((param.name, resolve))
-        return Plan(tuple(resolvers), needs_uow, needs_envelope)
+        return Plan(tuple(resolvers), needs_uow, needs_envelope, static)
 
     def _resolver(self, kind: Any, *, where: str, seen: tuple[Any, ...]) -> tuple[Resolver, bool, bool]:
         """The resolver of `kind`, whether it needs a unit of work, whether it needs the envelope."""
