@@ -13,7 +13,8 @@ default pool, like the shop's engine; one `engine.connect()` per request, one `e
 
 With `--db-layer shop` (a diagnostic, not the reference) the route reads through the shop's own
 database layer instead: `shop.db.Database` (its engine, pragmas and BEGIN listener),
-`unit_of_work(write=False)` and `Catalog.get`, exactly what the catalog's GetProduct handler runs,
+`unit_of_work(write=False)` and `Catalog.get`, what the catalog's GetProduct handler ran until ADR 0027
+(it now runs the same prepared SELECT without the unit of work, `shop.db.read`),
 but without the gateway middleware and the bus. It splits the full stack's cost into the database
 layer's share and the HTTP + bus share.
 

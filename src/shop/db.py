@@ -545,3 +545,15 @@ def _converted(
 def _unit_of_work_on(connection: AsyncConnection) -> UnitOfWork | None:
     uow = _current.get()
     return uow if uow is not None and uow.session is connection else None
+
+
+async def read(database: Database, statement: Prepared, params: Mapping[str, Any] | None = None) -> Rows:
+    """One prepared read on its own (ADR 0027): what `unit_of_work(write=False)` around one
+    `statement.execute` gives, without the context manager. On SQLite a read-only unit of work
+    is the readers' shared connection with no transaction, so the statement runs there directly;
+    elsewhere, or with SQL traced, it runs in a read-only unit of work as usual."""
+    if database.is_sqlite and database.driver_sql:
+        reader = UnitOfWork(database, await database.reader(), shared=True, transactional=False)
+        return await statement.execute(reader, params)
+    async with unit_of_work(database, write=False) as uow:
+        return await statement.execute(uow, params)

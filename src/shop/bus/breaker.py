@@ -171,6 +171,9 @@ class _Outcome(enum.Enum):
     IGNORED = enum.auto()
 
 
+_OK = (False, False)
+
+
 class _Window:
     """Count-based window of the last ``size`` outcomes with running totals."""
 
@@ -192,6 +195,10 @@ class _Window:
         self._calls.append((failed, slow))
         self.failed += failed
         self.slow += slow
+
+    def add_ok(self) -> None:
+        """Add a fast success to a window whose calls are all fast successes (no totals move)."""
+        self._calls.append(_OK)
 
     def rates(self, minimum: int) -> tuple[float, float]:
         """Failure and slow-call rates in percent, or ``-1.0`` below ``minimum`` calls."""
@@ -285,6 +292,8 @@ class CircuitBreaker:
 
     def try_acquire(self) -> bool:
         """Ask for permission to make one call; a refusal is counted as not permitted."""
+        if self._state is CircuitState.CLOSED:
+            return True
         state = self.state
         if state is CircuitState.CLOSED:
             return True
@@ -304,6 +313,17 @@ class CircuitBreaker:
 
     def on_success(self, duration: float) -> None:
         """Record a successful call that took ``duration`` seconds."""
+        window = self._window
+        if (
+            self._state is CircuitState.CLOSED
+            and not window.failed
+            and not window.slow
+            and duration < self.config.slow_call_duration
+        ):
+            # A fast success into a CLOSED window holding no failure and no slow call cannot
+            # reach a threshold: append it and skip the evaluation (the hot path of every ask).
+            window.add_ok()
+            return
         self._record(_Outcome.SUCCESS, duration, None)
 
     def on_error(self, duration: float, exc: BaseException) -> None:

@@ -7,20 +7,23 @@ module's database, with the inbox making every effect happen once.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import traceback
 import types
 import typing
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from threading import get_ident
 from typing import Any
 
 import msgspec
 import structlog
 
 from shop.bus import context, inbox
+from shop.bus import middleware as _observe_module
 from shop.bus.breaker import BreakerRegistry, CircuitBreaker, CircuitOpenError
 from shop.bus.errors import (
     AskTimeout,
@@ -43,13 +46,13 @@ from shop.bus.messages import (
     encode,
     new_envelope,
 )
-from shop.bus.middleware import observe
+from shop.bus.middleware import _debug, observe
 from shop.bus.module import HandlerSpec, Module
 from shop.bus.outbox import Relay, Route
 from shop.bus.outbox import write as write_outbox
 from shop.bus.retry import RetryPolicy
 from shop.bus.transports.base import Outcome, Result, Transport
-from shop.bus.transports.inprocess import LocalRequests
+from shop.bus.transports.inprocess import Bulkhead, LocalRequests
 from shop.db import Database, current_unit_of_work, unit_of_work
 from shop.observability import metrics, tracing
 from shop.observability.logcontext import enter_module, leave_module
@@ -121,6 +124,63 @@ class _Bound:
     invoke: Next
 
 
+class _LocalQuery:
+    """A query owned by a local module, asked without an envelope (ADR 0027): its handler, its
+    bulkhead and its metrics cell resolved once; the handler awaited in the asker's task."""
+
+    __slots__ = ("bulkhead", "cells", "consumer", "handle", "module", "observed", "type_name")
+
+    def __init__(
+        self,
+        spec: HandlerSpec,
+        handle: Callable[[Message], Awaitable[Any]],
+        bulkhead: Bulkhead,
+        observed: bool,
+    ) -> None:
+        self.module = spec.module
+        self.consumer = spec.consumer
+        self.type_name = spec.message_type.type_name()
+        self.handle = handle
+        self.bulkhead = bulkhead
+        self.observed = observed  # the default middleware: count, time, log
+        self.cells: dict[int, list[float]] = {}  # the metrics cell of each thread that asks
+
+    def cell(self) -> list[float]:
+        """This thread's `BUS_HANDLERS` cell for the query's consumer and type."""
+        thread = get_ident()
+        cell = self.cells.get(thread)
+        if cell is None:
+            cell = self.cells[thread] = metrics.BUS_HANDLERS.cell(self.consumer, self.type_name)
+        return cell
+
+    def failed(self, exc: Exception) -> HandlerFailed:
+        """What `observe` and `Bus.answer` make of a handler's exception: a warning line in
+        the query's context, the failed counter, the asker's HandlerFailed (or subclass)."""
+        if self.observed:
+            _observe_module.log.warning(
+                "bus.handler_failed",
+                module=self.module,
+                consumer=self.consumer,
+                type=self.type_name,
+                message_id=str(context.current().causation_id),
+                attempt=1,
+                error=repr(exc),
+            )
+        metrics.BUS_FAILED.labels(self.consumer, self.type_name).inc()
+        return _failure_of(exc)(f"{self.consumer}: {exc!r}", error_type=type(exc).__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where `ask` sends one message type: its owner, the breaker of the owner's lane, and the
+    local query path when it can take it. Resolved at the type's first ask."""
+
+    spec: HandlerSpec
+    breaker: CircuitBreaker
+    local: bool
+    query: _LocalQuery | None
+
+
 class Bus:
     """send / ask / publish, and the Host that transports call back into."""
 
@@ -155,6 +215,7 @@ class Bus:
         self._started = False
         self._local_set = frozenset(self.local)
         self._local_requests = LocalRequests(self)
+        self._routes: dict[type[Message], _Route] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -173,6 +234,7 @@ class Bus:
                 self._bound[spec.consumer] = _Bound(
                     spec, plan, self.databases.get(name), self._chain(spec, plan)
                 )
+        self._routes.clear()
 
     def injector_for(self, module: str) -> Injector:
         """The module's injector; its singletons are built once and kept."""
@@ -209,17 +271,93 @@ class Bus:
         """Request/reply to the message's owner through its module's circuit breaker for that
         kind of message (`module:<name>:queries` or `module:<name>:commands`), so a failing
         command path leaves the module's reads up. Only the module's own failures count: a
-        timeout, or a HandlerFailed that is not a DependencyFailed or an InputRefused."""
-        spec = self.router.owner(type(message).type_name())
-        lane = _lane(message)
+        timeout, or a HandlerFailed that is not a DependencyFailed or an InputRefused.
+
+        A query of a local module, with tracing off and the default middleware, takes the lean
+        path (ADR 0027): no envelope, its handler awaited in the asker's task, the timeout
+        armed only if the handler suspends."""
+        route = self._routes.get(type(message))
+        if route is None:
+            route = self._route(type(message))
+        breaker = route.breaker
+        if not breaker.try_acquire():
+            raise breaker.rejection()
+        query = route.query
+        if query is None or tracing.state.tracer is not None or not query.bulkhead.try_enter():
+            return await self._ask(route, message, breaker, timeout)
+        started = time.perf_counter()
+        token = context.enter(context.ask_context(context.current()))
+        module = enter_module(query.module)
+        try:
+            reply = await _run_query(query, message, timeout or self.default_timeout, started)
+            elapsed = time.perf_counter() - started
+            if query.observed:
+                cell = query.cells.get(get_ident())
+                metrics.count(query.cell() if cell is None else cell, elapsed)
+                if _debug.enabled:
+                    _observe_module.log.debug(
+                        "bus.handled",
+                        module=query.module,
+                        consumer=query.consumer,
+                        type=query.type_name,
+                        message_id=str(context.current().causation_id),
+                        duration_ms=round(elapsed * 1000, 3),
+                    )
+        except HandlerFailed as exc:
+            if exc.fault == "module":
+                breaker.on_error(time.perf_counter() - started, exc)
+            else:
+                breaker.release_permission()
+            raise
+        except AskTimeout as exc:  # the query's own timeout (a handler's exceptions are HandlerFailed)
+            breaker.on_error(time.perf_counter() - started, exc)
+            raise
+        except BaseException:  # cancelled by the asker: says nothing about the module
+            breaker.release_permission()
+            raise
+        finally:
+            leave_module(module)
+            context.leave(token)
+            query.bulkhead.leave()
+        breaker.on_success(elapsed)
+        return reply
+
+    def _route(self, kind: type[Message]) -> _Route:
+        spec = self.router.owner(kind.type_name())
+        lane = "queries" if issubclass(kind, Query) else "commands"
         breaker = self._breaker_cache.get(f"{spec.module}:{lane}")
         if breaker is None:
             breaker = self._breaker_cache[f"{spec.module}:{lane}"] = self.breakers.get(
                 f"module:{spec.module}:{lane}"
             )
-        if not breaker.try_acquire():
-            raise breaker.rejection()
         local = spec.module in self._local_set
+        query: _LocalQuery | None = None
+        bound = self._bound.get(spec.consumer)
+        plain_middleware = all(mw is observe for mw in self.middleware) and len(self.middleware) <= 1
+        if (
+            local
+            and lane == "queries"
+            and bound is not None
+            and plain_middleware
+            and not bound.plan.needs_envelope
+            and (bound.database is not None or not bound.plan.needs_uow)
+        ):
+            query = _LocalQuery(
+                spec,
+                _query_handle(bound),
+                self._local_requests.bulkhead(spec.module, True),
+                observed=bool(self.middleware),
+            )
+        route = self._routes[kind] = _Route(spec, breaker, local, query)
+        return route
+
+    async def _ask(
+        self, route: _Route, message: Message, breaker: CircuitBreaker, timeout: float | None
+    ) -> Any:
+        """An ask with an envelope: to another process, or with tracing on, or through
+        middleware the lean path does not know, or waiting for a slot."""
+        spec = route.spec
+        local = route.local
         span: tracing.Span | None = None
         if tracing.state.tracer is None:
             envelope = self._envelope(message, consumer=spec.consumer, encode_body=not local)
@@ -426,9 +564,78 @@ class Bus:
         return invoke
 
 
-def _lane(message: Message) -> str:
-    """The bulkhead a request goes through: reads apart from writes."""
-    return "queries" if isinstance(message, Query) else "commands"
+def _query_handle(bound: _Bound) -> Callable[[Message], Awaitable[Any]]:
+    """The handler of a local query as a one-argument coroutine function (what `_chain`'s `run`
+    does for a query: no inbox; a read-only unit of work if it takes the database)."""
+    func, plan, database = bound.spec.func, bound.plan, bound.database
+    if not plan.needs_uow:
+        if not plan.resolvers:
+            return func
+        if plan.static:  # singletons only (the bus, the module's database ...): resolved once
+            fixed = plan.arguments(Scope())
+            return lambda message: func(message, **fixed)
+        arguments = plan.arguments
+
+        def call(message: Message) -> Awaitable[Any]:
+            return func(message, **arguments(Scope()))
+
+        return call
+    assert database is not None
+
+    async def run(message: Message) -> Any:
+        async with unit_of_work(database, write=False) as uow:
+            return await func(message, **plan.arguments(Scope(uow=uow)))
+
+    return run
+
+
+@types.coroutine
+def _run_query(
+    query: _LocalQuery, message: Message, timeout: float, started: float
+) -> Generator[Any, Any, Any]:
+    """Run a local query's handler in the asker's task (ADR 0027). A handler that answers
+    without suspending (a read on the loop's SQLite connection) arms no timer; one that
+    suspends is cancelled at `started + timeout`, as `LocalRequests` would, and the asker gets
+    AskTimeout. The handler's own exceptions come out as HandlerFailed (`_LocalQuery.failed`)."""
+    coro: Any = query.handle(message)  # a coroutine: driven by hand below
+    try:
+        signal = coro.send(None)
+    except StopIteration as done:
+        return done.value
+    except Exception as exc:
+        raise query.failed(exc) from exc
+    task = asyncio.current_task()
+    assert task is not None
+    fired = False
+
+    def expire() -> None:
+        nonlocal fired
+        fired = True
+        task.cancel()
+
+    remaining = max(0.0, timeout - (time.perf_counter() - started))
+    timer = asyncio.get_running_loop().call_later(remaining, expire)
+    try:
+        while True:  # what `await coro` does, by hand: the coroutine has started already
+            try:
+                value = yield signal
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as thrown:
+                signal = coro.throw(thrown)
+            else:
+                signal = coro.send(value)
+    except StopIteration as done:
+        return done.value
+    except asyncio.CancelledError:
+        if fired and task.uncancel() == 0:
+            raise AskTimeout(f"no reply from {query.module} to {query.type_name} within {timeout}s") from None
+        raise
+    except Exception as exc:
+        raise query.failed(exc) from exc
+    finally:
+        timer.cancel()
 
 
 _INPUT_ERRORS = (ValueError, TypeError, LookupError, msgspec.ValidationError)

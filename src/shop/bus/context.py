@@ -10,6 +10,7 @@ import os
 import random
 import re
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,16 +35,13 @@ class MessageContext:
 _context: ContextVar[MessageContext] = ContextVar("shop_message_context", default=MessageContext())
 
 
-def current() -> MessageContext:
-    return _context.get()
-
-
-def enter(ctx: MessageContext) -> Token[MessageContext]:
-    return _context.set(ctx)
-
-
-def leave(token: Token[MessageContext]) -> None:
-    _context.reset(token)
+# The context variable's own methods (no Python frame around each: these run several times a
+# message and a request).
+current: Callable[[], MessageContext] = _context.get
+"""The current context."""
+enter: Callable[[MessageContext], Token[MessageContext]] = _context.set
+"""Make a context current; `leave` with the token restores the previous one."""
+leave: Callable[[Token[MessageContext]], None] = _context.reset
 
 
 def of_envelope(envelope: Envelope, *, handling: bool) -> MessageContext:
@@ -65,6 +63,94 @@ def of_envelope(envelope: Envelope, *, handling: bool) -> MessageContext:
         traceparent=envelope.traceparent,
         request_id=envelope.request_id or current().request_id,
     )
+
+
+class AskContext(MessageContext):
+    """The context a local query's handler runs in (ADR 0027): what `of_envelope(envelope,
+    handling=True)` gives for the envelope an `ask` made in `parent` -- the parent's
+    correlation id (else the query's own id), the query's id as the cause, a child span of the
+    parent's trace, the parent's request id -- except that the query's id and its span id are
+    made when something first reads them (a log line, a message sent, a nested ask). Most reads
+    log nothing and send nothing: they pay for no uuid and no traceparent.
+
+    Constructed with field values (as `dataclasses.replace` does), it holds those values."""
+
+    __slots__ = ("_message_id", "_parent", "_traceparent")
+    _parent: MessageContext
+    _message_id: uuid.UUID | None
+    _traceparent: str | None
+
+    def __init__(
+        self,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+        traceparent: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        parent = MessageContext(correlation_id=correlation_id, request_id=request_id)
+        object.__setattr__(self, "_parent", parent)
+        object.__setattr__(self, "_message_id", causation_id)
+        object.__setattr__(self, "_traceparent", traceparent)
+
+    @property
+    def causation_id(self) -> uuid.UUID | None:
+        """The query's message id (made on first read)."""
+        try:
+            return self._message_id
+        except AttributeError:
+            mid = new_id()
+            object.__setattr__(self, "_message_id", mid)
+            return mid
+
+    @property
+    def correlation_id(self) -> uuid.UUID | None:
+        correlation = self._parent.correlation_id
+        return self.causation_id if correlation is None else correlation
+
+    @property
+    def traceparent(self) -> str | None:
+        """A fresh span id in the parent's trace (made on first read)."""
+        try:
+            return self._traceparent
+        except AttributeError:
+            value = child_traceparent(self._parent.traceparent)
+            object.__setattr__(self, "_traceparent", value)
+            return value
+
+    @property
+    def request_id(self) -> str | None:
+        return self._parent.request_id
+
+
+_new_ask_context = AskContext.__new__
+_set_parent = AskContext._parent.__set__  # type: ignore[attr-defined]
+
+
+def ask_context(parent: MessageContext) -> AskContext:
+    """The context to handle a query asked in `parent` (see `AskContext`); one allocation."""
+    ctx = _new_ask_context(AskContext)
+    _set_parent(ctx, parent)
+    return ctx
+
+
+_new_uuid = object.__new__
+_set_slot = object.__setattr__
+_V4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
+_V4_SET = (0x8000 << 48) | (4 << 76)
+_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def new_id() -> uuid.UUID:
+    """A version-4 UUID from this module's PRNG, the one trace and span ids come from (seeded
+    from os.urandom, and again in every forked worker): for ids that name a request or a local
+    query in logs and traces (ADR 0027). `uuid.uuid4()` costs a getrandom syscall and
+    `UUID.__init__`'s checks, several µs a request on a VM; this costs a fraction of that.
+    Ids that must stay unguessable or that key idempotency (envelopes' message ids, tokens)
+    keep `uuid.uuid4()`."""
+    value = _new_uuid(uuid.UUID)
+    _set_slot(value, "int", _random.getrandbits(128) & _V4_CLEAR | _V4_SET)
+    _set_slot(value, "is_safe", _UNKNOWN)
+    return value
 
 
 def parse_traceparent(value: str | None) -> tuple[str, str] | None:

@@ -50,10 +50,14 @@ def _require(value: Any, what: str) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """How to build a function's arguments; `needs_uow` when any of them wants the database."""
+    """How to build a function's arguments; `needs_uow` when any of them wants the database,
+    `needs_envelope` when any of them wants the message's envelope (directly or through a
+    provider)."""
 
     resolvers: tuple[tuple[str, Resolver], ...]
     needs_uow: bool
+    needs_envelope: bool = False
+    static: bool = False  # every argument is a singleton: the same values for every message
 
     def arguments(self, scope: Scope) -> dict[str, Any]:
         return {name: resolve(scope) for name, resolve in self.resolvers}
@@ -77,7 +81,7 @@ class Injector:
 
     def resolve(self, kind: type[Any]) -> Any:
         """The value of `kind` outside any message (singletons only)."""
-        resolve, uses_db = self._resolver(kind, where=f"resolve({kind!r})", seen=())
+        resolve, uses_db, _ = self._resolver(kind, where=f"resolve({kind!r})", seen=())
         if uses_db:
             raise InjectionError(f"{kind!r} needs a unit of work; it cannot be resolved at start-up")
         return resolve(Scope())
@@ -87,31 +91,37 @@ class Injector:
         hints = typing.get_type_hints(func)
         params = list(inspect.signature(func).parameters.values())[skip:]
         resolvers: list[tuple[str, Resolver]] = []
-        needs_uow = False
+        needs_uow = needs_envelope = False
+        static = True
         for param in params:
             kind = hints.get(param.name)
             if kind is None:
                 raise InjectionError(f"{func.__qualname__}: parameter {param.name!r} has no type annotation")
-            resolve, uses_db = self._resolver(kind, where=f"{func.__qualname__}({param.name})", seen=())
+            resolve, uses_db, uses_envelope = self._resolver(
+                kind, where=f"{func.__qualname__}({param.name})", seen=()
+            )
             needs_uow = needs_uow or uses_db
+            needs_envelope = needs_envelope or uses_envelope
+            static = static and kind not in _SCOPED and kind in self.singletons  # (built by now)
             resolvers.append((param.name, resolve))
-        return Plan(tuple(resolvers), needs_uow)
+        return Plan(tuple(resolvers), needs_uow, needs_envelope, static)
 
-    def _resolver(self, kind: Any, *, where: str, seen: tuple[Any, ...]) -> tuple[Resolver, bool]:
+    def _resolver(self, kind: Any, *, where: str, seen: tuple[Any, ...]) -> tuple[Resolver, bool, bool]:
+        """The resolver of `kind`, whether it needs a unit of work, whether it needs the envelope."""
         if kind in seen:
             raise InjectionError(f"{where}: dependency cycle through {kind!r}")
         if kind in _SCOPED:
-            return _SCOPED[kind], kind in (AsyncConnection, UnitOfWork)
+            return _SCOPED[kind], kind in (AsyncConnection, UnitOfWork), kind is Envelope
         if kind in self.singletons:
             value = self.singletons[kind]
-            return (lambda _scope: value), False
+            return (lambda _scope: value), False, False
         if kind in self.singleton_factories:
             maker = self.singleton_factories[kind]
             sub = self.plan_factory(maker, kind, seen=(*seen, kind))
             if sub.needs_uow:
                 raise InjectionError(f"{where}: singleton {kind!r} cannot depend on a unit of work")
             built = self.singletons[kind] = maker(**sub.arguments(Scope()))
-            return (lambda _scope: built), False
+            return (lambda _scope: built), False, False
         factory = self.factories.get(kind)
         if factory is None:
             raise InjectionError(f"{where}: nothing provides {getattr(kind, '__name__', kind)!r}")
@@ -122,7 +132,7 @@ class Injector:
                 scope.cache[kind] = factory(**sub.arguments(scope))
             return scope.cache[kind]
 
-        return build, sub.needs_uow
+        return build, sub.needs_uow, sub.needs_envelope
 
     def _provides(self, kind: Any) -> bool:
         return (
@@ -137,14 +147,17 @@ class Injector:
         hints = typing.get_type_hints(target)
         params = [p for p in inspect.signature(factory).parameters.values() if p.name != "self"]
         resolvers: list[tuple[str, Resolver]] = []
-        needs_uow = False
+        needs_uow = needs_envelope = False
         for param in params:
             sub_kind = hints.get(param.name)
             if param.default is not inspect.Parameter.empty and not self._provides(sub_kind):
                 continue  # optional and nothing provides it: let the default stand
             if sub_kind is None:
                 raise InjectionError(f"provider of {kind!r}: parameter {param.name!r} has no annotation")
-            resolve, uses_db = self._resolver(sub_kind, where=f"provider of {kind!r}", seen=seen)
+            resolve, uses_db, uses_envelope = self._resolver(
+                sub_kind, where=f"provider of {kind!r}", seen=seen
+            )
             needs_uow = needs_uow or uses_db
+            needs_envelope = needs_envelope or uses_envelope
             resolvers.append((param.name, resolve))
-        return Plan(tuple(resolvers), needs_uow)
+        return Plan(tuple(resolvers), needs_uow, needs_envelope)

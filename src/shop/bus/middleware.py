@@ -10,23 +10,9 @@ import structlog
 from shop.observability import metrics
 
 if TYPE_CHECKING:
-    from prometheus_client.metrics import Counter, Histogram
-
     from shop.bus.bus import Call, Next
 
 log = structlog.get_logger("shop.bus.handler")
-_children: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
-
-
-def _metrics_for(consumer: str, message_type: str) -> tuple[Histogram, Counter]:
-    key = (consumer, message_type)
-    found = _children.get(key)
-    if found is None:
-        found = _children[key] = (
-            metrics.HANDLER_LATENCY.labels(consumer),
-            metrics.BUS_HANDLED.labels(consumer, message_type),
-        )
-    return found
 
 
 async def observe(call: Call, nxt: Next) -> Any:
@@ -46,9 +32,7 @@ async def observe(call: Call, nxt: Next) -> Any:
         )
         raise
     elapsed = time.perf_counter() - started
-    latency, handled = _metrics_for(call.consumer, call.envelope.type)
-    latency.observe(elapsed)
-    handled.inc()
+    metrics.BUS_HANDLERS.observe(call.consumer, call.envelope.type, elapsed)
     if _debug.enabled:
         log.debug(
             "bus.handled",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -58,7 +57,7 @@ class GatewayMiddleware:
             return
         started = time.perf_counter()
         request_id, incoming, authorization = _read_headers(scope)
-        correlation_id = uuid.uuid4()
+        correlation_id = context.new_id()  # names the request in logs; not a secret (ADR 0027)
         if request_id is None or not _REQUEST_ID.match(request_id):
             request_id = correlation_id.hex  # one random id for both: they name the same request
         parent = incoming if incoming is not None and context.parse_traceparent(incoming) else None

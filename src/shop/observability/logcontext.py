@@ -9,7 +9,7 @@ outside all of those carry the process's own name (`shop`, `gateway`, or the mod
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
@@ -33,12 +33,9 @@ def set_process_module(name: str | None) -> None:
     _process.name = name
 
 
-def enter_module(name: str) -> Token[str | None]:
-    return _module.set(name)
-
-
-def leave_module(token: Token[str | None]) -> None:
-    _module.reset(token)
+enter_module: Callable[[str | None], Token[str | None]] = _module.set
+"""Bind a module for the lines written until `leave_module` with the token."""
+leave_module: Callable[[Token[str | None]], None] = _module.reset
 
 
 @contextmanager

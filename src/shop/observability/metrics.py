@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -17,17 +18,11 @@ if TYPE_CHECKING:
     from shop.bus.breaker import CircuitState
 
 HTTP_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-BUS_HANDLED = Counter("shop_bus_messages_handled_total", "Messages handled", ["consumer", "type"])
 BUS_FAILED = Counter("shop_bus_messages_failed_total", "Handler failures", ["consumer", "type"])
 BUS_RETRIED = Counter("shop_bus_messages_retried_total", "Deliveries scheduled again", ["consumer", "type"])
 BUS_DEAD = Counter("shop_bus_messages_dead_lettered_total", "Messages dead-lettered", ["consumer", "type"])
 BUS_DUPLICATES = Counter("shop_bus_messages_duplicate_total", "Duplicates skipped by the inbox", ["consumer"])
-HANDLER_LATENCY = Histogram(
-    "shop_bus_handler_duration_seconds",
-    "Handler latency",
-    ["consumer"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
-)
+HANDLER_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 OUTBOX_LAG = Histogram(
     "shop_outbox_lag_seconds",
     "Time from an outbox write to its delivery",
@@ -124,6 +119,88 @@ def _bound_text(bound: float) -> str:
 
 HTTP = HttpMetrics()
 REGISTRY.register(HTTP)
+
+
+class BusHandlerMetrics:
+    """`shop_bus_messages_handled_total{consumer,type}` and `shop_bus_handler_duration_seconds
+    {consumer}` (a histogram on HANDLER_LATENCY_BUCKETS), counted in plain lists like
+    `HttpMetrics` (ADR 0027) and built when the registry is collected.
+
+    Handlers run on more than one thread in a `shop serve` process (the HTTP loop's local asks,
+    the Dramatiq loop's deliveries), so each thread counts in cells of its own (one thread never
+    writes another's list) and a scrape adds them up."""
+
+    LABELS: Mapping[str, tuple[str, ...]] = {
+        "shop_bus_messages_handled": ("consumer", "type"),
+        "shop_bus_handler_duration_seconds": ("consumer",),
+    }
+
+    def __init__(self) -> None:
+        # (consumer, type, thread id) -> [count, sum of seconds, count per bucket ..., past the last]
+        self._cells: dict[tuple[str, str, int], list[float]] = {}
+        self._created: dict[tuple[str, ...], float] = {}
+
+    def cell(self, consumer: str, message_type: str) -> list[float]:
+        """The calling thread's cell for (consumer, type): what `count` adds to."""
+        key = (consumer, message_type, threading.get_ident())
+        cell = self._cells.get(key)
+        if cell is None:
+            now = time.time()
+            self._created.setdefault((consumer, message_type), now)
+            self._created.setdefault((consumer,), now)
+            cell = self._cells[key] = [0.0] * (3 + len(HANDLER_LATENCY_BUCKETS))
+        return cell
+
+    def observe(self, consumer: str, message_type: str, seconds: float) -> None:
+        """Count one handled message that took `seconds`."""
+        count(self.cell(consumer, message_type), seconds)
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, HistogramMetricFamily]:
+        handled, latency = "shop_bus_messages_handled", "shop_bus_handler_duration_seconds"
+        return (
+            CounterMetricFamily(handled, "Messages handled", labels=BusHandlerMetrics.LABELS[handled]),
+            HistogramMetricFamily(latency, "Handler latency", labels=BusHandlerMetrics.LABELS[latency]),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        handled, latency = self._families()
+        by_type: dict[tuple[str, str], list[float]] = {}
+        by_consumer: dict[str, list[float]] = {}
+        for (consumer, message_type, _thread), cell in list(self._cells.items()):
+            for total in (
+                by_type.setdefault((consumer, message_type), [0.0] * len(cell)),
+                by_consumer.setdefault(consumer, [0.0] * len(cell)),
+            ):
+                for i, value in enumerate(cell):
+                    total[i] += value
+        for key, total in by_type.items():
+            handled.add_metric(key, total[0], created=self._created[key])
+        for consumer, total in by_consumer.items():
+            cumulative, buckets = 0.0, []
+            for bound, n in zip((*HANDLER_LATENCY_BUCKETS, float("inf")), total[2:], strict=True):
+                cumulative += n
+                buckets.append((_bound_text(bound), cumulative))
+            latency.add_metric((consumer,), buckets, total[1])
+            latency.samples.append(
+                Sample(f"{latency.name}_created", {"consumer": consumer}, self._created[(consumer,)])
+            )
+        yield handled
+        yield latency
+
+
+def count(cell: list[float], seconds: float) -> None:
+    """Add one handled message of `seconds` to a `BusHandlerMetrics` cell."""
+    cell[0] += 1
+    cell[1] += seconds
+    cell[2 + bisect_left(HANDLER_LATENCY_BUCKETS, seconds)] += 1
+
+
+BUS_HANDLERS = BusHandlerMetrics()
+REGISTRY.register(BUS_HANDLERS)
 
 
 def observe_http(method: str, route: str, status: int, seconds: float) -> None:

@@ -600,3 +600,35 @@ def test_default_config_is_valid() -> None:
 
 def test_state_values_are_the_resilience4j_names() -> None:
     assert [state.value for state in CircuitState] == ["CLOSED", "OPEN", "HALF_OPEN"]
+
+
+def test_a_success_after_failures_still_opens_the_breaker_when_it_completes_the_minimum() -> None:
+    """`on_success` skips the evaluation only for a window of fast successes (ADR 0027)."""
+    breaker = CircuitBreaker(
+        "fast-path", BreakerConfig(minimum_number_of_calls=5, sliding_window_size=5), clock=FakeClock()
+    )
+    for _ in range(3):
+        breaker.try_acquire()
+        breaker.on_error(0.01, RuntimeError("down"))
+    for _ in range(2):
+        breaker.try_acquire()
+        breaker.on_success(0.01)
+    assert breaker.state is CircuitState.OPEN  # 3 of 5 failed: 60% >= 50%
+
+
+def test_a_slow_success_still_counts_as_slow() -> None:
+    config = BreakerConfig(
+        minimum_number_of_calls=2,
+        sliding_window_size=2,
+        slow_call_duration=1.0,
+        slow_call_rate_threshold=50.0,
+    )
+    breaker = CircuitBreaker("slow-path", config, clock=FakeClock())
+    breaker.on_success(0.01)
+    breaker.on_success(1.5)
+    assert breaker.state is CircuitState.OPEN
+    fast = CircuitBreaker("fast-only", config, clock=FakeClock())
+    for _ in range(10):
+        fast.on_success(0.01)
+    assert fast.state is CircuitState.CLOSED
+    assert fast.metrics().buffered_calls == 2

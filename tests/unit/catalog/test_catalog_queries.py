@@ -128,3 +128,22 @@ async def test_categories_are_counted_and_paged_by_name(stock: Any) -> None:
         CategoryView(name="tea", product_count=3),
     )
     assert first + rest == everything
+
+
+async def test_get_product_reads_without_a_unit_of_work_what_one_would_read(stock: Any) -> None:
+    """GetProduct is one prepared SELECT outside any unit of work (ADR 0027): it sees a write
+    committed just before, and answers what `Catalog.get` answers inside a read-only one."""
+    from shop.db import current_unit_of_work, unit_of_work
+    from shop.modules.catalog.service import Catalog, read_product
+
+    product_id = await stock.product(stock=7)
+    await stock.ask(AdjustStock(product_id=product_id, delta=5))
+
+    fetched = await stock.ask(GetProduct(product_id=product_id))
+    async with unit_of_work(stock.database, write=False) as uow:
+        expected = await Catalog(uow.session).get(product_id)
+
+    assert fetched == expected == await read_product(stock.database, product_id)
+    assert fetched is not None
+    assert fetched.on_hand == 12
+    assert current_unit_of_work() is None

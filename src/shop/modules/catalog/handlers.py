@@ -34,6 +34,7 @@ from shop.contracts.catalog import (
     StockUnavailable,
     UpdateProduct,
 )
+from shop.db import Database
 from shop.modules.catalog.service import (
     COMMITTED,
     RESTOCKED,
@@ -43,6 +44,7 @@ from shop.modules.catalog.service import (
     Reserved,
     SkuTaken,
     StockLedger,
+    read_product,
 )
 
 handlers = Handlers()
@@ -155,8 +157,9 @@ async def adjust_stock(cmd: AdjustStock, catalog: Catalog) -> ProductView | Reje
 
 
 @handlers.handles(GetProduct)
-async def get_product(query: GetProduct, catalog: Catalog) -> ProductView | None:
-    return await catalog.get(query.product_id)
+async def get_product(query: GetProduct, database: Database) -> ProductView | None:
+    # No unit of work: the hot anonymous read is one SELECT (ADR 0027).
+    return await read_product(database, query.product_id)
 
 
 @handlers.handles(ListProducts)

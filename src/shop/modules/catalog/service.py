@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.clock import as_utc
 from shop.contracts.catalog import CategoryView, Line, PricedLine, ProductPage, ProductView
-from shop.db import Prepared, savepoint
+from shop.db import Database, Prepared, read, savepoint
 from shop.db_tables import InsertIfAbsent
 from shop.modules.catalog.models import products, reservation_lines, reservations
 
@@ -528,3 +528,10 @@ def _outcome(existing: Reservation, order_id: uuid.UUID) -> Reserved | Unavailab
     if existing.status == REJECTED:
         return Unavailable(order, existing.reason or OUT_OF_STOCK, existing.product_ids, replayed=True)
     return Unavailable(order, ALREADY_RELEASED, (), replayed=True)
+
+
+async def read_product(database: Database, product_id: uuid.UUID) -> ProductView | None:
+    """`Catalog.get` on its own, the hot anonymous read (ADR 0027): one prepared SELECT on the
+    readers' connection (`shop.db.read`), with no unit of work around it."""
+    row = (await read(database, _GET, {"b_id": product_id})).first()
+    return None if row is None else _product_of_row(row)
