@@ -419,7 +419,7 @@ async def test_a_message_whose_worker_was_killed_is_redelivered_and_has_its_effe
         await second.said("ready")
         await until(lambda: _eq(count(database, jobs, job="j1"), 1), timeout=20)
         redelivered_after = time.monotonic() - killed_at
-        assert "handling j1" in second.lines
+        await second.said("handling j1", timeout=5)  # its stdout is read by a task of its own
         assert await second.end(signal.SIGTERM) == 0, log.read_text()[-3000:]
         assert "stopped" in second.lines
         assert await count(database, jobs, job="j1") == 1
