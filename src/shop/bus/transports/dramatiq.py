@@ -31,8 +31,8 @@ docs/adr/0007-dramatiq-transport.md and 0028; in short:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any, Final, TypeVar
@@ -116,7 +116,7 @@ class DramatiqTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._actors: dict[str, dramatiq.Actor[Any, Any]] = {}
         self._workers: list[dramatiq.Worker] = []
-        self._in_flight: set[concurrent.futures.Future[Any]] = set()
+        self._in_flight: set[asyncio.Task[Any]] = set()  # handlers running (on the loop)
         self._client: aredis.Redis | None = None  # enqueues and replies
         self._blocking: aredis.Redis | None = None  # asks' BLPOP and BLMPOP: no socket timeout
         self._connections: Connections | None = None  # of `_blocking`, taken without its pool
@@ -215,9 +215,9 @@ class DramatiqTransport:
         messages are enqueued again by the worker thread)."""
         deadline = time.monotonic() + timeout
         while (pending := list(self._in_flight)) and (remaining := deadline - time.monotonic()) > 0:
-            await asyncio.wait([asyncio.wrap_future(f) for f in pending], timeout=remaining)
-        for future in list(self._in_flight):
-            future.cancel()
+            await asyncio.wait(pending, timeout=remaining)
+        for task in list(self._in_flight):
+            task.cancel()
 
     async def _clients(self) -> aredis.Redis:
         """The loop's Redis clients, made on first use on the running loop."""
@@ -322,19 +322,30 @@ class DramatiqTransport:
         return consume
 
     def _on_loop(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """Run a coroutine on the app's loop and wait for it (from a worker thread)."""
-        assert self._loop is not None
-        coroutine = make()
-        try:
-            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        except RuntimeError:  # the loop is closed
-            coroutine.close()
-            raise
-        self._in_flight.add(future)
-        try:
-            return future.result()
-        finally:
-            self._in_flight.discard(future)
+        """Run a coroutine on the app's loop and wait for it (from a worker thread): a task
+        made on the loop, whose end releases a lock the thread waits on (about half the
+        cost of `run_coroutine_threadsafe` and its chained futures, ADR 0028)."""
+        loop = self._loop
+        assert loop is not None
+        done = threading.Lock()
+        done.acquire()
+        tasks: list[asyncio.Task[T]] = []
+
+        def begin() -> None:
+            task = loop.create_task(make())
+            tasks.append(task)
+            self._in_flight.add(task)
+            task.add_done_callback(ended)
+
+        def ended(task: asyncio.Task[T]) -> None:
+            self._in_flight.discard(task)
+            done.release()
+
+        loop.call_soon_threadsafe(begin)  # RuntimeError if the loop is closed
+        while not done.acquire(timeout=1.0):
+            if loop.is_closed():
+                raise RuntimeError("the event loop closed before the handler ran")
+        return tasks[0].result()
 
     def _process(self, queue: str, envelope: Envelope) -> None:
         assert self._host is not None
