@@ -330,6 +330,31 @@ async def test_a_stopped_instance_leaves_the_asks_it_had_not_taken_to_the_next_o
     assert await asyncio.wait_for(asyncio.gather(*waiting), 5) == ["ok"] * 3
 
 
+async def test_an_ask_after_redis_closed_the_askers_idle_connection_goes_through(
+    redis_url: str, transports: Callable[..., DramatiqTransport]
+) -> None:
+    """Asks reuse their connections outside redis-py's pool; one Redis closed while it sat
+    idle (a restart, CLIENT KILL, an idle timeout) must not fail the next ask."""
+    import redis.asyncio as aredis
+
+    server, client = transports(), transports()
+    await server.start(ScriptedHost(), ["echo"])
+    await client.start(ScriptedHost(), [])
+    assert await ask(client, "echo", "int") == 42
+    connections = client._connections
+    assert connections is not None
+    assert len(connections._idle) == 1
+    idle = connections._idle[0]
+    [client_id] = await connections.run(("CLIENT", "ID"))
+    admin = aredis.Redis.from_url(redis_url)
+    try:
+        assert await admin.client_kill_filter(_id=client_id) == 1
+    finally:
+        await admin.aclose()
+    await until(lambda: _true(idle._reader is None or idle._reader.at_eof()), timeout=5)
+    assert await ask(client, "echo", "text") == "ok"
+
+
 def test_the_reply_codec_boxes_like_the_inbox() -> None:
     for value in (None, 0, "", [1, 2], {"k": "v"}, Token(value="v")):
         wire = msgspec.msgpack.encode(reply_of(value))

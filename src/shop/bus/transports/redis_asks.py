@@ -59,8 +59,17 @@ class Connections:
         self._all: set[Connection] = set()
 
     async def take(self) -> Connection:
-        if self._idle:
-            return self._idle.pop()
+        """An idle connection, or a new one; one Redis closed while it sat idle (a restart, a
+        CLIENT KILL, a timeout) is dropped, not used."""
+        while self._idle:
+            connection = self._idle.pop()
+            reader = getattr(connection, "_reader", None)
+            if reader is not None and not reader.at_eof():
+                return connection
+            await self.drop(connection)
+        return await self._fresh()
+
+    async def _fresh(self) -> Connection:
         connection: Connection = self.pool.make_connection()  # type: ignore[no-untyped-call]
         self._all.add(connection)
         try:
@@ -246,7 +255,7 @@ class AskServer:
                     ("BLMPOP", LISTEN_BLOCK_S, 2, key, self.kick_key, "LEFT", "COUNT", taken)
                 )
                 pause = 0.1
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except (redis.RedisError, OSError) as exc:
                 for _ in range(taken):
                     free.release()
                 log.warning("bus.asks.listen_failed", list=key, error=repr(exc), retry_in=pause)
