@@ -297,6 +297,64 @@ async def test_replies_of_every_shape_round_trip(transports: Callable[..., Drama
     assert replies == [42] * 50
 
 
+async def test_an_ask_waiting_while_no_instance_serves_is_answered_by_the_next_one_and_counted_meanwhile(
+    transports: Callable[..., DramatiqTransport],
+) -> None:
+    """Asks wait in Redis, not in a process: one sent while its module has no instance (a
+    restart) is answered by the instance that comes up within the asker's timeout, and the
+    module's depth counts it while it waits."""
+    client = transports()
+    await client.start(ScriptedHost(), [])
+    waiting = asyncio.create_task(ask(client, "echo", "int", timeout=10))
+    await until(lambda: _eq(client.depths(["echo"]), {"echo": 1}), timeout=5)
+    assert not waiting.done()
+    server = transports()
+    await server.start(ScriptedHost(), ["echo"])
+    assert await asyncio.wait_for(waiting, 5) == 42
+    assert await client.depths(["echo"]) == {"echo": 0}
+
+
+async def test_a_stopped_instance_leaves_the_asks_it_had_not_taken_to_the_next_one(
+    transports: Callable[..., DramatiqTransport],
+) -> None:
+    first = transports()
+    await first.start(ScriptedHost(), ["echo"])
+    client = transports()
+    await client.start(ScriptedHost(), [])
+    assert await ask(client, "echo", "int") == 42
+    await first.stop()
+    waiting = [asyncio.create_task(ask(client, "echo", "text", timeout=10)) for _ in range(3)]
+    await until(lambda: _eq(client.depths(["echo"]), {"echo": 3}), timeout=5)
+    second = transports()
+    await second.start(ScriptedHost(), ["echo"])
+    assert await asyncio.wait_for(asyncio.gather(*waiting), 5) == ["ok"] * 3
+
+
+async def test_an_ask_after_redis_closed_the_askers_idle_connection_goes_through(
+    redis_url: str, transports: Callable[..., DramatiqTransport]
+) -> None:
+    """Asks reuse their connections outside redis-py's pool; one Redis closed while it sat
+    idle (a restart, CLIENT KILL, an idle timeout) must not fail the next ask."""
+    import redis.asyncio as aredis
+
+    server, client = transports(), transports()
+    await server.start(ScriptedHost(), ["echo"])
+    await client.start(ScriptedHost(), [])
+    assert await ask(client, "echo", "int") == 42
+    connections = client._connections
+    assert connections is not None
+    assert len(connections._idle) == 1
+    idle = connections._idle[0]
+    [client_id] = await connections.run(("CLIENT", "ID"))
+    admin = aredis.Redis.from_url(redis_url)
+    try:
+        assert await admin.client_kill_filter(_id=client_id) == 1
+    finally:
+        await admin.aclose()
+    await until(lambda: _true(idle._reader is None or idle._reader.at_eof()), timeout=5)
+    assert await ask(client, "echo", "text") == "ok"
+
+
 def test_the_reply_codec_boxes_like_the_inbox() -> None:
     for value in (None, 0, "", [1, 2], {"k": "v"}, Token(value="v")):
         wire = msgspec.msgpack.encode(reply_of(value))
@@ -419,7 +477,7 @@ async def test_a_message_whose_worker_was_killed_is_redelivered_and_has_its_effe
         await second.said("ready")
         await until(lambda: _eq(count(database, jobs, job="j1"), 1), timeout=20)
         redelivered_after = time.monotonic() - killed_at
-        assert "handling j1" in second.lines
+        await second.said("handling j1", timeout=5)  # its stdout is read by a task of its own
         assert await second.end(signal.SIGTERM) == 0, log.read_text()[-3000:]
         assert "stopped" in second.lines
         assert await count(database, jobs, job="j1") == 1

@@ -1,12 +1,13 @@
-"""The Dramatiq/Redis transport: module queues in Redis, consumed by a Dramatiq worker.
+"""The Dramatiq/Redis transport: module queues in Redis, consumed by a Dramatiq worker; asks on
+plain Redis lists beside it.
 
-Two Redis queues per module: `<module>` for commands and events (deliveries) and for asks of
-commands, and `<module>.queries` for asks of queries; one generic actor per queue that takes
-`(kind, envelope_bytes)`, kind being "deliver" (a command or event, at least once) or "request"
-(an `ask` from another process, answered on a per-request reply key). Each kind of queue has its
-own Dramatiq worker (consumer threads and worker threads), so commands saturating a module leave
-its queries threads of their own (the served side's bulkhead, ADR 0020). Decisions and
-measurements are in docs/adr/0007-dramatiq-transport.md; in short:
+Commands and events (deliveries, at least once, retried by the kernel) go to the module's
+Dramatiq queue `<module>`, one generic actor per queue that takes `(kind, envelope_bytes)`.
+Asks (request/reply, between processes) do not go through Dramatiq: the asker pushes the
+request to one of the module's two request lists (commands, queries) and waits for the reply on
+a key of its own, and the served process answers from a listener task per list on its event
+loop (`redis_asks`, ADR 0028). Decisions and measurements are in
+docs/adr/0007-dramatiq-transport.md and 0028; in short:
 
 - The transport owns its broker (`_Broker`, a namespaced `RedisBroker`, in `redis_broker.py`),
   never the global one, with no Dramatiq middleware: the kernel retries, dead-letters and times out itself.
@@ -19,6 +20,9 @@ measurements are in docs/adr/0007-dramatiq-transport.md; in short:
   broker's Lua script and data layout but, when a queue is empty, blocks on a per-queue "wake"
   list that every enqueue pushes to in the same round trip, so an idle consumer answers in
   well under a millisecond and a quiet process costs Redis one fetch per queue per `idle_block`.
+- The served side's bulkhead (ADR 0020): asks of queries and asks of commands wait in separate
+  lists and have separate slots (`query_threads`, `worker_threads`), and deliveries have the
+  Dramatiq worker's threads: a saturated command path leaves the queries theirs.
 - The event loop never blocks on Redis: enqueues from the loop go through `redis.asyncio` and are
   batched per loop iteration into one pipeline; the replies to asks wait in `BLPOP` on a client
   without socket timeout, bounded by an asyncio timeout.
@@ -27,11 +31,9 @@ measurements are in docs/adr/0007-dramatiq-transport.md; in short:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import math
+import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any, Final, TypeVar
 
@@ -41,52 +43,23 @@ import redis
 import redis.asyncio as aredis
 import structlog
 
-from shop.bus.errors import AskTimeout, HandlerFailed, handler_failed
-from shop.bus.messages import Envelope, Message, Reply, decode_body, decode_envelope, decode_reply, encode
+from shop.bus.messages import Envelope, Message, decode_envelope, encode
 from shop.bus.transports.base import Host, Outcome, is_query
+from shop.bus.transports.redis_asks import AskServer, Connections, ask, reply_of, request_list, result_of
 from shop.bus.transports.redis_broker import ENQUEUE_LUA, WAKE_TOKENS, _Broker, actor_name
+
+__all__ = ["DramatiqTransport", "reply_of", "result_of"]
 
 log = structlog.get_logger("shop.bus.dramatiq")
 T = TypeVar("T")
 
 DELIVER: Final = "deliver"
-REQUEST: Final = "request"
 
-#: The suffix of a module's queue of queries (`<module>.queries`).
-QUERIES: Final = ".queries"
 #: How long worker threads wait on Dramatiq's in-memory work queue before checking for stop.
 WORKER_POLL_MS: Final = 100
 #: When handling a delivery failed in a way the kernel did not absorb (the loop is gone, the
 #: dead-letter store is down), the message is enqueued again after this long, same attempt.
 REDELIVER_AFTER_MS: Final = 1000
-
-# -- replies --------------------------------------------------------------------------------
-
-
-def queries_queue(queue: str) -> str:
-    """The queue of a module's queries (asks of Query messages), apart from its commands."""
-    return f"{queue}{QUERIES}"
-
-
-def reply_of(result: Any) -> Reply:
-    """Box a handler's reply as the inbox does (bus._encode_reply): a Message by type name and
-    body, anything else as plain msgpack, None as no body."""
-    if result is None:
-        return Reply()
-    if isinstance(result, Message):
-        return Reply(type=type(result).type_name(), body=encode(result))
-    return Reply(body=encode(result))
-
-
-def result_of(reply: Reply) -> Any:
-    """The asker's side of `reply_of`; a handler error is raised as HandlerFailed."""
-    if reply.error is not None or reply.error_type is not None:
-        raise handler_failed(reply.error or "", error_type=reply.error_type or "Exception", fault=reply.fault)
-    if reply.body is None:
-        return None
-    if reply.type is not None:
-        return decode_body(reply.type, reply.body)
-    return msgspec.msgpack.decode(reply.body)
 
 
 class _Batch:
@@ -143,11 +116,13 @@ class DramatiqTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._actors: dict[str, dramatiq.Actor[Any, Any]] = {}
         self._workers: list[dramatiq.Worker] = []
-        self._in_flight: set[concurrent.futures.Future[Any]] = set()
+        self._in_flight: set[asyncio.Task[Any]] = set()  # handlers running (on the loop)
         self._client: aredis.Redis | None = None  # enqueues and replies
-        self._blocking: aredis.Redis | None = None  # BLPOP on reply keys: no socket timeout
+        self._blocking: aredis.Redis | None = None  # asks' BLPOP and BLMPOP: no socket timeout
+        self._connections: Connections | None = None  # of `_blocking`, taken without its pool
         self._batch: _Batch | None = None
         self._writes: set[asyncio.Task[None]] = set()
+        self._asks: AskServer | None = None
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -161,33 +136,40 @@ class DramatiqTransport:
         await self._clients()
         if not queues:
             return
-        for module in queues:
-            for queue in (module, queries_queue(module)):
-                self._actors[queue] = dramatiq.Actor(
-                    self._consume(queue, module),
-                    broker=self.broker,
-                    actor_name=actor_name(queue),
-                    queue_name=queue,
-                    priority=0,
-                    options={},
-                )
-        # Two workers on one broker, each with its own threads and in-memory work queue: the
-        # commands' and the queries' (their whitelists are disjoint).
-        for names, threads in (
-            (set(queues), self.worker_threads),
-            ({queries_queue(m) for m in queues}, self.query_threads),
-        ):
-            worker = dramatiq.Worker(
-                self.broker, queues=names, worker_threads=threads, worker_timeout=WORKER_POLL_MS
+        client = await self._clients()
+        assert self._connections is not None
+        self._asks = AskServer(
+            namespace=self.namespace,
+            client=client,
+            connections=self._connections,
+            command_slots=self.worker_threads,
+            query_slots=self.query_threads,
+            reply_ttl_s=self.reply_ttl_s,
+        )
+        await self._asks.start(host, queues)
+        for queue in queues:
+            self._actors[queue] = dramatiq.Actor(
+                self._consume(queue),
+                broker=self.broker,
+                actor_name=actor_name(queue),
+                queue_name=queue,
+                priority=0,
+                options={},
             )
-            worker.queue_prefetch = self.prefetch
-            worker.start()
-            self._workers.append(worker)
+        worker = dramatiq.Worker(
+            self.broker, queues=set(queues), worker_threads=self.worker_threads, worker_timeout=WORKER_POLL_MS
+        )
+        worker.queue_prefetch = self.prefetch
+        worker.start()
+        self._workers.append(worker)
 
     async def stop(self) -> None:
         """Finish the messages being handled (up to `shutdown_timeout_s`), put back the ones
         fetched but not started, stop every thread, close every connection."""
         self.broker.stopping = True
+        asks, self._asks = self._asks, None
+        if asks is not None:
+            await asks.stop(self.shutdown_timeout_s)
         workers, self._workers = self._workers, []
         if workers:
             for worker in workers:
@@ -205,13 +187,19 @@ class DramatiqTransport:
             for future in batch.futures:
                 if not future.done():
                     future.set_exception(ConnectionError("transport stopped"))
+        await self._close()
+
+    async def _close(self) -> None:
+        """Close every connection of the transport and of its broker."""
         if self._client is not None:
             with contextlib.suppress(redis.RedisError):
                 await self._client.delete(self.broker.kick_key)
             await self._client.aclose()
+        if self._connections is not None:
+            await self._connections.aclose()
         if self._blocking is not None:
             await self._blocking.aclose()
-        self._client = self._blocking = None
+        self._client = self._blocking = self._connections = None
         self.broker.client.close()
         self.broker.wait_client.close()
 
@@ -227,9 +215,9 @@ class DramatiqTransport:
         messages are enqueued again by the worker thread)."""
         deadline = time.monotonic() + timeout
         while (pending := list(self._in_flight)) and (remaining := deadline - time.monotonic()) > 0:
-            await asyncio.wait([asyncio.wrap_future(f) for f in pending], timeout=remaining)
-        for future in list(self._in_flight):
-            future.cancel()
+            await asyncio.wait(pending, timeout=remaining)
+        for task in list(self._in_flight):
+            task.cancel()
 
     async def _clients(self) -> aredis.Redis:
         """The loop's Redis clients, made on first use on the running loop."""
@@ -239,6 +227,7 @@ class DramatiqTransport:
             self._blocking = aredis.Redis.from_url(
                 self.redis_url, socket_timeout=None, socket_connect_timeout=5
             )
+            self._connections = Connections(self._blocking)
         return self._client
 
     # -- sending ---------------------------------------------------------------------------
@@ -261,39 +250,25 @@ class DramatiqTransport:
     async def request(
         self, queue: str, envelope: Envelope, *, timeout: float, message: Message | None = None
     ) -> Any:
-        """Enqueue the request and wait for its reply in one pipeline: [EVAL enqueue, BLPOP].
-        A query goes to the module's queue of queries, anything else to the module's queue."""
+        """Push the request to the module's list of asks of its kind (a query's or a
+        command's) and wait for the reply, in one round trip (ADR 0028)."""
         await self._clients()
-        assert self._blocking is not None
-        reply_key = f"{self.namespace}:__reply__.{uuid.uuid4().hex}"
-        deadline = time.time() + timeout
-        if envelope.deadline is not None:
-            deadline = min(deadline, envelope.deadline)
+        assert self._connections is not None
         body = envelope.body if envelope.body or message is None else encode(message)
-        wire = msgspec.structs.replace(envelope, body=body, reply_to=reply_key, deadline=deadline)
-        target = queries_queue(queue) if is_query(envelope, message) else queue
-        queue_name, message_id, data = self.broker.wire(target, REQUEST, encode(wire), 0)
-        try:
-            async with asyncio.timeout(timeout):
-                async with self._blocking.pipeline(transaction=False) as pipe:
-                    pipe.eval(
-                        ENQUEUE_LUA, 3, *self.broker.enqueue_keys(queue_name), message_id, data, WAKE_TOKENS
-                    )
-                    # The server-side block outlives ours, so a reply is never popped and lost.
-                    pipe.blpop([reply_key], timeout=math.ceil(timeout) + 1)
-                    _, popped = await pipe.execute()
-        except TimeoutError:
-            raise AskTimeout(f"no reply from {queue} to {envelope.type} within {timeout}s") from None
-        if popped is None:
-            raise AskTimeout(f"no reply from {queue} to {envelope.type} within {timeout}s")
-        raw = popped[1]
-        assert isinstance(raw, bytes)
-        return result_of(decode_reply(raw))
+        return await ask(
+            self._connections,
+            self.namespace,
+            queue,
+            envelope,
+            query=is_query(envelope, message),
+            timeout=timeout,
+            body=body,
+        )
 
     async def depths(self, queues: Collection[str]) -> dict[str, int]:
-        """LLEN of each module's Redis lists, its queue and its queue of queries added (one
-        pipelined round trip; delayed retries and messages a consumer has fetched but not
-        finished are not counted)."""
+        """LLEN of each module's Redis lists, its queue and its two lists of asks added (one
+        pipelined round trip; delayed retries, messages a consumer has fetched but not
+        finished and asks being answered are not counted)."""
         names = sorted(queues)
         if not names:
             return {}
@@ -301,9 +276,10 @@ class DramatiqTransport:
         async with client.pipeline(transaction=False) as pipe:
             for queue in names:
                 pipe.llen(self.broker.enqueue_keys(queue)[1])
-                pipe.llen(self.broker.enqueue_keys(queries_queue(queue))[1])
+                pipe.llen(request_list(self.namespace, queue, False))
+                pipe.llen(request_list(self.namespace, queue, True))
             lengths = await pipe.execute()
-        return {queue: int(lengths[2 * n]) + int(lengths[2 * n + 1]) for n, queue in enumerate(names)}
+        return {queue: sum(int(n) for n in lengths[3 * i : 3 * i + 3]) for i, queue in enumerate(names)}
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, None
@@ -336,34 +312,40 @@ class DramatiqTransport:
 
     # -- consuming (worker threads) ----------------------------------------------------------
 
-    def _consume(self, queue: str, module: str) -> Callable[[str, bytes], None]:
-        """The actor of a Redis queue (`module` or its queue of queries): the host hears of
-        the module, whichever of its queues the message came by."""
+    def _consume(self, queue: str) -> Callable[[str, bytes], None]:
+        """The actor of a module queue."""
 
         def consume(kind: str, data: bytes) -> None:
-            envelope = decode_envelope(data)
-            if kind == REQUEST:
-                self._answer(module, envelope)
-            else:
-                self._process(module, envelope)
+            self._process(queue, decode_envelope(data))
 
         consume.__name__ = consume.__qualname__ = actor_name(queue)
         return consume
 
     def _on_loop(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """Run a coroutine on the app's loop and wait for it (from a worker thread)."""
-        assert self._loop is not None
-        coroutine = make()
-        try:
-            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        except RuntimeError:  # the loop is closed
-            coroutine.close()
-            raise
-        self._in_flight.add(future)
-        try:
-            return future.result()
-        finally:
-            self._in_flight.discard(future)
+        """Run a coroutine on the app's loop and wait for it (from a worker thread): a task
+        made on the loop, whose end releases a lock the thread waits on (about half the
+        cost of `run_coroutine_threadsafe` and its chained futures, ADR 0028)."""
+        loop = self._loop
+        assert loop is not None
+        done = threading.Lock()
+        done.acquire()
+        tasks: list[asyncio.Task[T]] = []
+
+        def begin() -> None:
+            task = loop.create_task(make())
+            tasks.append(task)
+            self._in_flight.add(task)
+            task.add_done_callback(ended)
+
+        def ended(task: asyncio.Task[T]) -> None:
+            self._in_flight.discard(task)
+            done.release()
+
+        loop.call_soon_threadsafe(begin)  # RuntimeError if the loop is closed
+        while not done.acquire(timeout=1.0):
+            if loop.is_closed():
+                raise RuntimeError("the event loop closed before the handler ran")
+        return tasks[0].result()
 
     def _process(self, queue: str, envelope: Envelope) -> None:
         assert self._host is not None
@@ -399,35 +381,3 @@ class DramatiqTransport:
                 log.warning("bus.dramatiq.enqueue_failed", queue=queue, retry_in=pause)
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
-
-    def _answer(self, queue: str, envelope: Envelope) -> None:
-        if envelope.deadline is not None and time.time() >= envelope.deadline:
-            log.info("bus.dramatiq.expired_request", queue=queue, type=envelope.type)
-            return  # the asker has given up (AskTimeout): its outcome is unknown, not run late
-        try:
-            reply = self._on_loop(lambda: self._reply(queue, envelope))
-            if reply is not None and envelope.reply_to is not None:
-                # From this thread with the sync client: measured as fast as pushing from the
-                # loop (ADR 0007), and it keeps that work off the app's loop.
-                pipe = self.broker.client.pipeline(transaction=False)
-                pipe.lpush(envelope.reply_to, encode(reply))
-                pipe.expire(envelope.reply_to, self.reply_ttl_s)
-                pipe.execute()
-        except BaseException as exc:  # cancelled at shutdown, loop closed, Redis away
-            log.warning("bus.dramatiq.reply_failed", queue=queue, type=envelope.type, error=repr(exc))
-
-    async def _reply(self, queue: str, envelope: Envelope) -> Reply | None:
-        """Run the handler on the app's loop within the asker's deadline; None if past it."""
-        assert self._host is not None
-        remaining = None if envelope.deadline is None else max(0.0, envelope.deadline - time.time())
-        try:
-            async with asyncio.timeout(remaining) as scope:
-                return reply_of(await self._host.answer(queue, envelope))
-        except HandlerFailed as exc:
-            return Reply(error=str(exc), error_type=exc.error_type, fault=exc.fault)
-        except TimeoutError as exc:
-            if scope.expired():
-                return None  # the asker has given up
-            return Reply(error=repr(exc), error_type=type(exc).__name__)
-        except Exception as exc:
-            return Reply(error=repr(exc), error_type=type(exc).__name__)

@@ -40,6 +40,18 @@ redis.call("ltrim", KEYS[3], 0, tonumber(ARGV[3]) - 1)
 """
 
 
+#: Acknowledge messages as the dispatch script's "ack" does (forget them from this worker's
+#: set of fetched messages, then their data), many in one command.
+#: KEYS: this worker's acks set of the queue, the queue's messages hash. ARGV: redis message ids.
+ACK_LUA: Final = """
+for i = 1, #ARGV do
+    if redis.call("srem", KEYS[1], ARGV[i]) > 0 then
+        redis.call("hdel", KEYS[2], ARGV[i])
+    end
+end
+"""
+
+
 def actor_name(queue: str) -> str:
     """The generic actor that consumes a module queue."""
     return f"shop_bus.{queue}"
@@ -196,12 +208,46 @@ class _Consumer(_RedisConsumer):
         self.refill = max(1, prefetch // 4)
         self.wake = broker.wake_key(queue_name)
         self.kick = broker.kick_key.encode()
+        self.ack_keys = (
+            f"{broker.namespace}:__acks__.{broker.broker_id}.{queue_name}",
+            f"{broker.namespace}:{queue_name}.msgs",
+        )
+        self._ack_lock = threading.Lock()
+        self._acks: list[str] = []  # acknowledged by a worker thread, not yet in Redis
+        self._acking = False
 
     def ack(self, message: MessageProxy) -> None:
+        """Acknowledge as a group: the worker thread that finds no acknowledgement under way
+        writes its own and every one that arrives meanwhile (one command each round); the
+        others leave theirs to it. One left unwritten (Redis away, a crash) means the message
+        is delivered again, as with any unacknowledged message; the inbox drops the duplicate."""
         try:
-            super().ack(message)  # type: ignore[no-untyped-call]
+            self._ack(message.options["redis_message_id"])
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
         finally:
+            self.queued_message_ids.discard(message.message_id)
             self._release(message.message_id)
+
+    def _ack(self, redis_message_id: str) -> None:
+        with self._ack_lock:
+            self._acks.append(redis_message_id)
+            if self._acking:
+                return
+            self._acking = True
+        while True:
+            with self._ack_lock:
+                ids, self._acks = self._acks, []
+                if not ids:
+                    self._acking = False
+                    return
+            try:
+                self.broker.client.eval(ACK_LUA, 2, *self.ack_keys, *ids)
+            except BaseException:
+                with self._ack_lock:
+                    self._acks[:0] = ids  # for the next acknowledgement, or close()
+                    self._acking = False
+                raise
 
     def nack(self, message: MessageProxy) -> None:
         try:
@@ -283,8 +329,13 @@ class _Consumer(_RedisConsumer):
         return popped is not None and popped[0] != self.kick
 
     def close(self) -> None:
-        """Put back what was fetched but never handed to a worker (Dramatiq leaves it to the
-        heartbeat timeout)."""
+        """Write the acknowledgements left, and put back what was fetched but never handed to
+        a worker (Dramatiq leaves it to the heartbeat timeout)."""
+        with self._ack_lock:
+            ids, self._acks = self._acks, []
+        if ids:
+            with contextlib.suppress(redis.RedisError):
+                self.broker.client.eval(ACK_LUA, 2, *self.ack_keys, *ids)
         cached, self.message_cache = self.message_cache, []
         proxies = []
         for data in cached:
