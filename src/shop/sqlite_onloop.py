@@ -11,8 +11,8 @@ What could block the loop, and why it does not:
   so `BEGIN IMMEDIATE` fails at once with SQLITE_BUSY and `shop.db.unit_of_work` waits for
   the lock with asyncio sleeps (bounded by the busy timeout). Writers of one process queue on
   the database's asyncio lock and never meet SQLITE_BUSY.
-* Readers never wait under WAL. Commits with `synchronous=NORMAL` do not fsync; a checkpoint
-  (every 1000 WAL pages) does, once in a while, in the committing call.
+* Readers never wait under WAL. Commits with `synchronous=NORMAL` do not fsync; checkpoints
+  do, and run in the process's checkpoint thread (`shop.sqlite_checkpoints`), not in a commit.
 See docs/adr/0018-sqlite-on-the-loop-and-fewer-transactions.md for the measurements.
 """
 

@@ -103,7 +103,8 @@ def metric_families() -> dict[str, Family]:
         if isinstance(value, MetricWrapperBase):
             for described in value.describe():
                 found[described.name] = Family(described.name, described.type, tuple(value._labelnames))
-        elif isinstance(value, shop_metrics.HttpMetrics):  # a collector of its own (no lock per request)
+        elif isinstance(value, (shop_metrics.HttpMetrics, shop_metrics.BusHandlerMetrics)):
+            # collectors of their own (no lock per request or message)
             for described in value.describe():
                 found[described.name] = Family(described.name, described.type, value.LABELS[described.name])
     return found
