@@ -151,3 +151,38 @@ async def test_driver_and_sqlalchemy_statements_share_one_transaction_that_commi
     assert not writer.in_transaction()
     raw = await writer.get_raw_connection()
     assert not raw.driver_connection.in_transaction  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_fast_sqlite_datetime_bind_writes_what_sqlalchemys_does(seed: int) -> None:
+    import random
+    from datetime import date, timedelta, timezone
+
+    from sqlalchemy.dialects import sqlite
+
+    from shop.db import _sqlite_datetime
+
+    sqlalchemys = sqlite.DATETIME().bind_processor(sqlite.dialect())  # type: ignore[no-untyped-call]
+    rng = random.Random(seed)
+    zones = [None, UTC, timezone(timedelta(hours=-7, minutes=-30))]
+    values: list[object] = [
+        None,
+        date(2026, 12, 6),
+        datetime(1, 1, 1),
+        datetime(9999, 12, 31, 23, 59, 59, 999999),
+    ]
+    for _ in range(2000):
+        values.append(
+            datetime(
+                rng.randint(1, 9999),
+                rng.randint(1, 12),
+                rng.randint(1, 28),
+                rng.randint(0, 23),
+                rng.randint(0, 59),
+                rng.randint(0, 59),
+                rng.choice([0, rng.randint(0, 999_999)]),
+                tzinfo=rng.choice(zones),
+            )
+        )
+    for value in values:
+        assert _sqlite_datetime(value) == sqlalchemys(value), value
