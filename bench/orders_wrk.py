@@ -125,9 +125,10 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def rss_mb(pgid: int) -> tuple[float, float]:
-    """(largest process, whole group) resident set in MB."""
-    sizes = []
+def rss_mb(pgid: int) -> tuple[float, float, float]:
+    """(largest process, whole group) resident set in MB, and the group's proportional set
+    (PSS: a page shared by the server's master and the worker it forked counted once)."""
+    sizes, pss = [], 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -138,7 +139,10 @@ def rss_mb(pgid: int) -> tuple[float, float]:
             for line in (entry / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     sizes.append(int(line.split()[1]) / 1024)
-    return (max(sizes, default=0.0), sum(sizes))
+            for line in (entry / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1]) / 1024
+    return (max(sizes, default=0.0), sum(sizes), pss)
 
 
 async def phase(
@@ -230,8 +234,11 @@ async def drive(args: argparse.Namespace, port: int, pgid: int, work: Path, floo
         if not args.no_polling:
             busy = await phase("polling", args, client, customers, post_script, poll_script, pgid, floor_ms)
             print(f"-- polling vs quiet: completed orders/s {busy['rate'] / quiet['rate']:.2f}x")
-        largest, total = rss_mb(pgid)
-        print(f"-- RSS of shop run after the run: {largest:.0f} MB (largest process), {total:.0f} MB (all)")
+        largest, total, pss = rss_mb(pgid)
+        print(
+            f"-- RSS of shop run after the run: {largest:.0f} MB (largest process), {total:.0f} MB (all);"
+            f" PSS of all: {pss:.0f} MB"
+        )
 
 
 def create_pg_database(url: str) -> str:

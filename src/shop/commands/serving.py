@@ -7,6 +7,7 @@ server accepts connections, one structured log line, event `shop.listening`, giv
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import threading
@@ -145,6 +146,11 @@ def _granian(settings: Settings, factory: str) -> None:
     from granian.constants import Interfaces, Loops
     from granian.server import Server
 
+    # granian forks its worker: what this process has made so far stays shared with it only as
+    # long as nobody writes those pages, and a cyclic collection in the worker writes every
+    # object it walks (its header). Frozen objects are never walked.
+    gc.collect()
+    gc.freeze()
     Server(
         target=factory,
         factory=True,
