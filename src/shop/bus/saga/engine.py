@@ -196,7 +196,7 @@ class SagaEngine(SagaTimers):
 
     async def _advance_logged(self, saga_id: uuid.UUID) -> None:
         try:
-            await self.advance(saga_id)
+            await self._advance(saga_id)
         except Exception:
             log.exception("saga.advance_failed", saga_id=str(saga_id))
 
@@ -270,6 +270,12 @@ class SagaEngine(SagaTimers):
         changed the saga meanwhile. Must not be awaited inside a unit of work on the saga's
         database (it is scheduled after commit instead).
         """
+        row = await self._advance(saga_id)
+        return row.state() if row is not None else await self.get(saga_id)
+
+    async def _advance(self, saga_id: uuid.UUID) -> SagaRow | None:
+        """`advance` without the state it returns (the background advancing needs none): the
+        row as it stopped, or None when unknown or changed meanwhile by someone else."""
         if self._joined() is not None:
             raise SagaError("advance() must not run inside a unit of work on the saga's database")
         with bound_module(self.database.module):  # timers advance sagas outside any handler
@@ -291,9 +297,7 @@ class SagaEngine(SagaTimers):
                     while row is not None and await self._step_once(row):
                         pass
                 self._preclaimed.pop(saga_id, None)
-                if row is not None and not row.stale:
-                    return row.state()
-            return await self.get(saga_id)
+                return row if row is not None and not row.stale else None
 
     async def _step_once(self, row: SagaRow) -> bool:
         saga_id = row.id
@@ -590,7 +594,7 @@ class SagaEngine(SagaTimers):
             if row.status == SagaStatus.PARKED:
                 return False
         try:
-            await self.advance(saga_id)
+            await self._advance(saga_id)
         except Exception:
             log.exception("saga.advance_failed", saga_id=str(saga_id))
         return True

@@ -168,12 +168,14 @@ class SagaRow:
         )
 
     def copy(self) -> SagaRow:
-        """An independent copy (the data and bookkeeping copied deeply)."""
+        """An independent copy. Its dicts and list are copied one level deep: the engine
+        changes a row only by setting or removing their keys or by replacing them, never inside
+        a value (a step's action gets a deep copy of the data, see `context_of`)."""
         return replace(
             self,
-            data=copy_data(self.data),
-            meta=copy_data(self.meta),
-            trace=copy_data(self.trace),
+            data=dict(self.data),
+            meta=dict(self.meta),
+            trace=dict(self.trace),
             completed=list(self.completed),
         )
 
