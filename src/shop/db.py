@@ -381,17 +381,23 @@ class DatabaseBusy(TimeoutError):
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     sql: str
-    names: tuple[str, ...]  # the parameters, in the order the SQL takes them
-    binds: tuple[Callable[[Any], Any] | None, ...]
     keys: tuple[str, ...]  # the result columns
     converts: tuple[tuple[int, Callable[[Any], Any]], ...]  # (column, result processor)
-    # the parameters in order, taken in one call; then the bind processors by position
+    # the parameters in the order the SQL takes them, taken in one call; then the bind
+    # processors by position
     take: Callable[[Mapping[str, Any]], list[Any]]
     processed: tuple[tuple[int, Callable[[Any], Any]], ...]
     # PostgreSQL: the result columns' types; their processors depend on the driver's column
     # types too, known once asyncpg has prepared the statement (kept per those types' OIDs).
     types: tuple[Any, ...] = ()
     by_oids: dict[tuple[int, ...], tuple[tuple[int, Callable[[Any], Any]], ...]] = field(default_factory=dict)
+
+    def arguments(self, values: Mapping[str, Any]) -> list[Any]:
+        """The driver's parameters for `values` (by name), bind processors applied."""
+        args = self.take(values)
+        for i, process in self.processed:
+            args[i] = process(args[i])
+        return args
 
 
 @dataclass(slots=True)
@@ -449,9 +455,7 @@ class Prepared:
             if result.returns_rows:
                 return Rows(tuple(result.keys()), [tuple(r) for r in result.all()], result.rowcount)
             return Rows((), [], result.rowcount)
-        args = compiled.take(values)
-        for i, process in compiled.processed:
-            args[i] = process(args[i])
+        args = compiled.arguments(values)
         if not uow.database.is_sqlite:  # PostgreSQL: asyncpg's prepared statement
             return await _asyncpg_rows(uow, compiled, args)
         try:  # a plain cursor of the driver's; the results are read at once
@@ -466,21 +470,23 @@ class Prepared:
             rows = [tuple(row) for row in raw]
         return Rows(compiled.keys, rows, cursor.rowcount)
 
-    async def execute_many(self, uow: UnitOfWork, rows: Sequence[Mapping[str, Any]]) -> None:
+    async def execute_many(
+        self, target: UnitOfWork | AsyncConnection, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
         """Run the statement once per row of parameters (all rows with the same names): on
-        SQLite as the driver's ``executemany`` (one call), elsewhere through SQLAlchemy's."""
+        SQLite as the driver's ``executemany`` (one call), elsewhere through SQLAlchemy's (one
+        multi-row statement on a server)."""
         if not rows:
             return
+        uow = target if isinstance(target, UnitOfWork) else _unit_of_work_on(target)
         compiled = None
-        if uow.database.is_sqlite and uow.database.driver_sql:
+        if uow is not None and uow.database.is_sqlite and uow.database.driver_sql:
             compiled = self._compiled(uow.database, tuple(rows[0]))
-        if compiled is None:
-            await uow.session.execute(self.statement, [dict(row) for row in rows])
+        if uow is None or compiled is None:
+            session = target.session if isinstance(target, UnitOfWork) else target
+            await session.execute(self.statement, [dict(row) for row in rows])
             return
-        args = [compiled.take(row) for row in rows]
-        for row_args in args:
-            for i, process in compiled.processed:
-                row_args[i] = process(row_args[i])
+        args = [compiled.arguments(row) for row in rows]
         try:
             uow.driver().executemany(compiled.sql, args)
         except sqlite3.Error as exc:
@@ -519,8 +525,6 @@ class Prepared:
             binds = tuple(processors.get(name) for name in names)
             found = _Compiled(
                 sql=sql,
-                names=names,
-                binds=binds,
                 take=_taker(names),
                 processed=tuple((i, bind) for i, bind in enumerate(binds) if bind is not None),
                 keys=tuple(c.keyname for c in columns),

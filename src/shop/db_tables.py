@@ -42,9 +42,8 @@ async def keyset_rows(
 
 
 async def mark_cancelled(session: AsyncConnection, table: sa.Table, order_id: uuid.UUID, reason: str) -> None:
-    """Remember that the order was cancelled (idempotent: a second mark, even a racing one, is a no-op)."""
-    if await is_marked_cancelled(session, table, order_id):
-        return
+    """Remember that the order was cancelled (idempotent: a second mark, even a racing one, is a
+    no-op, left out by the insert itself)."""
     mark = _MARK.get(table)
     if mark is None:
         mark = _MARK[table] = InsertIfAbsent(table)

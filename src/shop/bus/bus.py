@@ -23,7 +23,6 @@ import msgspec
 import structlog
 
 from shop.bus import context, inbox
-from shop.bus import middleware as _observe_module
 from shop.bus.breaker import BreakerRegistry, CircuitBreaker, CircuitOpenError
 from shop.bus.errors import (
     AskTimeout,
@@ -46,13 +45,13 @@ from shop.bus.messages import (
     encode,
     new_envelope,
 )
-from shop.bus.middleware import _debug, observe
+from shop.bus.middleware import _debug, log_failed, log_handled, observe
 from shop.bus.module import HandlerSpec, Module
 from shop.bus.outbox import Relay, Route
 from shop.bus.outbox import write as write_outbox
 from shop.bus.retry import RetryPolicy
 from shop.bus.transports.base import Outcome, Result, Transport
-from shop.bus.transports.inprocess import Bulkhead, LocalRequests
+from shop.bus.transports.inprocess import Bulkhead, Deadline, LocalRequests
 from shop.db import Database, current_unit_of_work, unit_of_work
 from shop.observability import metrics, tracing
 from shop.observability.logcontext import enter_module, leave_module
@@ -157,15 +156,7 @@ class _LocalQuery:
         """What `observe` and `Bus.answer` make of a handler's exception: a warning line in
         the query's context, the failed counter, the asker's HandlerFailed (or subclass)."""
         if self.observed:
-            _observe_module.log.warning(
-                "bus.handler_failed",
-                module=self.module,
-                consumer=self.consumer,
-                type=self.type_name,
-                message_id=str(context.current().causation_id),
-                attempt=1,
-                error=repr(exc),
-            )
+            log_failed(self.module, self.consumer, self.type_name, context.current().causation_id, 1, exc)
         metrics.BUS_FAILED.labels(self.consumer, self.type_name).inc()
         return _failure_of(exc)(f"{self.consumer}: {exc!r}", error_type=type(exc).__name__)
 
@@ -295,13 +286,8 @@ class Bus:
                 cell = query.cells.get(get_ident())
                 metrics.count(query.cell() if cell is None else cell, elapsed)
                 if _debug.enabled:
-                    _observe_module.log.debug(
-                        "bus.handled",
-                        module=query.module,
-                        consumer=query.consumer,
-                        type=query.type_name,
-                        message_id=str(context.current().causation_id),
-                        duration_ms=round(elapsed * 1000, 3),
+                    log_handled(
+                        query.module, query.consumer, query.type_name, context.current().causation_id, elapsed
                     )
         except HandlerFailed as exc:
             if exc.fault == "module":
@@ -604,17 +590,7 @@ def _run_query(
         return done.value
     except Exception as exc:
         raise query.failed(exc) from exc
-    task = asyncio.current_task()
-    assert task is not None
-    fired = False
-
-    def expire() -> None:
-        nonlocal fired
-        fired = True
-        task.cancel()
-
-    remaining = max(0.0, timeout - (time.perf_counter() - started))
-    timer = asyncio.get_running_loop().call_later(remaining, expire)
+    deadline = Deadline(max(0.0, timeout - (time.perf_counter() - started)))
     try:
         while True:  # what `await coro` does, by hand: the coroutine has started already
             try:
@@ -629,13 +605,13 @@ def _run_query(
     except StopIteration as done:
         return done.value
     except asyncio.CancelledError:
-        if fired and task.uncancel() == 0:
+        if deadline.expired():
             raise AskTimeout(f"no reply from {query.module} to {query.type_name} within {timeout}s") from None
         raise
     except Exception as exc:
         raise query.failed(exc) from exc
     finally:
-        timer.cancel()
+        deadline.cancel()
 
 
 _INPUT_ERRORS = (ValueError, TypeError, LookupError, msgspec.ValidationError)

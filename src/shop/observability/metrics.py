@@ -100,11 +100,7 @@ class HttpMetrics:
             for i, value in enumerate(cell):
                 total[i] += value
         for (method, route), total in routes.items():
-            cumulative, buckets = 0.0, []
-            for bound, count in zip((*HTTP_LATENCY_BUCKETS, float("inf")), total[2:], strict=True):
-                cumulative += count
-                buckets.append((_bound_text(bound), cumulative))
-            latency.add_metric((method, route), buckets, total[1])
+            latency.add_metric((method, route), _cumulative(HTTP_LATENCY_BUCKETS, total), total[1])
             created = self._created[(method, route)]
             latency.samples.append(
                 Sample(f"{latency.name}_created", {"method": method, "route": route}, created)
@@ -113,8 +109,14 @@ class HttpMetrics:
         yield latency
 
 
-def _bound_text(bound: float) -> str:
-    return "+Inf" if bound == float("inf") else repr(bound)
+def _cumulative(bounds: tuple[float, ...], cell: list[float]) -> list[tuple[str, float]]:
+    """A histogram's buckets (`le`, cumulative count) from a cell's counts per bucket
+    (`cell[2:]`, the last one past the last bound)."""
+    cumulative, buckets = 0.0, []
+    for bound, n in zip((*bounds, float("inf")), cell[2:], strict=True):
+        cumulative += n
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    return buckets
 
 
 HTTP = HttpMetrics()
@@ -180,11 +182,7 @@ class BusHandlerMetrics:
         for key, total in by_type.items():
             handled.add_metric(key, total[0], created=self._created[key])
         for consumer, total in by_consumer.items():
-            cumulative, buckets = 0.0, []
-            for bound, n in zip((*HANDLER_LATENCY_BUCKETS, float("inf")), total[2:], strict=True):
-                cumulative += n
-                buckets.append((_bound_text(bound), cumulative))
-            latency.add_metric((consumer,), buckets, total[1])
+            latency.add_metric((consumer,), _cumulative(HANDLER_LATENCY_BUCKETS, total), total[1])
             latency.samples.append(
                 Sample(f"{latency.name}_created", {"consumer": consumer}, self._created[(consumer,)])
             )

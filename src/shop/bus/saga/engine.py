@@ -29,10 +29,6 @@ from shop.bus.saga.checks import check_final_status, check_reason, utcnow
 from shop.bus.saga.definition import Action, Clock, Saga, SagaContext, Step, Wait, resolve_deadline
 from shop.bus.saga.errors import NoUnitOfWorkForSaga, SagaError, StepFailed, UnknownSaga
 from shop.bus.saga.state import (
-    DONE_KEY,
-    META_KEY,
-    TRACE_KEY,
-    VERSION_KEY,
     Change,
     Event,
     Finish,
@@ -378,7 +374,7 @@ class SagaEngine(SagaTimers):
         """A local step: its action and the record of its outcome in one transaction. When
         the action fails, its transaction is rolled back (its effect with it) and the failure
         is recorded as for any step."""
-        started = [] if preclaimed else [Event(step.name, StepStatus.STARTED, f"attempt {row.attempts + 1}")]
+        started = [] if preclaimed else [t.started(row, step)]
         failed: Exception | None = None
         try:
             async with unit_of_work(self.database) as uow:
@@ -520,34 +516,23 @@ class SagaEngine(SagaTimers):
         if definition.deadline is not None:
             ctx = SagaContext(saga_id, definition.name, first, copy_data(initial))
             deadline = now + resolve_deadline(definition.deadline, ctx)
-        trace = trace_of(context.current())
-        meta: dict[str, Any] = {VERSION_KEY: definition.version, DONE_KEY: []}
-        if trace:
-            meta[TRACE_KEY] = trace
-        stored = {**initial, META_KEY: meta}
-        inserted = await store.insert(
-            uow.session,
+        row = SagaRow.new(
             saga_id,
             definition.name,
             first,
-            stored,
+            copy_data(initial),  # its own data, JSON-shaped as a load would give it
+            definition.version,
+            trace_of(context.current()),
             deadline,
             now,
-            SagaStatus.RUNNING,
-            StepStatus.STARTED,
         )
-        if not inserted:
+        if not await store.insert(uow.session, row, StepStatus.STARTED):
             existing = await store.load(self.database, saga_id, uow.session)
             if existing is not None and existing.type != definition.name:
                 raise SagaError(f"saga {saga_id} already exists as a {existing.type!r}")
             log.info("saga.already_started", saga_id=str(saga_id), type=definition.name)
             return
-        self._remember(
-            uow,
-            SagaRow.new(
-                saga_id, definition.name, first, copy_data(initial), definition.version, trace, deadline, now
-            ),
-        )
+        self._remember(uow, row)
 
         async def advance_after_commit() -> None:
             self._schedule(saga_id)
@@ -576,8 +561,7 @@ class SagaEngine(SagaTimers):
             if following is not None and not row.meta.get("started"):
                 # a local step comes next (orders' complete after the payment): in this
                 # transaction too; if it fails it runs on its own after the commit, as before
-                started = [Event(following.name, StepStatus.STARTED, f"attempt {row.attempts + 1}")]
-                await self._run_local_inline(uow, prepared[0], row, following, started)
+                await self._run_local_inline(uow, prepared[0], row, following, [t.started(row, following)])
             if row.status not in _MOVING:
                 return True
 

@@ -145,7 +145,7 @@ class SagaRow:
         deadline: datetime | None,
         now: datetime,
     ) -> SagaRow:
-        """A new saga's row, RUNNING its first step, as :func:`store.insert` stores it."""
+        """A new saga's row, RUNNING its first step (what `store.insert` stores)."""
         return cls(
             id=saga_id,
             type=saga_type,

@@ -66,21 +66,7 @@ async def write(uow: UnitOfWork, definition: Saga, row: SagaRow, change: Change,
             row.data.pop(key, None)
     result = await _SAVE.execute(
         uow,
-        {
-            "b_id": row.id,
-            "b_version": expected,
-            "status": row.status,
-            "step": row.step,
-            "step_index": row.step_index,
-            "data": row.stored_data(),
-            "failure_reason": row.failure_reason,
-            "step_deadline": row.step_deadline,
-            "deadline": row.deadline,
-            "attempts": row.attempts,
-            "next_attempt_at": row.next_attempt_at,
-            "version": expected + 1,
-            "updated_at": now,
-        },
+        {"b_id": row.id, "b_version": expected, **_state(row), "version": expected + 1, "updated_at": now},
     )
     if result.rowcount != 1:
         log.info("saga.concurrent_change", saga_id=str(row.id), version=expected)
@@ -120,47 +106,40 @@ async def _timeline(uow: UnitOfWork, saga_id: uuid.UUID, change: Change, now: da
     ]
     if len(lines) == 1:
         await _STEP.execute(uow, lines[0])
-    elif uow.database.is_sqlite:  # the driver's executemany: one call for them all
+    else:  # one call (SQLite's executemany) or one statement (a server) for them all
         await _STEP.execute_many(uow, lines)
-    elif lines:  # one statement for them all: one round trip to a server
-        await uow.session.execute(saga_steps.insert(), lines)
 
 
-async def insert(
-    session: AsyncConnection,
-    saga_id: uuid.UUID,
-    saga_type: str,
-    first_step: str,
-    data: dict[str, Any],
-    deadline: datetime | None,
-    now: datetime,
-    status: str,
-    started: str,
-) -> bool:
-    """A new saga's row and its first timeline line; False (and nothing written) when a saga
-    with that id exists already."""
-    inserted = await _INSERT.execute(
-        session,
-        {
-            "id": saga_id,
-            "type": saga_type,
-            "status": status,
-            "step": first_step,
-            "step_index": 0,
-            "data": data,
-            "failure_reason": None,
-            "step_deadline": None,
-            "deadline": deadline,
-            "attempts": 0,
-            "next_attempt_at": None,
-            "version": 0,
-            "created_at": now,
-            "updated_at": now,
-        },
-    )
-    if not inserted:
+def _state(row: SagaRow) -> dict[str, Any]:
+    """The columns of ``row`` that a save writes (besides its version and time)."""
+    return {
+        "status": row.status,
+        "step": row.step,
+        "step_index": row.step_index,
+        "data": row.stored_data(),
+        "failure_reason": row.failure_reason,
+        "step_deadline": row.step_deadline,
+        "deadline": row.deadline,
+        "attempts": row.attempts,
+        "next_attempt_at": row.next_attempt_at,
+    }
+
+
+async def insert(session: AsyncConnection, row: SagaRow, started: str) -> bool:
+    """A new saga's row (see `SagaRow.new`) and its first timeline line; False (and nothing
+    written) when a saga with that id exists already."""
+    values = {
+        "id": row.id,
+        "type": row.type,
+        **_state(row),
+        "version": row.version,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+    if not await _INSERT.execute(session, values):
         return False
     await _STEP.execute(
-        session, {"saga_id": saga_id, "step": saga_type, "status": started, "detail": None, "at": now}
+        session,
+        {"saga_id": row.id, "step": row.type, "status": started, "detail": None, "at": row.created_at},
     )
     return True

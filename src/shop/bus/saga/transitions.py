@@ -147,7 +147,12 @@ def claim_step(row: SagaRow, step: Step, now: datetime) -> Change:
         if step.deadline is not None:
             row.step_deadline = now + resolve_deadline(step.deadline, context_of(row, step.name))
     row.next_attempt_at = None
-    return Change([Event(step.name, StepStatus.STARTED, f"attempt {row.attempts + 1}")])
+    return Change([started(row, step)])
+
+
+def started(row: SagaRow, step: Step) -> Event:
+    """The timeline line of ``step``'s next attempt starting."""
+    return Event(step.name, StepStatus.STARTED, f"attempt {row.attempts + 1}")
 
 
 def step_failed(

@@ -115,7 +115,7 @@ class DramatiqTransport:
         self._host: Host | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._actors: dict[str, dramatiq.Actor[Any, Any]] = {}
-        self._workers: list[dramatiq.Worker] = []
+        self._worker: dramatiq.Worker | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()  # handlers running (on the loop)
         self._client: aredis.Redis | None = None  # enqueues and replies
         self._blocking: aredis.Redis | None = None  # asks' BLPOP and BLMPOP: no socket timeout
@@ -161,7 +161,7 @@ class DramatiqTransport:
         )
         worker.queue_prefetch = self.prefetch
         worker.start()
-        self._workers.append(worker)
+        self._worker = worker
 
     async def stop(self) -> None:
         """Finish the messages being handled (up to `shutdown_timeout_s`), put back the ones
@@ -170,16 +170,14 @@ class DramatiqTransport:
         asks, self._asks = self._asks, None
         if asks is not None:
             await asks.stop(self.shutdown_timeout_s)
-        workers, self._workers = self._workers, []
-        if workers:
-            for worker in workers:
-                for thread in worker.workers:
-                    thread.stop()  # take no new message after the current one
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            for thread in worker.workers:
+                thread.stop()  # take no new message after the current one
             with contextlib.suppress(redis.RedisError):
-                await self._kick(sum(len(worker.consumers) for worker in workers))
+                await self._kick(len(worker.consumers))
             await self._drain(self.shutdown_timeout_s)
-            for worker in workers:
-                await asyncio.to_thread(worker.stop, timeout=int(self.shutdown_timeout_s * 1000) + 5_000)
+            await asyncio.to_thread(worker.stop, timeout=int(self.shutdown_timeout_s * 1000) + 5_000)
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
         batch, self._batch = self._batch, None

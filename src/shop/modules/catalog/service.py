@@ -420,9 +420,9 @@ class StockLedger:
                 )
         if failed:
             raise _LinesUnavailable(failed)
-        for line in priced.values():
-            await _INSERT_LINE.execute(
-                self.session,
+        await _INSERT_LINE.execute_many(
+            self.session,
+            [
                 {
                     "reservation_id": reservation_id,
                     "product_id": line.product_id,
@@ -431,8 +431,10 @@ class StockLedger:
                     "unit_price": line.unit_price,
                     "currency": line.currency,
                     "name": line.name,
-                },
-            )
+                }
+                for line in priced.values()
+            ],
+        )
         return priced
 
     async def _reject(

@@ -89,9 +89,8 @@ class DeliveryDesk:
     # -- shipping instructions --------------------------------------------------------------
 
     async def remember(self, order_id: uuid.UUID, customer_id: uuid.UUID, address: AddressSnapshot) -> None:
-        """Keep where the order ships to (the first instruction for an order wins)."""
-        if await self.instruction(order_id) is not None:
-            return
+        """Keep where the order ships to (the first instruction for an order wins: a later one
+        is left out by the insert itself)."""
         values = {name: getattr(address, name) for name in _ADDRESS_FIELDS}
         await _REMEMBER.execute(
             self.session,
