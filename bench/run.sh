@@ -10,6 +10,11 @@
 #   bench/run.sh orders     only orders per second through HTTP and the saga latency
 #   bench/run.sh orders-split  the same against the split deployment (Redis db 11 on 127.0.0.1:6379,
 #                           the modules as services, the gateway); not part of `all`
+#   bench/run.sh statements  the shop's own statements replayed with stdlib sqlite3 vs the floor
+#                           (what the storage design costs before any Python); not part of `all`
+#   bench/run.sh orders-ab --a DIR  orders-wrk's quiet phase for two source trees in alternating
+#                           rounds, with medians and B / A (a change smaller than the machine's
+#                           10-15% run-to-run noise shows only this way); not part of `all`
 # Extra arguments after the name go to that script, e.g. `bench/run.sh http --duration 4`.
 set -uo pipefail
 
@@ -90,10 +95,22 @@ if [[ "$what" == orders-split ]]; then
     "$PY" bench/orders.py --split "$@" || status=1
     echo "   load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 fi
+if [[ "$what" == statements ]]; then
+    header "the shop's statements of an order, replayed with stdlib sqlite3, vs the floor (bench/statements_replay.py)"
+    "$PY" bench/statements_replay.py "$@" || status=1
+fi
+if [[ "$what" == orders-ab ]]; then
+    header "orders posted by wrk, two source trees in alternating rounds (bench/orders_ab.py)"
+    if ensure_wrk; then
+        "$PY" bench/orders_ab.py "$@" || status=1
+    else
+        status=1
+    fi
+fi
 case "$what" in
-    all | ask | http | catalog | orders | orders-wrk | orders-pg | orders-split) ;;
+    all | ask | http | catalog | orders | orders-wrk | orders-pg | orders-split | orders-ab | statements) ;;
     *)
-        echo "usage: bench/run.sh [all|ask|http|catalog|orders|orders-wrk|orders-pg|orders-split] [args]" >&2
+        echo "usage: bench/run.sh [all|ask|http|catalog|orders|orders-wrk|orders-pg|orders-split|orders-ab|statements] [args]" >&2
         exit 2
         ;;
 esac
