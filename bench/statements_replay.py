@@ -182,8 +182,12 @@ async def record(data_dir: Path, orders: int) -> tuple[list[Op], int, float]:
     return recorder.ops, start, cpu / orders * 1e3
 
 
-def replay(ops: list[Op], start: int, orders: int) -> tuple[float, int]:
-    """(CPU ms per order of the timed ops replayed, statements that failed in the replay)."""
+def replay(
+    ops: list[Op], start: int, orders: int, by_kind: dict[tuple[str, str], float] | None = None
+) -> tuple[float, int]:
+    """(CPU ms per order of the timed ops replayed, statements that failed in the replay).
+    With `by_kind`, each call is timed on its own too (wall µs per order, by file and first
+    word of its SQL), which slows the replay a little: its total is not the one returned."""
     with tempfile.TemporaryDirectory(prefix="shop-replay-") as tmp:
         env = {**os.environ, "SHOP_DATA_DIR": tmp}
         subprocess.run(
@@ -198,6 +202,7 @@ def replay(ops: list[Op], start: int, orders: int) -> tuple[float, int]:
                 if conn is None:
                     path = ":memory:" if name == ":memory:" else str(Path(tmp) / name)
                     conn = conns[name] = sqlite3.connect(path, isolation_level=None)
+                began = time.perf_counter() if timing else 0.0
                 try:
                     if kind == "m":
                         conn.executemany(sql, params)
@@ -205,9 +210,14 @@ def replay(ops: list[Op], start: int, orders: int) -> tuple[float, int]:
                         conn.execute(sql, params).fetchall()
                 except sqlite3.Error:
                     failed += 1
+                if timing and by_kind is not None:
+                    key = (name, ("executemany " if kind == "m" else "") + sql.split(None, 1)[0].upper())
+                    by_kind[key] = by_kind.get(key, 0.0) + (time.perf_counter() - began) * 1e6 / orders
             return failed
 
+        timing = False
         run(ops[:start])  # the setup (its migrations' statements fail: already migrated)
+        timing = by_kind is not None
         cpu = time.process_time()
         failed = run(ops[start:])
         cpu = time.process_time() - cpu
@@ -232,6 +242,8 @@ def main() -> int:
         f" and {commits / args.orders:.1f} commits an order"
     )
     runs = [replay(ops, start, args.orders) for _ in range(args.replays)]
+    by_kind: dict[tuple[str, str], float] = {}
+    replay(ops, start, args.orders, by_kind)
     replay_ms = statistics.median(r[0] for r in runs)
     floor_ms, _ = floor_orders.floor(3000)
     print(f"   floor      {floor_ms:.3f} ms CPU an order (bench/floor_orders.py, median of 5 rounds)")
@@ -243,6 +255,9 @@ def main() -> int:
         f"   shop       {shop_ms:.3f} ms CPU an order = {shop_ms / floor_ms:.2f}x the floor"
         " (in-process: the httpx client's share included)"
     )
+    print("   where the replay's time goes (wall µs an order, each call timed on its own):")
+    for (name, kind), us in sorted(by_kind.items(), key=lambda item: -item[1])[:15]:
+        print(f"     {us:7.1f}  {name:<12} {kind}")
     return 0
 
 
