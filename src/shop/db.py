@@ -272,42 +272,68 @@ def current_unit_of_work() -> UnitOfWork | None:
     return _current.get()
 
 
-@asynccontextmanager
-async def unit_of_work(database: Database, *, write: bool = True) -> AsyncIterator[UnitOfWork]:
-    """Open a transaction; commit on success, roll back on error; then run after-commit hooks.
+def unit_of_work(database: Database, *, write: bool = True) -> UnitOfWorkScope:
+    """Open a transaction; commit on success, roll back on error; then run after-commit hooks
+    (`async with unit_of_work(database) as uow:`).
 
     On SQLite a writing unit of work takes this process's write lock, then SQLite's at BEGIN
     (IMMEDIATE); another process holding SQLite's is waited for with asyncio sleeps, never in
     the driver. A read-only one (`write=False`) begins deferred and never blocks writers (WAL).
     """
-    lock = database.write_lock if write else None
-    deadline = asyncio.get_running_loop().time() + SQLITE_BUSY_TIMEOUT_MS / 1000
-    if lock is not None:
-        if lock.locked() or getattr(lock, "_waiters", None):  # queue, bounded by the timeout
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await lock.acquire()
-            except TimeoutError:
-                raise DatabaseBusy(f"{database.module}: no write slot within the busy timeout") from None
-        else:  # free and nobody queued: taken at once, no timer to arm
-            await lock.acquire()
-    try:
-        uow = await _begin(database, write, deadline)
-        token = _current.set(uow)
+    return UnitOfWorkScope(database, write)
+
+
+class UnitOfWorkScope:
+    """What `unit_of_work` returns: an async context manager written out as a class (a
+    generator-based one costs a generator, its wrapper and two resumptions a unit of work;
+    ~14 of them an order, see bench/db_layer.py)."""
+
+    __slots__ = ("_lock", "_token", "_uow", "database", "write")
+
+    def __init__(self, database: Database, write: bool) -> None:
+        self.database = database
+        self.write = write
+
+    async def __aenter__(self) -> UnitOfWork:
+        database = self.database
+        lock = self._lock = database.write_lock if self.write else None
+        deadline = asyncio.get_running_loop().time() + SQLITE_BUSY_TIMEOUT_MS / 1000
+        if lock is not None:
+            if lock.locked() or getattr(lock, "_waiters", None):  # queue, bounded by the timeout
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await lock.acquire()
+                except TimeoutError:
+                    raise DatabaseBusy(f"{database.module}: no write slot within the busy timeout") from None
+            else:  # free and nobody queued: taken at once, no timer to arm
+                await lock.acquire()
+        try:
+            uow = self._uow = await _begin(database, self.write, deadline)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        self._token = _current.set(uow)
+        return uow
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        uow = self._uow
         try:
             try:
-                yield uow
-            except BaseException:
-                await uow.rollback()
-                raise
-            await uow.commit()
+                if exc_type is None:
+                    await uow.commit()
+                else:
+                    await uow.rollback()
+            finally:
+                _current.reset(self._token)
+                await uow.release()
         finally:
-            _current.reset(token)
-            await uow.release()
-    finally:
-        if lock is not None:
-            lock.release()
-    await uow.run_after_commit()
+            if self._lock is not None:
+                self._lock.release()
+        if exc_type is None:
+            await uow.run_after_commit()
 
 
 async def _begin(database: Database, write: bool, deadline: float) -> UnitOfWork:
