@@ -33,9 +33,10 @@ FIGURES = {
 }
 
 
-def one_run(root: Path, duration: int) -> dict[str, float]:
+def one_run(root: Path, duration: int, database_url: str | None) -> dict[str, float]:
     """One quiet phase of orders_wrk.py against the shop of `root` (its src/ first on the path)."""
     env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    on_postgres = ["--database-url", database_url] if database_url else []
     out = subprocess.run(
         [
             sys.executable,
@@ -45,6 +46,7 @@ def one_run(root: Path, duration: int) -> dict[str, float]:
             str(duration),
             "--floor-orders",
             "1000",
+            *on_postgres,
         ],
         env=env,
         capture_output=True,
@@ -71,6 +73,7 @@ def main() -> int:
     parser.add_argument("--b", default=str(HERE.parent), help="repository root of side B (this checkout)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each side (3)")
     parser.add_argument("--duration", type=int, default=10, help="seconds of posting per run (10)")
+    parser.add_argument("--database-url", help="both shops on this PostgreSQL server (as orders_wrk.py)")
     args = parser.parse_args()
     roots = {"A": Path(args.a).resolve(), "B": Path(args.b).resolve()}
     for side, root in roots.items():
@@ -80,7 +83,7 @@ def main() -> int:
     results: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     order = ["A", "B", "B", "A"] * ((args.rounds + 1) // 2)
     for side in order[: 2 * args.rounds]:
-        figures = one_run(roots[side], args.duration)
+        figures = one_run(roots[side], args.duration, args.database_url)
         results[side].append(figures)
         print(f"   {side}  " + "  ".join(f"{k} {v:.2f}" for k, v in figures.items()), flush=True)
     print(f"-- medians of {args.rounds} runs each, and B / A (in brackets: each side's lowest-highest)")

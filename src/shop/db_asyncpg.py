@@ -73,6 +73,46 @@ def _sqlalchemy_error(
     return exc  # pragma: no cover - _handle_exception always raises
 
 
+async def commit(session: AsyncConnection) -> None:
+    """Commit the asyncpg transaction SQLAlchemy's adapter began under `session` (if any) on
+    the adapter itself: what SQLAlchemy's commit does, without its transaction object and its
+    greenlet hop. Errors are raised as SQLAlchemy's."""
+    await _end(session, "commit")
+
+
+async def rollback(session: AsyncConnection) -> None:
+    """Roll back the adapter's asyncpg transaction under `session` (if any), as `commit`."""
+    await _end(session, "rollback")
+
+
+async def _end(session: AsyncConnection, how: str) -> None:
+    adapted: Any = session.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
+    transaction = adapted._transaction
+    if transaction is None:
+        return
+    try:
+        # the adapter's own way: the transaction is forgotten whether or not it went through
+        await adapted._call_and_discard(getattr(transaction, how))
+    except Exception as exc:
+        raise _sqlalchemy_error(session, adapted, how.upper(), [], exc) from exc
+
+
+def usable(connection: AsyncConnection) -> bool:
+    """A connection still worth using: not closed or invalidated, its socket open."""
+    if connection.closed or connection.invalidated:
+        return False
+    raw: Any = connection.sync_connection.connection.driver_connection  # type: ignore[union-attr]
+    return raw is not None and not raw.is_closed()
+
+
+def idle(connection: AsyncConnection) -> bool:
+    """Usable, and in no transaction (SQLAlchemy's, the adapter's or the server's)."""
+    if not usable(connection) or connection.in_transaction():
+        return False
+    adapted: Any = connection.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
+    return adapted._transaction is None and not adapted._connection.is_in_transaction()
+
+
 def reject_closed(_dbapi: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection) -> None:
     """Pool check-out: a connection the server closed is dropped (the pool retries another)."""
     driver = record.driver_connection

@@ -174,3 +174,127 @@ async def test_one_statement_serves_a_module_on_sqlite_and_on_postgresql_in_one_
                 assert (await SELECT.execute(uow, {"b_id": thing_id})).mappings()[0]["name"] == "box"
     finally:
         await lite.dispose()
+
+
+# -- writers on kept connections ------------------------------------------------------------
+
+
+async def _backend_pid(database: Database) -> int:
+    async with unit_of_work(database) as uow:
+        return int((await uow.session.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one())
+
+
+async def _terminate(postgres_url: str, backend: int) -> None:
+    admin = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", backend)
+    finally:
+        await admin.close()
+    await asyncio.sleep(0.2)  # the server's goodbye reaches the kept connection
+
+
+async def test_a_writer_keeps_its_connection_for_the_next_writer_without_a_check_out(
+    database: Database,
+) -> None:
+    first = await _backend_pid(database)
+    check_outs: list[object] = []
+    sa.event.listen(database.engine.sync_engine.pool, "checkout", lambda *args: check_outs.append(args))
+
+    assert await _backend_pid(database) == first
+    assert check_outs == []  # the second writer took the kept connection, not the pool's
+    assert database.kept_connections == 1
+    assert database.engine.sync_engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+
+
+async def test_a_kept_connection_the_server_closed_is_dropped_and_the_next_writer_works(
+    database: Database, postgres_url: str
+) -> None:
+    backend = await _backend_pid(database)
+    await _terminate(postgres_url, backend)
+
+    thing_id = uuid.uuid4()
+    async with unit_of_work(database) as uow:
+        await INSERT.execute(uow, _row(thing_id))
+        assert (await uow.session.exec_driver_sql("SELECT pg_backend_pid()")).scalar() != backend
+    async with unit_of_work(database, write=False) as uow:
+        assert (await SELECT.execute(uow, {"b_id": thing_id})).mappings()[0]["name"] == "box"
+
+
+async def test_a_failed_unit_of_work_leaves_nothing_behind_on_its_kept_connection(database: Database) -> None:
+    kept_id, lost_id = uuid.uuid4(), uuid.uuid4()
+    async with unit_of_work(database) as uow:
+        await INSERT.execute(uow, _row(kept_id))
+    backend = await _backend_pid(database)
+
+    async def insert_then_a_duplicate() -> None:
+        async with unit_of_work(database) as uow:
+            await INSERT.execute(uow, _row(lost_id))
+            await INSERT.execute(uow, _row(kept_id))  # a duplicate: the transaction is aborted
+
+    with pytest.raises(IntegrityError):
+        await insert_then_a_duplicate()
+    async with unit_of_work(database) as uow:  # the same connection, in no failed transaction
+        assert (await uow.session.exec_driver_sql("SELECT pg_backend_pid()")).scalar() == backend
+        await RENAME.execute(uow, {"b_id": kept_id, "name": "renamed"})
+    async with unit_of_work(database, write=False) as uow:
+        assert (await SELECT.execute(uow, {"b_id": lost_id})).rows == []
+        assert (await SELECT.execute(uow, {"b_id": kept_id})).mappings()[0]["name"] == "renamed"
+
+
+async def test_a_commit_the_server_refuses_raises_sqlalchemys_error_and_stores_nothing(
+    database: Database,
+) -> None:
+    async with database.engine.begin() as conn:
+        await conn.exec_driver_sql(
+            f'CREATE TABLE "{MODULE}".codes (code INT, CONSTRAINT codes_once UNIQUE (code)'
+            " DEFERRABLE INITIALLY DEFERRED)"
+        )
+    codes = Prepared(sa.text(f'INSERT INTO "{MODULE}".codes VALUES (2), (2)'))
+
+    async def through_sqlalchemy() -> None:  # SQLAlchemy's transaction object commits
+        async with unit_of_work(database) as uow:
+            await uow.session.exec_driver_sql(f'INSERT INTO "{MODULE}".codes VALUES (1), (1)')
+
+    async def through_the_adapter() -> None:  # no SQLAlchemy transaction: the adapter commits
+        async with unit_of_work(database) as uow:
+            await codes.execute(uow)
+
+    with pytest.raises(IntegrityError):  # the deferred check fails at COMMIT
+        await through_sqlalchemy()
+    with pytest.raises(IntegrityError):
+        await through_the_adapter()
+
+    async with unit_of_work(database) as uow:  # the next writer is not left in a transaction
+        await uow.session.exec_driver_sql(f'INSERT INTO "{MODULE}".codes VALUES (3)')
+    async with unit_of_work(database, write=False) as uow:
+        found = await uow.session.exec_driver_sql(f'SELECT code FROM "{MODULE}".codes ORDER BY code')
+        assert [r[0] for r in found] == [3]
+
+
+async def test_writers_keep_no_connection_while_the_pool_runs_into_its_overflow(database: Database) -> None:
+    """Readers share the pool: connections kept idle for writers must not leave them waiting."""
+    pool = database.engine.sync_engine.pool
+    busy = pool.size() + 8  # writers at once, 8 of them in the overflow
+    release = [asyncio.Event() for _ in range(busy)]
+
+    async def writer(n: int) -> None:
+        async with unit_of_work(database) as uow:
+            await uow.session.exec_driver_sql("SELECT 1")
+            await release[n].wait()
+
+    writers = [asyncio.create_task(writer(n)) for n in range(busy)]
+    await asyncio.sleep(0.5)
+    for event in release[:8]:  # 8 writers end while the others still hold their connections
+        event.set()
+    await asyncio.sleep(0.2)
+    assert database.kept_connections == 0  # given back: the pool was into its overflow
+
+    async def reader() -> None:
+        async with unit_of_work(database, write=False) as uow:
+            await uow.session.exec_driver_sql("SELECT 1")
+
+    await asyncio.wait_for(asyncio.gather(*(reader() for _ in range(5))), 2)
+    for event in release:
+        event.set()
+    await asyncio.gather(*writers)
+    assert 0 < database.kept_connections <= pool.size()  # kept again once the burst is over
