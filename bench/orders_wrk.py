@@ -28,7 +28,6 @@ import json
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -204,6 +203,20 @@ async def phase(
     return {"rate": rate, "cpu_ms": per_order, "p99": pct(latency, 0.99), "orders": len(orders)}
 
 
+def order_mix(
+    product_ids: list[str], customers: list[Customer], count: int
+) -> list[tuple[Customer, dict[str, Any]]]:
+    """The benchmark's orders: 1-3 distinct products, 1-3 of each, tok_ok, customers in turn."""
+    rng = random.Random(1)
+    mix = []
+    for n in range(count):
+        c = customers[n % len(customers)]
+        lines = rng.sample(product_ids, rng.randint(1, 3))
+        items = [{"product_id": p, "quantity": rng.randint(1, 3)} for p in lines]
+        mix.append((c, {"items": items, "address_id": c.address_id, "payment_token": "tok_ok"}))
+    return mix
+
+
 def work_dir(args: argparse.Namespace) -> Path:
     return Path(args.work)
 
@@ -213,17 +226,7 @@ async def drive(args: argparse.Namespace, port: int, pgid: int, work: Path, floo
     async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", limits=limits, timeout=30) as client:
         setup_args = argparse.Namespace(products=20, customers=20)
         product_ids, customers = await set_up(client, setup_args)
-        rng = random.Random(1)
-        bodies = []
-        for n in range(400):
-            c = customers[n % len(customers)]
-            lines = rng.sample(product_ids, rng.randint(1, 3))
-            body = {
-                "items": [{"product_id": p, "quantity": rng.randint(1, 3)} for p in lines],
-                "address_id": c.address_id,
-                "payment_token": "tok_ok",
-            }
-            bodies.append((c.token, json.dumps(body)))
+        bodies = [(c.token, json.dumps(body)) for c, body in order_mix(product_ids, customers, 400)]
         post_script = lua_orders(work, bodies)
         poll_script = lua_polls(work, [c.token for c in customers], args.poll_delay)
         # warm-up: a short burst through the whole saga, not counted

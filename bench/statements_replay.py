@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import sqlite3
 import statistics
 import subprocess
@@ -45,6 +44,7 @@ import floor_orders
 import httpx
 import uvloop
 from orders import ADMIN_EMAIL, ADMIN_PASSWORD, RATE_LIMIT, set_up
+from orders_wrk import order_mix
 
 Op = tuple[str, str, str, Any]  # (file, "x" execute | "m" executemany, sql, parameters)
 
@@ -147,17 +147,11 @@ async def record(data_dir: Path, orders: int) -> tuple[list[Op], int, float]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://shop", timeout=30) as client:
             products, customers = await set_up(client, argparse.Namespace(products=20, customers=20))
-            rng = random.Random(1)
+            mix = order_mix(products, customers, 400)
             slots = asyncio.Semaphore(16)
 
             async def place(n: int) -> tuple[str, dict[str, str]]:
-                c = customers[n % len(customers)]
-                lines = rng.sample(products, rng.randint(1, 3))
-                body = {
-                    "items": [{"product_id": p, "quantity": rng.randint(1, 3)} for p in lines],
-                    "address_id": c.address_id,
-                    "payment_token": "tok_ok",
-                }
+                c, body = mix[n % len(mix)]
                 async with slots:
                     r = await client.post("/api/v1/orders", json=body, headers=c.headers)
                 if r.status_code != 202:
