@@ -1,5 +1,7 @@
-"""PostgreSQL (asyncpg) specifics of `shop.db`: prepared statements run by asyncpg itself, and a
-check-out that costs no round trip.
+"""PostgreSQL (asyncpg) specifics of `shop.db`: prepared statements run by asyncpg itself, a
+check-out that costs no round trip, and the commit or rollback of a writer's transaction on
+SQLAlchemy's adapter directly (`commit`, `rollback`; writers keep their connections between units
+of work, and `usable` / `idle` say which may be kept: ADR 0026).
 
 Measured in bench/orders_wrk.py on PostgreSQL (docs/adr/0026-postgresql-round-trips.md): the
 shop's process is CPU-bound, and through SQLAlchemy each statement pays for a greenlet hop, an

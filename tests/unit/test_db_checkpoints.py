@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from shop.db import Database, unit_of_work
 from shop.sqlite_checkpoints import AUTOCHECKPOINT_PAGES, CHECKPOINTS, Checkpointer
 
+from .sqlitedb import sqlite_database
+
 metadata = sa.MetaData()
 notes = sa.Table("notes", metadata, sa.Column("n", sa.Integer, nullable=False), sa.Column("text", sa.Text))
 ROW = "x" * 1000
@@ -22,11 +24,8 @@ ROWS = 6000  # ~6 MB: past the 1000 WAL pages (4 MB) at which a commit would che
 
 @pytest.fixture
 async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    db = Database("notes", f"sqlite:///{tmp_path / 'notes.db'}")
-    async with db.engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-    yield db
-    await db.dispose()
+    async with sqlite_database(tmp_path, "notes", metadata) as db:
+        yield db
 
 
 async def _write(database: Database, rows: int) -> None:

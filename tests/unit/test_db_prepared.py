@@ -13,6 +13,8 @@ from sqlalchemy.exc import IntegrityError
 
 from shop.db import Database, Prepared, savepoint, unit_of_work
 
+from .sqlitedb import sqlite_database
+
 metadata = sa.MetaData(schema="things")  # translated away on SQLite, as a module's is
 things = sa.Table(
     "things",
@@ -31,11 +33,8 @@ RENAME = Prepared(things.update().where(things.c.id == sa.bindparam("b_id")))
 
 @pytest.fixture
 async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    db = Database("things", f"sqlite:///{tmp_path / 'things.db'}")
-    async with db.engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-    yield db
-    await db.dispose()
+    async with sqlite_database(tmp_path, "things", metadata) as db:
+        yield db
 
 
 def _row(thing_id: uuid.UUID) -> dict[str, object]:

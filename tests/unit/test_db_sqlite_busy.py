@@ -14,17 +14,16 @@ import sqlalchemy as sa
 import shop.db
 from shop.db import Database, DatabaseBusy, unit_of_work
 
+from .sqlitedb import sqlite_database
+
 metadata = sa.MetaData()
 notes = sa.Table("notes", metadata, sa.Column("n", sa.Integer, nullable=False))
 
 
 @pytest.fixture
 async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    db = Database("notes", f"sqlite:///{tmp_path / 'notes.db'}")
-    async with db.engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-    yield db
-    await db.dispose()
+    async with sqlite_database(tmp_path, "notes", metadata) as db:
+        yield db
 
 
 @pytest.fixture

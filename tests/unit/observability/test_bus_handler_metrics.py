@@ -9,20 +9,10 @@ import threading
 import uuid
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from shop.observability import metrics
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def samples(text: str, consumer: str) -> Samples:
-    return {
-        (sample.name, frozenset(sample.labels.items())): round(sample.value, 9)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.labels.get("consumer") == consumer and not sample.name.endswith("_created")
-    }
+from .scrape import samples
 
 
 def test_a_scrape_reads_what_a_prometheus_counter_and_histogram_would_across_threads() -> None:
@@ -51,8 +41,8 @@ def test_a_scrape_reads_what_a_prometheus_counter_and_histogram_would_across_thr
         counter.labels(consumer, message_type).inc()
         histogram.labels(consumer).observe(seconds)
 
-    ours = samples(generate_latest(REGISTRY).decode(), consumer)
-    assert ours == samples(generate_latest(reference).decode(), consumer)
+    ours = samples(generate_latest(REGISTRY).decode(), "consumer", consumer)
+    assert ours == samples(generate_latest(reference).decode(), "consumer", consumer)
     assert (
         REGISTRY.get_sample_value("shop_bus_messages_handled_total", {"consumer": consumer, "type": "B"}) == 2
     )

@@ -7,20 +7,10 @@ from __future__ import annotations
 import uuid
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from shop.observability import metrics
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def samples(text: str, route: str) -> Samples:
-    return {
-        (sample.name, frozenset(sample.labels.items())): round(sample.value, 9)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.labels.get("route") == route and not sample.name.endswith("_created")
-    }
+from .scrape import samples
 
 
 def test_a_scrape_reads_what_a_prometheus_counter_and_histogram_would() -> None:
@@ -44,8 +34,8 @@ def test_a_scrape_reads_what_a_prometheus_counter_and_histogram_would() -> None:
         counter.labels(method, route, str(status)).inc()
         histogram.labels(method, route).observe(seconds)
 
-    ours = samples(generate_latest(REGISTRY).decode(), route)
-    assert ours == samples(generate_latest(reference).decode(), route)
+    ours = samples(generate_latest(REGISTRY).decode(), "route", route)
+    assert ours == samples(generate_latest(reference).decode(), "route", route)
     assert (
         ours[
             ("shop_http_requests_total", frozenset({("method", "GET"), ("route", route), ("status", "200")}))
