@@ -136,6 +136,7 @@ class Stats:
     poll_statuses: collections.Counter[int] = field(default_factory=collections.Counter)
     poll_seconds: float = 0.0
     cpu_s: float = 0.0
+    cpu_parts: dict[str, float] = field(default_factory=dict)  # split: CPU seconds by service
     ended: float = 0.0
     timed_out: bool = False
 
@@ -616,6 +617,13 @@ def report(orders: list[Order], stats: Stats, args: argparse.Namespace, loadavg:
             f"CPU:       the shop's processes used {stats.cpu_s:.1f} s in {elapsed:.1f} s of timed run"
             f" = {stats.cpu_s / len(terminal) * 1e3:.1f} ms per order (including the poller's reads)"
         )
+        if stats.cpu_parts:
+            parts = sorted(stats.cpu_parts.items(), key=lambda kv: -kv[1])
+            print(
+                "           by service: "
+                + ", ".join(f"{name} {s / len(terminal) * 1e3:.1f}" for name, s in parts)
+                + " ms per order"
+            )
     if stats.timed_out:
         print(
             f"WARNING: the run hit its --timeout of {args.timeout:.0f}s;"
@@ -745,6 +753,10 @@ class Split:
 
     def cpu(self) -> float:
         return tree_cpu_seconds(self.pids())
+
+    def cpu_by_name(self) -> dict[str, float]:
+        """CPU seconds so far of each service's process tree (server and its workers)."""
+        return {name: tree_cpu_seconds([proc.pid]) for name, proc in self.processes.items()}
 
     def service_ports(self) -> list[int]:
         return [port for name, port in self.ports.items() if name != "gateway"]
@@ -878,6 +890,7 @@ def run_split(
                 results,
                 hop_dir,
                 cpu=split.cpu,
+                cpu_parts=split.cpu_by_name,
                 metrics_ports=split.service_ports(),
             )
         )
@@ -963,8 +976,10 @@ async def drive(
     hop_dir: Path | None,
     cpu: Any = None,
     metrics_ports: list[int] | None = None,
+    cpu_parts: Any = None,
 ) -> Outcome:
     """`cpu()`: CPU seconds of the shop so far (default: the process group `pgid`);
+    `cpu_parts()`: the same by service (split), printed beside the total;
     `metrics_ports`: the processes whose /metrics are summed (default: the shop on `port`)."""
     if cpu is None:
         cpu = lambda: group_cpu_seconds(pgid)  # noqa: E731
@@ -1019,8 +1034,11 @@ async def drive(
             await asyncio.sleep(0.5)  # the counters are written every 0.2 s
         hops_before = hop_snapshot(hop_dir)
         cpu_before = cpu()
+        parts_before = cpu_parts() if cpu_parts is not None else {}
         stats = await timed_run(client, orders, customers, args)
         stats.cpu_s = cpu() - cpu_before
+        if cpu_parts is not None:
+            stats.cpu_parts = {k: v - parts_before.get(k, 0.0) for k, v in cpu_parts().items()}
         if hop_dir is not None:
             await asyncio.sleep(0.5)
         hops_after = hop_snapshot(hop_dir)

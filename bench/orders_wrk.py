@@ -270,6 +270,7 @@ def main() -> int:
     parser.add_argument("--database-url", help="run the shop on this PostgreSQL server (database shop_bench)")
     parser.add_argument("--no-polling", action="store_true", help="skip the phase with polling customers")
     parser.add_argument("--floor-orders", type=int, default=3000)
+    parser.add_argument("--server", choices=("granian", "uvicorn"), default="granian", help="shop run's HTTP server (granian)")
     parser.add_argument("--profile", action="store_true", help="py-spy the shop during the quiet phase")
     parser.add_argument("--profile-rate", type=int, default=200, help="with --profile: py-spy samples per second (200)")
     parser.add_argument("--profile-out", help="with --profile: keep py-spy's raw (collapsed) stacks in this file")
@@ -298,7 +299,7 @@ def main() -> int:
     port = hs.free_port()
     target = hs.Target(
         label="shop run",
-        cmd=[sys.executable, "-m", "shop.cli", "run", "--host", HOST, "--port", str(port)],
+        cmd=[sys.executable, "-m", "shop.cli", "run", "--host", HOST, "--port", str(port), "--server", args.server],
         env=env,
         port=port,
         log=work / "shop.log",
@@ -307,7 +308,7 @@ def main() -> int:
     proc = hs.start(target)
     try:
         hs.wait_healthy(port, proc, timeout_s=90)
-        print(f"-- shop run on {'PostgreSQL' if pg_admin_url else 'SQLite'}, granian, :{port}")
+        print(f"-- shop run on {'PostgreSQL' if pg_admin_url else 'SQLite'}, {args.server}, :{port}")
         asyncio.run(drive(args, port, proc.pid, work, floor_cpu))
     except Exception:
         print(hs.log_tail(target), file=sys.stderr)

@@ -12,6 +12,12 @@
 #                           the modules as services, the gateway); not part of `all`
 #   bench/run.sh statements  the shop's own statements replayed with stdlib sqlite3 vs the floor
 #                           (what the storage design costs before any Python); not part of `all`
+#   bench/run.sh orders-inprocess  orders through the ASGI app in this one process (no server, no
+#                           wrk): CPU per order, and with --profile cProfile's top functions and
+#                           Python calls per order; not part of `all`
+#   bench/run.sh transport  the Dramatiq/Redis transport: ask latency vs raw Redis, drain
+#                           throughput vs Dramatiq's defaults, trickled deliveries' consumer CPU;
+#                           not part of `all`
 #   bench/run.sh orders-ab --a DIR  orders-wrk's quiet phase for two source trees in alternating
 #                           rounds, with medians and B / A (a change smaller than the machine's
 #                           10-15% run-to-run noise shows only this way); not part of `all`
@@ -107,10 +113,18 @@ if [[ "$what" == orders-ab ]]; then
         status=1
     fi
 fi
+if [[ "$what" == orders-inprocess ]]; then
+    header "orders through the ASGI app in one process, no server (bench/orders_inprocess.py)"
+    "$PY" bench/orders_inprocess.py "$@" || status=1
+fi
+if [[ "$what" == transport ]]; then
+    header "the Dramatiq/Redis transport vs raw Redis and Dramatiq's defaults (bench/transport_redis.py)"
+    "$PY" bench/transport_redis.py "$@" || status=1
+fi
 case "$what" in
-    all | ask | http | catalog | orders | orders-wrk | orders-pg | orders-split | orders-ab | statements) ;;
+    all | ask | http | catalog | orders | orders-wrk | orders-pg | orders-split | orders-ab | statements | orders-inprocess | transport) ;;
     *)
-        echo "usage: bench/run.sh [all|ask|http|catalog|orders|orders-wrk|orders-pg|orders-split|orders-ab|statements] [args]" >&2
+        echo "usage: bench/run.sh [all|ask|http|catalog|orders|orders-wrk|orders-pg|orders-split|orders-ab|statements|orders-inprocess|transport] [args]" >&2
         exit 2
         ;;
 esac

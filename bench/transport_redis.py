@@ -166,6 +166,62 @@ def drain_dramatiq(url: str, namespace: str, n: int) -> dict[str, Any]:
     return {"msg_per_s": n / elapsed, "cpu_us": cpu / n * 1e6, "enqueue_us": send_s / n * 1e6}
 
 
+async def trickle_consumer(url: str, namespace: str, n: int, threads: int) -> None:
+    """Consume `n` deliveries that arrive one at a time; print the process's CPU per message
+    (every thread's) from the first to the last."""
+    transport = DramatiqTransport(url, namespace=namespace, worker_threads=threads)
+    host = NoopHost(n)
+    first = asyncio.Event()
+    process = host.process
+
+    async def counting(queue: str, envelope: Envelope) -> Result:
+        if not first.is_set():
+            first.set()
+        return await process(queue, envelope)
+
+    host.process = counting  # type: ignore[method-assign]
+    await transport.start(host, ["bench"])
+    print("ready", flush=True)
+    await asyncio.wait_for(first.wait(), BUDGET_S)
+    started, cpu = time.perf_counter(), time.process_time()
+    await asyncio.wait_for(host.done.wait(), BUDGET_S)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    await transport.stop()
+    print(json.dumps({"cpu_us": cpu / max(1, n - 1) * 1e6, "msg_per_s": (n - 1) / elapsed}), flush=True)
+
+
+async def trickle(url: str, n: int, rate: float, rounds: int, threads: int) -> None:
+    """Deliveries arriving one at a time at `rate`/s, as in the split deployment (each finds
+    the consumer idle): the consumer's CPU per message."""
+    cpus = []
+    for _ in range(rounds):
+        namespace = f"bench-{uuid.uuid4().hex[:8]}"
+        consumer = spawn(
+            "--role", "trickle-consumer", "--redis-url", url, "--namespace", namespace,
+            "--messages", str(n), "--threads", str(threads),
+        )
+        sender = DramatiqTransport(url, namespace=namespace)
+        try:
+            envelope = new_envelope(BenchAsk(n=0))
+            for _ in range(n):
+                await (await sender.deliver("bench", envelope))
+                await asyncio.sleep(1 / rate)
+            assert consumer.stdout is not None
+            result = json.loads(consumer.stdout.readline())
+            consumer.wait(30)
+        finally:
+            if consumer.poll() is None:
+                consumer.kill()
+            await sender.stop()
+            flush(url, namespace)
+        cpus.append(result["cpu_us"])
+    print(
+        f"\ntrickled deliveries: {n} messages one at a time at {rate:.0f}/s to one consumer process"
+        f" ({threads} worker threads), {rounds} rounds: consumer CPU per message median"
+        f" {statistics.median(cpus):.0f} us (rounds: {', '.join(f'{c:.0f}' for c in cpus)})"
+    )
+
+
 # -- the orchestrator ------------------------------------------------------------------------
 
 
@@ -321,6 +377,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--trickle", type=int, default=1000, help="deliveries one at a time (0: skip)")
+    parser.add_argument("--trickle-rate", type=float, default=200.0)
+    parser.add_argument("--trickle-rounds", type=int, default=3)
     parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
     parser.add_argument("--namespace", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -334,6 +393,8 @@ def main() -> None:
             drain_transport(args.redis_url, args.namespace, args.messages, int(args.prefetch), args.threads)
         )
         print(json.dumps(result))
+    elif args.role == "trickle-consumer":
+        asyncio.run(trickle_consumer(args.redis_url, args.namespace, args.messages, args.threads))
     elif args.role == "drain-dramatiq":
         print(json.dumps(drain_dramatiq(args.redis_url, args.namespace, args.messages)))
     else:
@@ -343,6 +404,8 @@ def main() -> None:
         if not args.skip_throughput:
             prefetches = [int(p) for p in args.prefetch.split(",")]
             throughput(args.redis_url, args.messages, prefetches, args.drain_rounds)
+        if args.trickle:
+            asyncio.run(trickle(args.redis_url, args.trickle, args.trickle_rate, args.trickle_rounds, args.threads))
 
 
 if __name__ == "__main__":

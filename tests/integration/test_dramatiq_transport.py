@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import redis
 import sqlalchemy as sa
 
 from shop.bus.breaker import BreakerRegistry
@@ -376,6 +377,42 @@ async def test_a_delayed_delivery_and_a_retry_wait_their_delay(
     assert at2 - at1 >= 0.29
     assert (first.attempt, second.attempt) == (1, 2)
     assert first.message_id == second.message_id
+
+
+def _fetches(redis_url: str) -> int:
+    """EVALSHA calls Redis has run (the consumers' fetches: Dramatiq's dispatch script)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_an_idle_consumer_fetches_once_for_each_message_that_wakes_it(
+    transports: Callable[..., DramatiqTransport], redis_url: str
+) -> None:
+    """Messages arriving one at a time to a drained queue: each costs the consumer one round
+    trip (the wake-up and its fetch together), not a second fetch that finds the queue empty."""
+    host = ScriptedHost()
+    transport = transports(idle_block_s=5.0)
+    await transport.start(host, ["jobs"])
+    await (await transport.deliver("jobs", new_envelope(Token(value="warm-up"))))
+    await until(lambda: _true(len(host.processed) == 1))
+    await asyncio.sleep(0.05)  # the consumer is back in its wait
+    before = _fetches(redis_url)
+    messages = 20
+    for n in range(messages):
+        await (await transport.deliver("jobs", new_envelope(Token(value=str(n)))))
+        await until(lambda n=n: _true(len(host.processed) == n + 2))
+        await asyncio.sleep(0.01)
+    fetches = _fetches(redis_url) - before
+    assert [e.body for _, e, _ in host.processed[1:]] == [
+        msgspec.msgpack.encode(Token(value=str(n))) for n in range(messages)
+    ]
+    # one fetch a message (+ the delayed-message queue's consumer and a little slack); before
+    # this rule, two a message
+    assert fetches <= messages + 5, fetches
 
 
 async def test_stop_finishes_the_message_in_hand_puts_back_the_rest_and_leaves_no_thread(

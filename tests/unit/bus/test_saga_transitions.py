@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -265,3 +266,17 @@ def test_adopting_a_version_records_the_move() -> None:
     change = t.adopt(row, TRIP_V2)
     assert row.definition_version == 2
     assert [(e.status, e.detail) for e in change.events] == [(StepStatus.MIGRATED, "v1 -> v2")]
+
+
+def test_a_copied_row_keeps_every_field_and_shares_no_dict_or_list() -> None:
+    containers = {"data": {"k": 1}, "meta": {"started": True}, "trace": {"tp": "x"}, "completed": ["a"]}
+    # every other field a distinct object: a field the copy forgot would come back as its default
+    values = {f.name: containers.get(f.name, object()) for f in dataclasses.fields(SagaRow)}
+    row = SagaRow(**values)
+    copied = row.copy()
+    for f in dataclasses.fields(SagaRow):
+        if f.name in containers:
+            assert getattr(copied, f.name) == getattr(row, f.name)
+            assert getattr(copied, f.name) is not getattr(row, f.name), f.name
+        else:
+            assert getattr(copied, f.name) is getattr(row, f.name), f.name

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -170,13 +170,31 @@ class SagaRow:
     def copy(self) -> SagaRow:
         """An independent copy. Its dicts and list are copied one level deep: the engine
         changes a row only by setting or removing their keys or by replacing them, never inside
-        a value (a step's action gets a deep copy of the data, see `context_of`)."""
-        return replace(
-            self,
-            data=dict(self.data),
-            meta=dict(self.meta),
-            trace=dict(self.trace),
-            completed=list(self.completed),
+        a value (a step's action gets a deep copy of the data, see `context_of`).
+
+        Written out field by field: `dataclasses.replace` costs ~4x more, and a saga row is
+        copied several times an order."""
+        return SagaRow(
+            self.id,
+            self.type,
+            self.status,
+            self.step,
+            self.step_index,
+            dict(self.data),
+            dict(self.meta),
+            self.failure_reason,
+            self.step_deadline,
+            self.deadline,
+            self.attempts,
+            self.next_attempt_at,
+            self.version,
+            self.created_at,
+            self.updated_at,
+            dict(self.trace),
+            self.definition_version,
+            list(self.completed),
+            self.versioned,
+            self.stale,
         )
 
     def stored_data(self) -> dict[str, Any]:

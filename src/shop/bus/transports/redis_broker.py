@@ -215,6 +215,9 @@ class _Consumer(_RedisConsumer):
         self._ack_lock = threading.Lock()
         self._acks: list[str] = []  # acknowledged by a worker thread, not yet in Redis
         self._acking = False
+        # The last fetch took fewer messages than it asked for: the queue was empty then, so
+        # the next one waits for a wake token first (its fetch goes in the same round trip).
+        self.drained = False
 
     def ack(self, message: MessageProxy) -> None:
         """Acknowledge as a group: the worker thread that finds no acknowledgement under way
@@ -289,10 +292,15 @@ class _Consumer(_RedisConsumer):
                 capacity = self.prefetch - self.outstanding_message_count
                 # Refill in batches (a quarter of the prefetch at least), not one fetch per ack.
                 if capacity >= self.refill or capacity == self.prefetch:
-                    self.message_cache = self.broker.do_fetch(self.queue_name, capacity)
-                    if self.message_cache:
-                        continue
-                    if not self._block_and_fetch(self._wait_s(), capacity) and not self.message_cache:
+                    if not self.drained:
+                        self.message_cache = self.broker.do_fetch(self.queue_name, capacity)
+                        self.drained = len(self.message_cache) < capacity
+                        if self.message_cache:
+                            continue
+                    # Every message enqueued since that fetch pushed a wake token.
+                    woken = self._block_and_fetch(self._wait_s(), capacity)
+                    self.drained = len(self.message_cache) < capacity
+                    if not woken and not self.message_cache:
                         return None  # timed out or kicked: let the thread check delays and stop
                 else:
                     # Full enough: wait for workers to finish (or a delayed message to fall due).
