@@ -109,35 +109,73 @@ class Relay:
         await self.flush()
 
     def relay(self, database: Database, envelopes: Sequence[Envelope]) -> None:
-        """Deliver freshly committed envelopes in the background."""
+        """Deliver freshly committed envelopes in the background: one task for the lot (a
+        unit of work's messages, or a sweep's), each envelope's receipts awaited in turn."""
+        module = database.module
+        fresh = []
         for envelope in envelopes:
-            key = (database.module, envelope.message_id)
+            key = (module, envelope.message_id)
             if key in self._in_flight:
                 continue
             self._in_flight.add(key)
-            task = asyncio.create_task(self._deliver_one(database.module, envelope))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _deliver_one(self, module: str, envelope: Envelope) -> None:
-        # A task of its own: what it logs is about the sending module and this message.
-        enter_module(module)
-        context.enter(context.of_envelope(envelope, handling=False))
-        try:
-            receipts = [
-                await self.deliver(queue, msgspec.structs.replace(envelope, consumer=consumer))
-                for queue, consumer in self.routes(envelope)
-            ]
-            if receipts:
-                await asyncio.gather(*receipts)
-        except Exception as exc:
-            # Left in the outbox: the sweep tries again.
-            log.warning("outbox.relay_failed", message_id=str(envelope.message_id), error=repr(exc))
-            self._in_flight.discard((module, envelope.message_id))
+            fresh.append(envelope)
+        if not fresh:
             return
+        task = asyncio.create_task(self._deliver(module, fresh))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, module: str, envelopes: list[Envelope]) -> None:
+        # A task of its own: what it logs is about the sending module and these messages.
+        enter_module(module)
+        for envelope in envelopes:
+            context.enter(context.of_envelope(envelope, handling=False))
+            try:
+                receipts = [
+                    asyncio.ensure_future(
+                        await self.deliver(queue, msgspec.structs.replace(envelope, consumer=consumer))
+                    )
+                    for queue, consumer in self.routes(envelope)
+                ]
+            except Exception as exc:
+                self._failed(module, envelope, exc)
+                continue
+            self._when_received(module, envelope, receipts)
+
+    def _when_received(
+        self, module: str, envelope: Envelope, receipts: Sequence[asyncio.Future[None]]
+    ) -> None:
+        """Forget the row once every receipt has resolved; on the first that fails, leave it
+        to the sweep. Callbacks on the receipts, not a task and a gather an envelope."""
+        pending = len(receipts)
+        failed = False
+
+        def received(receipt: asyncio.Future[None]) -> None:
+            nonlocal pending, failed
+            pending -= 1
+            error = receipt.exception() if not receipt.cancelled() else asyncio.CancelledError()
+            if failed:
+                return
+            if error is not None:
+                failed = True
+                self._failed(module, envelope, error)
+            elif pending == 0:
+                self._delivered(module, envelope)
+
+        if not receipts:
+            self._delivered(module, envelope)
+        for receipt in receipts:
+            receipt.add_done_callback(received)
+
+    def _delivered(self, module: str, envelope: Envelope) -> None:
         metrics.OUTBOX_LAG.observe(max(0.0, time.time() - envelope.sent_at))
         self._done.setdefault(module, []).append(envelope.message_id)
         self._flush_wanted.set()
+
+    def _failed(self, module: str, envelope: Envelope, exc: BaseException) -> None:
+        """Left in the outbox: the sweep tries again."""
+        log.warning("outbox.relay_failed", message_id=str(envelope.message_id), error=repr(exc))
+        self._in_flight.discard((module, envelope.message_id))
 
     async def _flush_loop(self) -> None:
         while True:

@@ -1,0 +1,121 @@
+"""The outbox relay on its own: a unit of work's messages relayed after commit, each row
+forgotten once every receipt has resolved, and left to the sweep when one fails."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from shop.bus import outbox
+from shop.bus.messages import Envelope, Event, new_envelope
+from shop.bus.outbox import Relay, Route
+from shop.bus.tables import kernel_metadata
+from shop.db import Database, unit_of_work
+
+from ..sqlitedb import sqlite_database
+
+
+class RelayTestHappened(Event, frozen=True, kw_only=True):
+    n: int
+
+
+class Receipts:
+    """A transport whose receipts the test resolves: (queue, envelope) -> its receipt."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Envelope, asyncio.Future[None]]] = []
+
+    async def deliver(self, queue: str, envelope: Envelope) -> asyncio.Future[None]:
+        receipt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.sent.append((queue, envelope, receipt))
+        return receipt
+
+    def of(self, n: int) -> list[asyncio.Future[None]]:
+        """The receipts of message `n`, one a subscriber."""
+        return [r for _, e, r in self.sent if msgspec.msgpack.decode(e.body, type=RelayTestHappened).n == n]
+
+
+def two_subscribers(envelope: Envelope) -> Sequence[Route]:
+    return (("audit", "audit.record"), ("mail", "mail.notify"))
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
+    async with sqlite_database(tmp_path, "orders", kernel_metadata) as db:
+        yield db
+
+
+async def settle(relay: Relay) -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await relay.flush()
+
+
+async def test_a_row_is_forgotten_only_once_every_subscriber_has_its_copy(database: Database) -> None:
+    transport = Receipts()
+    relay = Relay({"orders": database}, two_subscribers, transport.deliver)
+    async with unit_of_work(database) as uow:
+        await outbox.write(uow, new_envelope(RelayTestHappened(n=1)), relay)
+        await outbox.write(uow, new_envelope(RelayTestHappened(n=2)), relay)
+    await settle(relay)
+    assert len(transport.sent) == 4  # two messages, two subscribers each, after the commit
+    assert {e.consumer for _, e, _ in transport.sent} == {"audit.record", "mail.notify"}
+    first, second = transport.of(1), transport.of(2)
+    first[0].set_result(None)
+    second[0].set_result(None)
+    second[1].set_result(None)
+    await settle(relay)
+    assert await relay.pending() == 1  # message 1 still waits for its second receipt
+    first[1].set_result(None)
+    await settle(relay)
+    assert await relay.pending() == 0
+
+
+async def test_a_failed_receipt_leaves_the_row_to_the_sweep_and_the_others_go(database: Database) -> None:
+    transport = Receipts()
+    relay = Relay({"orders": database}, two_subscribers, transport.deliver)
+    async with unit_of_work(database) as uow:
+        await outbox.write(uow, new_envelope(RelayTestHappened(n=1)), relay)
+        await outbox.write(uow, new_envelope(RelayTestHappened(n=2)), relay)
+    await settle(relay)
+    first, second = transport.of(1), transport.of(2)
+    first[0].set_exception(ConnectionError("broker away"))
+    first[1].set_result(None)
+    for receipt in second:
+        receipt.set_result(None)
+    await settle(relay)
+    assert await relay.pending() == 1
+    # the sweep relays what is left (to every subscriber again: their inboxes drop duplicates)
+    transport.sent.clear()
+    assert await relay.sweep(grace=0.0) == 1
+    await settle(relay)
+    again = transport.of(1)
+    assert len(again) == 2
+    assert not transport.of(2)
+    for receipt in again:
+        receipt.set_result(None)
+    await settle(relay)
+    assert await relay.pending() == 0
+
+
+async def test_a_message_that_cannot_be_handed_over_stays_and_is_not_in_flight(database: Database) -> None:
+    calls = 0
+
+    async def refusing(queue: str, envelope: Envelope) -> asyncio.Future[None]:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("broker away")
+
+    relay = Relay({"orders": database}, two_subscribers, refusing)
+    async with unit_of_work(database) as uow:
+        await outbox.write(uow, new_envelope(RelayTestHappened(n=1)), relay)
+    await settle(relay)
+    assert calls == 1
+    assert await relay.pending() == 1
+    assert await relay.sweep(grace=0.0) == 1  # not in flight any more: swept again
+    await settle(relay)
+    assert calls == 2
