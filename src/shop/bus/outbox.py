@@ -109,8 +109,9 @@ class Relay:
         await self.flush()
 
     def relay(self, database: Database, envelopes: Sequence[Envelope]) -> None:
-        """Deliver freshly committed envelopes in the background: one task for the lot (a
-        unit of work's messages, or a sweep's), each envelope's receipts awaited in turn."""
+        """Deliver freshly committed envelopes in the background: one task hands the lot (a
+        unit of work's messages, or a sweep's) to the transport; each envelope's receipts are
+        then followed by callbacks (`_when_received`)."""
         module = database.module
         fresh = []
         for envelope in envelopes:
