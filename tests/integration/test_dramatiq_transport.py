@@ -415,6 +415,64 @@ async def test_an_idle_consumer_fetches_once_for_each_message_that_wakes_it(
     assert fetches <= messages + 5, fetches
 
 
+async def test_a_consumer_goes_on_after_redis_forgot_its_script(
+    transports: Callable[..., DramatiqTransport], redis_url: str
+) -> None:
+    host = ScriptedHost()
+    transport = transports()
+    await transport.start(host, ["jobs"])
+    await (await transport.deliver("jobs", new_envelope(Token(value="before"))))
+    await until(lambda: _true(len(host.processed) == 1))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.script_flush()  # as after a Redis restart
+    finally:
+        client.close()
+    await (await transport.deliver("jobs", new_envelope(Token(value="after"))))
+    await until(lambda: _true(len(host.processed) == 2))
+
+
+async def test_a_consumer_whose_connection_was_killed_reconnects_and_goes_on(
+    transports: Callable[..., DramatiqTransport], redis_url: str
+) -> None:
+    host = ScriptedHost()
+    transport = transports(idle_block_s=5.0)
+    await transport.start(host, ["jobs"])
+    await (await transport.deliver("jobs", new_envelope(Token(value="before"))))
+    await until(lambda: _true(len(host.processed) == 1))
+    await asyncio.sleep(0.1)  # back in its wait for the next message
+    client = redis.Redis.from_url(redis_url)
+    try:
+        waiting = [c for c in client.client_list() if c.get("cmd") == "blpop"]
+        assert waiting, "the consumer waits in BLPOP"
+        for c in waiting:
+            client.client_kill_filter(_id=c["id"])
+    finally:
+        client.close()
+    await (await transport.deliver("jobs", new_envelope(Token(value="after"))))
+    await until(lambda: _true(len(host.processed) == 2))
+
+
+async def test_an_undecodable_message_is_left_aside_and_the_next_one_is_handled(
+    transports: Callable[..., DramatiqTransport], redis_url: str, namespace: str
+) -> None:
+    host = ScriptedHost()
+    transport = transports()
+    await transport.start(host, ["jobs"])
+    client = redis.Redis.from_url(redis_url)
+    try:  # a message of no one's making, in the queue's layout, with its wake token
+        client.hset(f"{namespace}:jobs.msgs", "garbage", b"\xc1 not msgpack")
+        client.rpush(f"{namespace}:jobs", "garbage")
+        client.lpush(f"{namespace}:__wake__.jobs", 1)
+        await asyncio.sleep(0.2)
+        await (await transport.deliver("jobs", new_envelope(Token(value="fine"))))
+        await until(lambda: _true(len(host.processed) == 1))
+        # not acknowledged: kept for an operator (and for maintenance, were this process gone)
+        assert client.hexists(f"{namespace}:jobs.msgs", "garbage")
+    finally:
+        client.close()
+
+
 async def test_stop_finishes_the_message_in_hand_puts_back_the_rest_and_leaves_no_thread(
     transports: Callable[..., DramatiqTransport],
 ) -> None:

@@ -1,38 +1,38 @@
-"""The Dramatiq/Redis transport: module queues in Redis, consumed by a Dramatiq worker; asks on
-plain Redis lists beside it.
+"""The Dramatiq/Redis transport: module queues in Dramatiq's Redis layout, consumed on the
+app's event loop; asks on plain Redis lists beside them.
 
 Commands and events (deliveries, at least once, retried by the kernel) go to the module's
-Dramatiq queue `<module>`, one generic actor per queue that takes `(kind, envelope_bytes)`.
-Asks (request/reply, between processes) do not go through Dramatiq: the asker pushes the
-request to one of the module's two request lists (commands, queries) and waits for the reply on
-a key of its own, and the served process answers from a listener task per list on its event
-loop (`redis_asks`, ADR 0028). Decisions and measurements are in
+Dramatiq queue `<module>` as messages of one generic actor per queue that takes
+`(kind, envelope_bytes)`. Asks (request/reply, between processes) do not go through Dramatiq:
+the asker pushes the request to one of the module's two request lists (commands, queries) and
+waits for the reply on a key of its own, and the served process answers from a listener task
+per list on its event loop (`redis_asks`, ADR 0028). Decisions and measurements are in
 docs/adr/0007-dramatiq-transport.md and 0028; in short:
 
 - The transport owns its broker (`_Broker`, a namespaced `RedisBroker`, in `redis_broker.py`),
   never the global one, with no Dramatiq middleware: the kernel retries, dead-letters and times out itself.
-- Handlers are async and use resources bound to the app's event loop (the loop that called
-  `start`). Dramatiq worker threads hand every message to that loop with
-  `run_coroutine_threadsafe` and return (so Dramatiq acks) only when the handling finished: a
-  worker killed mid-message has it redelivered by a live worker's queue maintenance once its
-  heartbeat is `heartbeat_timeout_ms` old.
-- Dramatiq's Redis consumer polls an idle queue with a backoff of up to a second. Ours keeps the
-  broker's Lua script and data layout but, when a queue is empty, blocks on a per-queue "wake"
-  list that every enqueue pushes to in the same round trip, so an idle consumer answers in
-  well under a millisecond and a quiet process costs Redis one fetch per queue per `idle_block`.
+- Handlers are async and use resources bound to the app's event loop. A `QueueConsumer` a
+  module queue (`redis_consumer.py`) fetches on that loop with Dramatiq's dispatch script (so
+  heartbeats, maintenance and the message layout are Dramatiq's) and acknowledges a message only
+  once it was handled (or its retry enqueued): a process killed mid-message has it redelivered
+  by a live consumer's queue maintenance once its heartbeat is `heartbeat_timeout_ms` old.
+  Dramatiq's own worker runs for the delay queues only (`_DelayWorker`): it holds delayed
+  messages until due and enqueues them on their module queue.
+- An idle consumer blocks on a per-queue "wake" list that every enqueue pushes to in the same
+  round trip, and fetches in that round trip, so it answers in well under a millisecond and a
+  quiet process costs Redis one fetch per queue per `idle_block`.
 - The served side's bulkhead (ADR 0020): asks of queries and asks of commands wait in separate
-  lists and have separate slots (`query_threads`, `worker_threads`), and deliveries have the
-  Dramatiq worker's threads: a saturated command path leaves the queries theirs.
+  lists and have separate slots (`query_threads`, `worker_threads`), and deliveries have
+  `worker_threads` slots of their own: a saturated command path leaves the queries theirs.
 - The event loop never blocks on Redis: enqueues from the loop go through `redis.asyncio` and are
-  batched per loop iteration into one pipeline; the replies to asks wait in `BLPOP` on a client
-  without socket timeout, bounded by an asyncio timeout.
+  batched per loop iteration into one pipeline; the replies to asks and the consumers' waits
+  block in Redis on connections without socket timeout, bounded by asyncio or by the block.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any, Final, TypeVar
@@ -43,10 +43,12 @@ import redis
 import redis.asyncio as aredis
 import structlog
 
-from shop.bus.messages import Envelope, Message, decode_envelope, encode
+from shop.bus.messages import Envelope, Message, encode
 from shop.bus.transports.base import Host, Outcome, is_query
+from shop.bus.transports.inprocess import Bulkhead
 from shop.bus.transports.redis_asks import AskServer, Connections, ask, reply_of, request_list, result_of
 from shop.bus.transports.redis_broker import ENQUEUE_LUA, WAKE_TOKENS, _Broker, actor_name
+from shop.bus.transports.redis_consumer import QueueConsumer
 
 __all__ = ["DramatiqTransport", "reply_of", "result_of"]
 
@@ -72,9 +74,19 @@ class _Batch:
         self.futures: list[asyncio.Future[None]] = []
 
 
+class _DelayWorker(dramatiq.Worker):
+    """Dramatiq's worker for the delay queues only: it holds delayed messages until they are
+    due, then enqueues them on their module queue. The module queues are consumed on the loop
+    (`QueueConsumer`)."""
+
+    def _add_consumer(self, queue_name: str, *, delay: bool = False) -> None:
+        if delay:
+            super()._add_consumer(queue_name, delay=True)
+
+
 class DramatiqTransport:
-    """Module queues on Redis, consumed by a Dramatiq worker whose threads run the handlers on
-    the app's event loop. See the module docstring and ADR 0007."""
+    """Module queues on Redis in Dramatiq's layout, consumed on the app's event loop (the delay
+    queues by a Dramatiq worker). See the module docstring and ADR 0007."""
 
     name = "dramatiq"
 
@@ -117,6 +129,8 @@ class DramatiqTransport:
         self._actors: dict[str, dramatiq.Actor[Any, Any]] = {}
         self._worker: dramatiq.Worker | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()  # handlers running (on the loop)
+        self._consumers: list[QueueConsumer] = []
+        self._slots = Bulkhead(worker_threads)  # deliveries handled at once, all queues
         self._client: aredis.Redis | None = None  # enqueues and replies
         self._blocking: aredis.Redis | None = None  # asks' BLPOP and BLMPOP: no socket timeout
         self._connections: Connections | None = None  # of `_blocking`, taken without its pool
@@ -148,20 +162,32 @@ class DramatiqTransport:
         )
         await self._asks.start(host, queues)
         for queue in queues:
+            # Declared for the delay queue's consumer (and so that Dramatiq tooling sees them).
             self._actors[queue] = dramatiq.Actor(
-                self._consume(queue),
+                self._never_called(queue),
                 broker=self.broker,
                 actor_name=actor_name(queue),
                 queue_name=queue,
                 priority=0,
                 options={},
             )
-        worker = dramatiq.Worker(
-            self.broker, queues=set(queues), worker_threads=self.worker_threads, worker_timeout=WORKER_POLL_MS
+        worker = _DelayWorker(
+            self.broker, queues=set(queues), worker_threads=1, worker_timeout=WORKER_POLL_MS
         )
-        worker.queue_prefetch = self.prefetch
         worker.start()
         self._worker = worker
+        for queue in queues:
+            consumer = QueueConsumer(
+                self.broker,
+                client,
+                self._connections,
+                queue,
+                self._handler(queue),
+                prefetch=self.prefetch,
+                idle_block_s=self.broker.idle_block_s,
+            )
+            await consumer.start()
+            self._consumers.append(consumer)
 
     async def stop(self) -> None:
         """Finish the messages being handled (up to `shutdown_timeout_s`), put back the ones
@@ -171,12 +197,8 @@ class DramatiqTransport:
         if asks is not None:
             await asks.stop(self.shutdown_timeout_s)
         worker, self._worker = self._worker, None
+        await self._stop_consuming(worker)
         if worker is not None:
-            for thread in worker.workers:
-                thread.stop()  # take no new message after the current one
-            with contextlib.suppress(redis.RedisError):
-                await self._kick(len(worker.consumers))
-            await self._drain(self.shutdown_timeout_s)
             await asyncio.to_thread(worker.stop, timeout=int(self.shutdown_timeout_s * 1000) + 5_000)
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
@@ -186,6 +208,30 @@ class DramatiqTransport:
                 if not future.done():
                     future.set_exception(ConnectionError("transport stopped"))
         await self._close()
+
+    async def _stop_consuming(self, worker: dramatiq.Worker | None) -> None:
+        """Fetch no more; let the deliveries in hand finish (up to `shutdown_timeout_s`) and
+        the fetched ones still waiting for a slot go back; write the last acknowledgements."""
+        consumers = self._consumers
+        for consumer in consumers:  # before the kick: a kicked consumer must not wait again
+            consumer.stopping = True
+        kicks = len(consumers) + (len(worker.consumers) if worker is not None else 0)
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self._kick(kicks)
+        for consumer in consumers:
+            await consumer.stop_fetching()
+        if worker is not None:
+            for thread in worker.workers:
+                thread.stop()
+        await self._drain(self.shutdown_timeout_s)
+        waiting = [task for consumer in consumers for task in consumer.tasks]
+        if waiting:  # fetched, not started: each puts its message back once it has a slot
+            _, pending = await asyncio.wait(waiting, timeout=self.shutdown_timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
+        for consumer in consumers:
+            await consumer.flush_acks()
 
     async def _close(self) -> None:
         """Close every connection of the transport and of its broker."""
@@ -210,7 +256,7 @@ class DramatiqTransport:
 
     async def _drain(self, timeout: float) -> None:
         """Wait for the handlers in flight; cancel those still running after `timeout` (their
-        messages are enqueued again by the worker thread)."""
+        messages are enqueued again, same attempt, by `_handle`)."""
         deadline = time.monotonic() + timeout
         while (pending := list(self._in_flight)) and (remaining := deadline - time.monotonic()) > 0:
             await asyncio.wait(pending, timeout=remaining)
@@ -308,74 +354,86 @@ class DramatiqTransport:
             if not future.done():
                 future.set_result(None)
 
-    # -- consuming (worker threads) ----------------------------------------------------------
+    # -- consuming (on the loop) -------------------------------------------------------------
 
-    def _consume(self, queue: str) -> Callable[[str, bytes], None]:
-        """The actor of a module queue."""
+    @staticmethod
+    def _never_called(queue: str) -> Callable[[str, bytes], None]:
+        """The actor of a module queue: Dramatiq's worker consumes only the delay queues, and
+        moves their due messages to the module queue, which `QueueConsumer` consumes."""
 
         def consume(kind: str, data: bytes) -> None:
-            self._process(queue, decode_envelope(data))
+            raise RuntimeError(f"{actor_name(queue)} is consumed on the event loop")
 
         consume.__name__ = consume.__qualname__ = actor_name(queue)
         return consume
 
-    def _on_loop(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """Run a coroutine on the app's loop and wait for it (from a worker thread): a task
-        made on the loop, whose end releases a lock the thread waits on (about half the
-        cost of `run_coroutine_threadsafe` and its chained futures, ADR 0028)."""
-        loop = self._loop
-        assert loop is not None
-        done = threading.Lock()
-        done.acquire()
-        tasks: list[asyncio.Task[T]] = []
+    def _handler(self, queue: str) -> Callable[[Envelope, str], Coroutine[Any, Any, None]]:
+        async def handle(envelope: Envelope, redis_id: str) -> None:
+            consumer = next(c for c in self._consumers if c.queue == queue)
+            await self._handle(consumer, envelope, redis_id)
 
-        def begin() -> None:
-            task = loop.create_task(make())
-            tasks.append(task)
-            self._in_flight.add(task)
-            task.add_done_callback(ended)
+        return handle
 
-        def ended(task: asyncio.Task[T]) -> None:
-            self._in_flight.discard(task)
-            done.release()
-
-        loop.call_soon_threadsafe(begin)  # RuntimeError if the loop is closed
-        while not done.acquire(timeout=1.0):
-            if loop.is_closed():
-                raise RuntimeError("the event loop closed before the handler ran")
-        return tasks[0].result()
-
-    def _process(self, queue: str, envelope: Envelope) -> None:
+    async def _handle(self, consumer: QueueConsumer, envelope: Envelope, redis_id: str) -> None:
+        """Handle one delivery within the transport's slots, then acknowledge it: after its
+        retry is enqueued (RETRY), or once the host stored it (DONE, DEAD). Fetched while
+        stopping, or still waiting for a slot then: put back for the next consumer."""
         assert self._host is not None
-        if self.broker.stopping:  # picked up while stopping: put it back for the next worker
-            self._again(queue, envelope, 0)
-            return
+        slots = self._slots
         try:
-            host = self._host
-            result = self._on_loop(lambda: host.process(queue, envelope))
-        except BaseException as exc:  # cancelled at shutdown, loop closed, kernel failure
-            log.warning(
-                "bus.dramatiq.redeliver", queue=queue, message_id=str(envelope.message_id), error=repr(exc)
-            )
-            self._again(queue, envelope, REDELIVER_AFTER_MS if not self.broker.stopping else 0)
-            return
-        if result.outcome is Outcome.RETRY:
-            again = msgspec.structs.replace(envelope, attempt=envelope.attempt + 1)
-            self._again(queue, again, round(result.delay * 1000))
+            if not slots.try_enter():
+                await slots.enter()
+        except asyncio.CancelledError:
+            await consumer.put_back(redis_id)
+            raise
+        try:
+            if self.broker.stopping:
+                await consumer.put_back(redis_id)
+                return
+            queue = consumer.queue
+            task = asyncio.current_task()
+            assert task is not None
+            self._in_flight.add(task)
+            try:
+                result = await self._host.process(queue, envelope)
+            except asyncio.CancelledError:  # stopped before it finished: the same attempt again
+                await self._again(queue, envelope, 0)
+                consumer.ack(redis_id)
+                raise
+            except Exception as exc:  # a kernel failure (the dead-letter store is down ...)
+                log.warning(
+                    "bus.dramatiq.redeliver",
+                    queue=queue,
+                    message_id=str(envelope.message_id),
+                    error=repr(exc),
+                )
+                await self._again(queue, envelope, REDELIVER_AFTER_MS)
+                consumer.ack(redis_id)
+                return
+            finally:
+                self._in_flight.discard(task)
+            if result.outcome is Outcome.RETRY:
+                again = msgspec.structs.replace(envelope, attempt=envelope.attempt + 1)
+                await self._again(queue, again, round(result.delay * 1000))
+            consumer.ack(redis_id)
+        except (redis.RedisError, OSError, ConnectionError) as exc:
+            # Stopping with Redis away: unacknowledged, so delivered again after the heartbeat
+            # timeout (the inbox drops a duplicate).
+            log.warning("bus.dramatiq.not_acknowledged", queue=consumer.queue, error=repr(exc))
+        finally:
+            slots.leave()
 
-    def _again(self, queue: str, envelope: Envelope, delay_ms: int) -> None:
-        """Enqueue once more; acknowledged only after this succeeded (retries while Redis is
-        away, unless stopping: then the un-acked message is redelivered by maintenance)."""
+    async def _again(self, queue: str, envelope: Envelope, delay_ms: int) -> None:
+        """Enqueue once more (the acknowledgement comes after this succeeded); retries while
+        Redis is away, unless stopping."""
         pause = 0.1
         while True:
             try:
-                self._actors[queue].send_with_options(
-                    args=(DELIVER, encode(envelope)), delay=delay_ms if delay_ms > 0 else None
-                )
+                await (await self.deliver(queue, envelope, delay=delay_ms / 1000))
                 return
-            except redis.RedisError:
+            except (redis.RedisError, OSError, ConnectionError):
                 if self.broker.stopping:
                     raise
                 log.warning("bus.dramatiq.enqueue_failed", queue=queue, retry_in=pause)
-                time.sleep(pause)
+                await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
