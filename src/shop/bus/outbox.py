@@ -186,6 +186,7 @@ class Relay:
             try:
                 await self.flush()
             except Exception as exc:
+                _unless_cancelled(exc)
                 log.warning("outbox.flush_failed", error=repr(exc))
 
     async def flush(self) -> None:
@@ -206,6 +207,7 @@ class Relay:
             try:
                 await self.sweep(grace=self.sweep_grace)
             except Exception as exc:
+                _unless_cancelled(exc)
                 log.warning("outbox.sweep_failed", error=repr(exc))
 
     async def sweep(self, *, grace: float) -> int:
@@ -236,3 +238,13 @@ class Relay:
                     await uow.session.execute(sa.select(sa.func.count()).select_from(outbox))
                 ).scalar_one()
         return total
+
+
+def _unless_cancelled(exc: Exception) -> None:
+    """Raise CancelledError if the running task is being cancelled: a cancellation that landed
+    in a database call can come out as another error (a rollback that failed on the interrupted
+    connection), and a loop that logged it and went on would never end (`Relay.stop` waits for
+    it)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc

@@ -4,6 +4,7 @@ forgotten once every receipt has resolved, and left to the sweep when one fails.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -119,3 +120,33 @@ async def test_a_message_that_cannot_be_handed_over_stays_and_is_not_in_flight(d
     assert await relay.sweep(grace=0.0) == 1  # not in flight any more: swept again
     await settle(relay)
     assert calls == 2
+
+
+async def test_stop_ends_even_when_a_cancelled_flush_comes_out_as_another_error(database: Database) -> None:
+    """A cancellation that lands in a database call can surface as another error (a rollback
+    on the interrupted connection failing); the flush loop must still end, and stop with it."""
+    transport = Receipts()
+    relay = Relay({"orders": database}, two_subscribers, transport.deliver, batch_delay=0.0)
+    await relay.start()
+    in_flush = asyncio.Event()
+
+    async def flush_interrupted_badly() -> None:
+        in_flush.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            raise RuntimeError("rollback failed: the connection is busy") from None
+
+    relay.flush = flush_interrupted_badly  # type: ignore[method-assign]
+    relay._flush_wanted.set()
+    await asyncio.wait_for(in_flush.wait(), 5)
+    relay.flush = _nothing  # type: ignore[method-assign]  # stop's own last flush
+    started = time.monotonic()
+    await asyncio.wait_for(relay.stop(), 5)
+    assert time.monotonic() - started < 2
+    assert relay._flusher is not None
+    assert relay._flusher.done()
+
+
+async def _nothing() -> None:
+    return None
