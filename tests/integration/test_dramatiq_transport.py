@@ -453,6 +453,35 @@ async def test_a_consumer_whose_connection_was_killed_reconnects_and_goes_on(
     await until(lambda: _true(len(host.processed) == 2))
 
 
+async def test_an_acknowledgement_redis_refused_is_written_again(
+    transports: Callable[..., DramatiqTransport], redis_url: str, namespace: str
+) -> None:
+    host = ScriptedHost()
+    transport = transports()
+    await transport.start(host, ["jobs"])
+    [consumer] = transport._consumers
+    real_eval = consumer.client.eval
+    calls = 0
+
+    async def eval_failing_once(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise redis.ConnectionError("Redis went away for a moment")
+        return await real_eval(*args)
+
+    consumer.client.eval = eval_failing_once
+    await (await transport.deliver("jobs", new_envelope(Token(value="once"))))
+    await until(lambda: _true(len(host.processed) == 1))
+    client = redis.Redis.from_url(redis_url)
+    try:  # acknowledged in the end: the message's data is gone from Redis
+        await until(lambda: _true(client.hlen(f"{namespace}:jobs.msgs") == 0), timeout=5)
+    finally:
+        client.close()
+    assert calls == 2
+    assert len(host.processed) == 1
+
+
 async def test_an_undecodable_message_is_left_aside_and_the_next_one_is_handled(
     transports: Callable[..., DramatiqTransport], redis_url: str, namespace: str
 ) -> None:
