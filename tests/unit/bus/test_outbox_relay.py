@@ -56,13 +56,19 @@ async def settle(relay: Relay) -> None:
     await relay.flush()
 
 
-async def test_a_row_is_forgotten_only_once_every_subscriber_has_its_copy(database: Database) -> None:
+async def two_messages_relayed(database: Database) -> tuple[Receipts, Relay]:
+    """Messages 1 and 2 written in one unit of work, committed, and handed to the transport."""
     transport = Receipts()
     relay = Relay({"orders": database}, two_subscribers, transport.deliver)
     async with unit_of_work(database) as uow:
         await outbox.write(uow, new_envelope(RelayTestHappened(n=1)), relay)
         await outbox.write(uow, new_envelope(RelayTestHappened(n=2)), relay)
     await settle(relay)
+    return transport, relay
+
+
+async def test_a_row_is_forgotten_only_once_every_subscriber_has_its_copy(database: Database) -> None:
+    transport, relay = await two_messages_relayed(database)
     assert len(transport.sent) == 4  # two messages, two subscribers each, after the commit
     assert {e.consumer for _, e, _ in transport.sent} == {"audit.record", "mail.notify"}
     first, second = transport.of(1), transport.of(2)
@@ -77,12 +83,7 @@ async def test_a_row_is_forgotten_only_once_every_subscriber_has_its_copy(databa
 
 
 async def test_a_failed_receipt_leaves_the_row_to_the_sweep_and_the_others_go(database: Database) -> None:
-    transport = Receipts()
-    relay = Relay({"orders": database}, two_subscribers, transport.deliver)
-    async with unit_of_work(database) as uow:
-        await outbox.write(uow, new_envelope(RelayTestHappened(n=1)), relay)
-        await outbox.write(uow, new_envelope(RelayTestHappened(n=2)), relay)
-    await settle(relay)
+    transport, relay = await two_messages_relayed(database)
     first, second = transport.of(1), transport.of(2)
     first[0].set_exception(ConnectionError("broker away"))
     first[1].set_result(None)

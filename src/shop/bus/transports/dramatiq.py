@@ -34,8 +34,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Collection, Coroutine
-from typing import Any, Final, TypeVar
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, Final
 
 import dramatiq
 import msgspec
@@ -53,7 +53,6 @@ from shop.bus.transports.redis_consumer import QueueConsumer
 __all__ = ["DramatiqTransport", "reply_of", "result_of"]
 
 log = structlog.get_logger("shop.bus.dramatiq")
-T = TypeVar("T")
 
 DELIVER: Final = "deliver"
 
@@ -125,8 +124,6 @@ class DramatiqTransport:
             idle_block_s=block,
         )
         self._host: Host | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._actors: dict[str, dramatiq.Actor[Any, Any]] = {}
         self._worker: dramatiq.Worker | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()  # handlers running (on the loop)
         self._consumers: list[QueueConsumer] = []
@@ -146,7 +143,6 @@ class DramatiqTransport:
             raise RuntimeError("a DramatiqTransport starts once; build a new one to start again")
         self._started = True
         self._host = host
-        self._loop = asyncio.get_running_loop()
         await self._clients()
         if not queues:
             return
@@ -162,8 +158,8 @@ class DramatiqTransport:
         )
         await self._asks.start(host, queues)
         for queue in queues:
-            # Declared for the delay queue's consumer (and so that Dramatiq tooling sees them).
-            self._actors[queue] = dramatiq.Actor(
+            # Declared on the broker for the delay queue's consumer (and Dramatiq's tooling).
+            dramatiq.Actor(
                 self._never_called(queue),
                 broker=self.broker,
                 actor_name=actor_name(queue),
@@ -182,7 +178,7 @@ class DramatiqTransport:
                 client,
                 self._connections,
                 queue,
-                self._handler(queue),
+                self._handle,
                 prefetch=self.prefetch,
                 idle_block_s=self.broker.idle_block_s,
             )
@@ -366,13 +362,6 @@ class DramatiqTransport:
 
         consume.__name__ = consume.__qualname__ = actor_name(queue)
         return consume
-
-    def _handler(self, queue: str) -> Callable[[Envelope, str], Coroutine[Any, Any, None]]:
-        async def handle(envelope: Envelope, redis_id: str) -> None:
-            consumer = next(c for c in self._consumers if c.queue == queue)
-            await self._handle(consumer, envelope, redis_id)
-
-        return handle
 
     async def _handle(self, consumer: QueueConsumer, envelope: Envelope, redis_id: str) -> None:
         """Handle one delivery within the transport's slots, then acknowledge it: after its

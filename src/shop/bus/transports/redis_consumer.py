@@ -31,9 +31,9 @@ log = structlog.get_logger("shop.bus.dramatiq")
 #: After a Redis error, the consumer tries again after this long (doubling up to 5 s).
 RETRY_PAUSE_S: Final = 0.1
 
-#: (envelope, redis message id) -> handled; raises nothing (the transport decides what a
-#: failure means); after it returns, the message is acknowledged.
-Handle = Callable[[Envelope, str], Awaitable[None]]
+#: (the consumer, envelope, redis message id) -> handled: the transport decides what a failure
+#: means, and acknowledges (`ack`) or puts back (`put_back`) through the consumer it is given.
+Handle = Callable[["QueueConsumer", Envelope, str], Awaitable[None]]
 
 
 class QueueConsumer:
@@ -149,7 +149,7 @@ class QueueConsumer:
 
     async def _handled(self, envelope: Envelope, redis_id: str) -> None:
         try:
-            await self.handle(envelope, redis_id)
+            await self.handle(self, envelope, redis_id)
         finally:
             self.freed.set()
 
