@@ -94,6 +94,31 @@ class Server:
 # -- processes -----------------------------------------------------------------------------
 
 
+def thread_cpu_seconds(pgid: int) -> dict[str, float]:
+    """utime + stime of the live threads of a process group, by thread name and id (Python's
+    threads are named after their process's command)."""
+    by_name: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat[stat.rindex(")") + 2 :].split()[2]) != pgid:
+                continue
+            tasks = list((entry / "task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            by_name[f"{name}/{task.name}"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return by_name
+
+
 def group_cpu_seconds(pgid: int) -> float:
     """utime + stime of every live process in a process group (the server and its workers)."""
     total = 0

@@ -1,13 +1,15 @@
 """Orders through the shop's ASGI app in this one process: no server, no load generator.
 
 What an order costs in the shop's own Python, with nothing else on the CPU: the app is built
-as `shop run` builds it (SQLite in a fresh data dir, the in-process bus), its lifespan runs,
-and httpx's ASGI transport posts --orders orders (the orders_wrk mix) with --concurrency in
-flight; the run ends when every order is terminal (read from orders.db with stdlib sqlite3).
+as `shop run` builds it (SQLite in a fresh data dir, the in-process bus; with --database-url a
+fresh PostgreSQL database instead, as orders-pg), its lifespan runs on uvloop as under `shop
+run`, and httpx's ASGI transport posts --orders orders (the orders_wrk mix) with --concurrency
+in flight; the run ends when every order is terminal (read from the orders module's table).
 Printed: process CPU per order and the floor's (same run). --profile runs the timed part
 under cProfile and prints the top functions by own time and by calls, plus calls per order.
 
     .venv/bin/python bench/orders_inprocess.py [--orders 1000] [--concurrency 16] [--profile]
+        [--database-url postgresql+asyncpg://postgres@127.0.0.1:5432/postgres]
 """
 
 from __future__ import annotations
@@ -47,13 +49,39 @@ def configure(data_dir: Path) -> None:
     )
 
 
-def terminal_count(orders_db: Path) -> int:
+async def terminal_count(orders_db: Path, pg_url: str | None = None) -> int:
+    marks = ",".join("?" * len(TERMINAL))
+    if pg_url:  # the shop on PostgreSQL: the orders module's schema
+        import asyncpg  # the shop's own dependency
+
+        conn = await asyncpg.connect(pg_url)
+        try:
+            dollars = ",".join(f"${i + 1}" for i in range(len(TERMINAL)))
+            return int(await conn.fetchval(f"SELECT count(*) FROM orders.orders WHERE status IN ({dollars})", *TERMINAL))
+        finally:
+            await conn.close()
     db = sqlite3.connect(orders_db)
     try:
-        marks = ",".join("?" * len(TERMINAL))
         return int(
             db.execute(f"SELECT count(*) FROM orders WHERE status IN ({marks})", TERMINAL).fetchone()[0]
         )
+    finally:
+        db.close()
+
+
+async def status_counts(orders_db: Path, pg_url: str | None) -> dict[str, int]:
+    if pg_url:
+        import asyncpg
+
+        conn = await asyncpg.connect(pg_url)
+        try:
+            rows = await conn.fetch("SELECT status, count(*) FROM orders.orders GROUP BY status")
+            return {r[0]: int(r[1]) for r in rows}
+        finally:
+            await conn.close()
+    db = sqlite3.connect(orders_db)
+    try:
+        return dict(db.execute("SELECT status, count(*) FROM orders GROUP BY status").fetchall())
     finally:
         db.close()
 
@@ -68,7 +96,7 @@ async def main_async(args: argparse.Namespace, data_dir: Path) -> None:
             product_ids, customers = await set_up(client, argparse.Namespace(products=20, customers=20))
             mix = order_mix(product_ids, customers, args.orders)
             orders_db = data_dir / "orders.db"
-            before = terminal_count(orders_db)
+            before = await terminal_count(orders_db, args.pg_url)
             queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
             for customer, body in mix:
                 queue.put_nowait((customer.token, json.dumps(body)))
@@ -89,16 +117,12 @@ async def main_async(args: argparse.Namespace, data_dir: Path) -> None:
             if profiler is not None:
                 profiler.enable()
             await asyncio.gather(*(poster() for _ in range(args.concurrency)))
-            while terminal_count(orders_db) - before < args.orders:
+            while await terminal_count(orders_db, args.pg_url) - before < args.orders:
                 await asyncio.sleep(0.02)
             if profiler is not None:
                 profiler.disable()
             cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
-    db = sqlite3.connect(orders_db)
-    try:
-        statuses = dict(db.execute("SELECT status, count(*) FROM orders GROUP BY status").fetchall())
-    finally:
-        db.close()
+            statuses = await status_counts(orders_db, args.pg_url)
     floor_cpu = floor_orders.floor()[0] if not args.no_floor else None
     print(f"orders     {args.orders} with {args.concurrency} in flight: {statuses}")
     print(f"wall       {wall:.2f} s = {args.orders / wall:.0f} orders/s (one process, no server)")
@@ -128,11 +152,29 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--no-floor", action="store_true")
     parser.add_argument("--dump", help="with --profile: write cProfile's stats to this file")
+    parser.add_argument(
+        "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="the event loop (uvloop, as shop run)"
+    )
+    parser.add_argument(
+        "--database-url",
+        help="run the shop on this PostgreSQL server (a fresh database shop_bench on it, as orders-pg)",
+    )
     args = parser.parse_args()
+    args.pg_url = None
+    if args.database_url:
+        from orders_wrk import create_pg_database
+
+        args.pg_url = create_pg_database(args.database_url)
+        os.environ["SHOP_DATABASE_URL"] = args.pg_url.replace("postgresql://", "postgresql+asyncpg://", 1)
     with tempfile.TemporaryDirectory(prefix="shop-bench-inproc-") as tmp:
         data_dir = Path(tmp)
         configure(data_dir)
-        asyncio.run(main_async(args, data_dir))
+        if args.loop == "uvloop":  # as `shop run` serves (granian's uvloop)
+            import uvloop
+
+            uvloop.run(main_async(args, data_dir))
+        else:
+            asyncio.run(main_async(args, data_dir))
     return 0
 
 

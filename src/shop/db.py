@@ -35,9 +35,10 @@ from shop.sqlite_onloop import LoopConnection, onloop_url
 log = structlog.get_logger("shop.db")
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
-# PostgreSQL: writers' connections kept open between units of work, at most this many idle
-# (of a pool of 10 + 10 overflow, which readers share): see Database.kept_writer.
-KEPT_PG_WRITERS = 8
+# PostgreSQL on asyncpg: at most this many writing units of work of a module at once, each on
+# a connection kept open between units of work (of a pool of 10 + 10 overflow, the rest of which
+# readers have): see Database.kept_writer and ADR 0026.
+PG_WRITER_SLOTS = 8
 
 
 class Database:
@@ -81,15 +82,22 @@ class Database:
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
         else:  # PostgreSQL: a connection the server closed is not checked out
             event.listen(self.engine.sync_engine.pool, "checkout", db_asyncpg.reject_closed)
+        # Prepared statements run as the driver's SQL (SQLite, asyncpg); off when SQL is traced.
+        self.driver_sql = self.is_sqlite or make_url(url).get_driver_name() == "asyncpg"
         # SQLite has one writer at a time. Writers of this process queue here, in order, and
-        # share one connection kept open (no pool check-out and reset per transaction).
-        self.write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
+        # share one connection kept open (no pool check-out and reset per transaction). On
+        # asyncpg, PG_WRITER_SLOTS writers at a time, each on a kept connection.
+        self.write_lock: asyncio.Lock | asyncio.Semaphore | None = (
+            asyncio.Lock()
+            if self.is_sqlite
+            else asyncio.Semaphore(PG_WRITER_SLOTS)
+            if self.driver_sql
+            else None
+        )
         self._writer: AsyncConnection | None = None
         self._reader: AsyncConnection | None = None
         self._kept: list[AsyncConnection] = []  # PostgreSQL writers' idle connections
         self._checkpointed: str | None = None  # the SQLite file the checkpoint thread keeps
-        # Prepared statements run as the driver's SQL (SQLite, asyncpg); off when SQL is traced.
-        self.driver_sql = self.is_sqlite or make_url(url).get_driver_name() == "asyncpg"
 
     async def writer(self) -> AsyncConnection:
         """The connection of this process's SQLite writers (under `write_lock`)."""
@@ -124,10 +132,10 @@ class Database:
             await writer.close()
 
     async def kept_writer(self) -> AsyncConnection:
-        """A connection for a PostgreSQL writer: one an earlier unit of work left (no pool
-        check-out, ~0.2 ms of CPU less a unit of work, see ADR 0026), else a new check-out. A
-        kept one whose socket the server has closed is dropped, as `reject_closed` does at
-        check-out, and the next one tried."""
+        """A connection for a PostgreSQL writer (which holds one of `write_lock`'s slots): one
+        an earlier unit of work left (no pool check-out, ~0.2 ms of CPU less a unit of work, see
+        ADR 0026), else a new check-out. A kept one whose socket the server has closed is
+        dropped, as `reject_closed` does at check-out, and the next one tried."""
         while self._kept:
             connection = self._kept.pop()
             if db_asyncpg.usable(connection):
@@ -137,17 +145,10 @@ class Database:
 
     async def keep(self, connection: AsyncConnection, clean: bool) -> None:
         """Take back a PostgreSQL writer's connection: kept if its unit of work ended cleanly
-        (committed or rolled back) and it is idle, up to KEPT_PG_WRITERS, and only while the
-        pool is not into its overflow (kept connections never leave readers waiting for one:
-        keeping them regardless stalled POSTs for 5 s under the orders benchmark); else back
-        to the pool, or invalidated when broken."""
-        pool: Any = self.engine.sync_engine.pool
-        if (
-            clean
-            and len(self._kept) < KEPT_PG_WRITERS
-            and pool.checkedout() <= pool.size()
-            and db_asyncpg.idle(connection)
-        ):
+        (committed or rolled back) and it is idle, up to PG_WRITER_SLOTS (the writers at once,
+        so kept connections never take more of the pool than the slots: readers have the rest);
+        else back to the pool, or invalidated when broken."""
+        if clean and len(self._kept) < PG_WRITER_SLOTS and db_asyncpg.idle(connection):
             self._kept.append(connection)
         else:
             await _discard(connection)
@@ -246,6 +247,7 @@ class UnitOfWork:
         # adapter directly, without SQLAlchemy's transaction object and its greenlet hops.
         self.pg_driver = shared and transactional and not database.is_sqlite
         self._clean = False  # PostgreSQL: ended by a commit or rollback that went through
+        self.savepoints = 0  # PostgreSQL writers: savepoints taken (each named after its number)
 
     def after_commit(self, hook: AfterCommit) -> None:
         self._after_commit.append(hook)
@@ -347,6 +349,9 @@ def unit_of_work(database: Database, *, write: bool = True) -> UnitOfWorkScope:
     On SQLite a writing unit of work takes this process's write lock, then SQLite's at BEGIN
     (IMMEDIATE); another process holding SQLite's is waited for with asyncio sleeps, never in
     the driver. A read-only one (`write=False`) begins deferred and never blocks writers (WAL).
+    On PostgreSQL (asyncpg) a writing unit of work takes one of the module's PG_WRITER_SLOTS
+    and the connection kept for it; reads take neither. Either wait is bounded by the busy
+    timeout (`DatabaseBusy`).
     """
     return UnitOfWorkScope(database, write)
 
@@ -450,8 +455,13 @@ async def savepoint(session: AsyncConnection) -> AsyncIterator[None]:
     """A savepoint in the current transaction: rolled back (and re-raised) on error.
 
     On SQLite in the current unit of work it is the driver's SAVEPOINT/RELEASE (2 µs each, where
-    SQLAlchemy's nested transaction costs ~50 µs a statement); elsewhere `begin_nested()`."""
+    SQLAlchemy's nested transaction costs ~50 µs a statement); in a PostgreSQL writer's unit of
+    work the same statements on asyncpg (`_pg_savepoint`); elsewhere `begin_nested()`."""
     uow = _unit_of_work_on(session)
+    if uow is not None and uow.pg_driver:
+        async with _pg_savepoint(uow):
+            yield
+        return
     if uow is None or not uow.on_driver:
         async with session.begin_nested():
             yield
@@ -465,6 +475,23 @@ async def savepoint(session: AsyncConnection) -> AsyncIterator[None]:
         driver.execute("RELEASE shop_savepoint")
         raise
     driver.execute("RELEASE shop_savepoint")
+
+
+@asynccontextmanager
+async def _pg_savepoint(uow: UnitOfWork) -> AsyncIterator[None]:
+    """`savepoint` in a PostgreSQL writer's unit of work (asyncpg): the statements on the
+    adapter's connection (`db_asyncpg.simple`), as SQLite's go to its driver. Each savepoint of
+    the transaction has a name of its own and is never released: a RELEASE is a round trip that
+    changes nothing the transaction's commit or rollback would not, and with distinct names a
+    ROLLBACK TO always finds its own savepoint, however the savepoints nest."""
+    uow.savepoints += 1
+    name = f"shop_savepoint_{uow.savepoints}"
+    await db_asyncpg.simple(uow.session, f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        await db_asyncpg.simple(uow.session, f"ROLLBACK TO SAVEPOINT {name}")
+        raise
 
 
 class DatabaseBusy(TimeoutError):
@@ -570,19 +597,23 @@ class Prepared:
         self, target: UnitOfWork | AsyncConnection, rows: Sequence[Mapping[str, Any]]
     ) -> None:
         """Run the statement once per row of parameters (all rows with the same names): on
-        SQLite as the driver's ``executemany`` (one call), elsewhere through SQLAlchemy's (one
-        multi-row statement on a server)."""
+        SQLite as the driver's ``executemany`` (one call), on asyncpg as its prepared
+        statement's ``executemany`` (the rows pipelined in one round trip), elsewhere through
+        SQLAlchemy's."""
         if not rows:
             return
         uow = target if isinstance(target, UnitOfWork) else _unit_of_work_on(target)
         compiled = None
-        if uow is not None and uow.database.is_sqlite and uow.database.driver_sql:
+        if uow is not None and uow.database.driver_sql:
             compiled = self._compiled(uow.database, tuple(rows[0]))
         if uow is None or compiled is None:
             session = target.session if isinstance(target, UnitOfWork) else target
             await session.execute(self.statement, [dict(row) for row in rows])
             return
         args = [compiled.arguments(row) for row in rows]
+        if not uow.database.is_sqlite:  # PostgreSQL: asyncpg's executemany, one round trip
+            await db_asyncpg.fetch_many(uow.session, compiled.sql, args)
+            return
         try:
             uow.driver().executemany(compiled.sql, args)
         except sqlite3.Error as exc:

@@ -53,6 +53,36 @@ async def fetch(
     return rows, int(found.group(1)) if found else -1, tuple(a.type.oid for a in attributes)
 
 
+async def fetch_many(session: AsyncConnection, sql: str, rows: list[list[Any]]) -> None:
+    """Run the driver's SQL once per row of parameters in the session's transaction, as
+    asyncpg's `executemany` of the prepared statement (the rows pipelined in one round trip);
+    the results are discarded. Same transaction start, statement cache and errors as `fetch`."""
+    adapted: Any = session.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
+    expired: float = session.dialect._invalidate_schema_cache_asof  # type: ignore[attr-defined]
+    try:
+        async with adapted._execute_mutex:
+            if adapted._transaction is None:
+                await adapted._start_transaction()
+            statement, _attributes = await adapted._prepare(sql, expired)
+            await statement.executemany(rows)
+    except Exception as exc:
+        raise _sqlalchemy_error(session, adapted, sql, rows, exc) from exc
+
+
+async def simple(session: AsyncConnection, sql: str) -> None:
+    """Run a statement without parameters (SAVEPOINT, RELEASE, ROLLBACK TO) in the session's
+    transaction on the adapter's asyncpg connection: SQLAlchemy's nested transaction object
+    costs a greenlet hop, a compilation and its events a statement."""
+    adapted: Any = session.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
+    try:
+        async with adapted._execute_mutex:
+            if adapted._transaction is None:
+                await adapted._start_transaction()
+            await adapted._connection.execute(sql)
+    except Exception as exc:
+        raise _sqlalchemy_error(session, adapted, sql, [], exc) from exc
+
+
 def _sqlalchemy_error(
     session: AsyncConnection, adapted: Any, sql: str, args: list[Any], exc: Exception
 ) -> Exception:

@@ -16,7 +16,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from shop.db import Database, Prepared, savepoint, unit_of_work
+from shop import db as shop_db
+from shop.db import PG_WRITER_SLOTS, Database, DatabaseBusy, Prepared, UnitOfWork, savepoint, unit_of_work
 
 pytestmark = pytest.mark.postgres
 
@@ -111,17 +112,126 @@ async def test_a_duplicate_through_asyncpg_is_sqlalchemys_integrity_error_and_ro
         assert (await SELECT.execute(uow, {"b_id": thing_id})).mappings()[0]["name"] == "box"
 
 
+def _through_sqlalchemy(database: Database) -> list[str]:
+    """The statements SQLAlchemy's own cursor runs on `database` from now on."""
+    seen: list[str] = []
+    sa.event.listen(
+        database.engine.sync_engine, "before_cursor_execute", lambda _c, _cur, sql, *_rest: seen.append(sql)
+    )
+    return seen
+
+
 async def test_a_savepoint_rolled_back_keeps_the_rest_of_the_unit_of_work(database: Database) -> None:
-    """asyncpg's statements and `shop.db.savepoint` (SQLAlchemy's on PostgreSQL) share one transaction."""
+    """asyncpg's statements and `shop.db.savepoint` share one transaction; in a writer's unit of
+    work the savepoint's statements go to asyncpg too, not through SQLAlchemy's nested transaction."""
     first, second = uuid.uuid4(), uuid.uuid4()
+    through_sqlalchemy = _through_sqlalchemy(database)
     async with unit_of_work(database) as uow:
         await INSERT.execute(uow, _row(first))
         with pytest.raises(IntegrityError):
             async with savepoint(uow.session):
                 await INSERT.execute(uow, _row(first))
         await INSERT.execute(uow, _row(second))
+    assert through_sqlalchemy == []
     async with unit_of_work(database, write=False) as uow:
         assert len((await SOME.execute(uow, {"ids": [first, second]})).rows) == 2
+
+
+class _Fails(Exception):
+    pass
+
+
+async def _failing_savepoint(uow: UnitOfWork, *rows: uuid.UUID) -> None:
+    """Insert `rows` in a savepoint, then fail it; the failure is swallowed here."""
+    try:
+        async with savepoint(uow.session):
+            for row in rows:
+                await INSERT.execute(uow, _row(row))
+            raise _Fails
+    except (_Fails, IntegrityError):
+        pass
+
+
+async def _found(database: Database, *ids: uuid.UUID) -> set[uuid.UUID]:
+    async with unit_of_work(database, write=False) as uow:
+        return {row[0] for row in (await SOME.execute(uow, {"ids": list(ids)})).rows}
+
+
+async def test_nested_savepoints_roll_back_only_the_inner_one(database: Database) -> None:
+    outer, inner, after = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    async with unit_of_work(database) as uow, savepoint(uow.session):
+        await INSERT.execute(uow, _row(outer))
+        await _failing_savepoint(uow, inner)
+        await INSERT.execute(uow, _row(after))
+    assert await _found(database, outer, inner, after) == {outer, after}
+
+
+async def test_an_outer_savepoint_rolled_back_after_inner_ones_takes_back_all_of_them_and_no_more(
+    database: Database,
+) -> None:
+    before, outer, kept_inner, failed_inner, after = (uuid.uuid4() for _ in range(5))
+
+    async def outer_part(uow: UnitOfWork) -> None:
+        async with savepoint(uow.session):
+            await INSERT.execute(uow, _row(outer))
+            async with savepoint(uow.session):
+                await INSERT.execute(uow, _row(kept_inner))
+            await _failing_savepoint(uow, failed_inner, before)  # `before` again: a duplicate
+            raise _Fails
+
+    async with unit_of_work(database) as uow:
+        await INSERT.execute(uow, _row(before))
+        with pytest.raises(_Fails):
+            await outer_part(uow)
+        async with savepoint(uow.session):
+            await INSERT.execute(uow, _row(after))
+    assert await _found(database, before, outer, kept_inner, failed_inner, after) == {before, after}
+
+
+async def test_a_savepoint_at_the_start_of_a_unit_of_work_begins_its_transaction(database: Database) -> None:
+    """The savepoint is the unit of work's first statement: the transaction begins with it, and
+    the failed unit of work rolls back what the savepoint kept."""
+    thing_id = uuid.uuid4()
+
+    async def savepoint_first_then_fail() -> None:
+        async with unit_of_work(database) as uow:
+            async with savepoint(uow.session):
+                await INSERT.execute(uow, _row(thing_id))
+            raise RuntimeError("after the savepoint")
+
+    with pytest.raises(RuntimeError):
+        await savepoint_first_then_fail()
+    async with unit_of_work(database, write=False) as uow:
+        assert (await SELECT.execute(uow, {"b_id": thing_id})).rows == []
+
+
+async def test_execute_many_stores_every_row_through_asyncpg(database: Database) -> None:
+    ids = [uuid.uuid4() for _ in range(3)]
+    through_sqlalchemy = _through_sqlalchemy(database)
+    async with unit_of_work(database) as uow:
+        await INSERT.execute_many(uow, [{**_row(i), "name": f"box {n}"} for n, i in enumerate(ids)])
+    assert through_sqlalchemy == []
+    async with unit_of_work(database, write=False) as uow:
+        names = [(await SELECT.execute(uow, {"b_id": i})).mappings()[0]["name"] for i in ids]
+    assert names == ["box 0", "box 1", "box 2"]
+
+
+async def test_execute_many_with_a_duplicate_raises_sqlalchemys_error_and_stores_none_of_it(
+    database: Database,
+) -> None:
+    existing, fresh = uuid.uuid4(), uuid.uuid4()
+    async with unit_of_work(database) as uow:
+        await INSERT.execute(uow, _row(existing))
+
+    async def insert_many() -> None:
+        async with unit_of_work(database) as uow:
+            await INSERT.execute_many(uow, [_row(fresh), _row(existing)])
+
+    with pytest.raises(IntegrityError):
+        await insert_many()
+    async with unit_of_work(database, write=False) as uow:
+        assert (await SELECT.execute(uow, {"b_id": fresh})).rows == []
+        assert len((await SELECT.execute(uow, {"b_id": existing})).rows) == 1
 
 
 async def test_a_read_only_unit_of_work_runs_each_statement_on_its_own(database: Database) -> None:
@@ -271,30 +381,57 @@ async def test_a_commit_the_server_refuses_raises_sqlalchemys_error_and_stores_n
         assert [r[0] for r in found] == [3]
 
 
-async def test_writers_keep_no_connection_while_the_pool_runs_into_its_overflow(database: Database) -> None:
-    """Readers share the pool: connections kept idle for writers must not leave them waiting."""
+async def test_writers_beyond_their_slots_wait_while_readers_still_get_connections(
+    database: Database,
+) -> None:
+    """A module has PG_WRITER_SLOTS writers at a time, each on a kept connection; more wait for
+    a slot (not for the pool), and readers have the rest of the pool."""
     pool = database.engine.sync_engine.pool
-    busy = pool.size() + 8  # writers at once, 8 of them in the overflow
-    release = [asyncio.Event() for _ in range(busy)]
+    busy = PG_WRITER_SLOTS + 4
+    release = asyncio.Event()
+    entered: list[int] = []
 
     async def writer(n: int) -> None:
         async with unit_of_work(database) as uow:
+            entered.append(n)
             await uow.session.exec_driver_sql("SELECT 1")
-            await release[n].wait()
+            await release.wait()
 
     writers = [asyncio.create_task(writer(n)) for n in range(busy)]
-    await asyncio.sleep(0.5)
-    for event in release[:8]:  # 8 writers end while the others still hold their connections
-        event.set()
-    await asyncio.sleep(0.2)
-    assert database.kept_connections == 0  # given back: the pool was into its overflow
+    await asyncio.sleep(0.3)
+    assert len(entered) == PG_WRITER_SLOTS
+    assert pool.checkedout() == PG_WRITER_SLOTS  # type: ignore[attr-defined]
 
     async def reader() -> None:
         async with unit_of_work(database, write=False) as uow:
             await uow.session.exec_driver_sql("SELECT 1")
 
     await asyncio.wait_for(asyncio.gather(*(reader() for _ in range(5))), 2)
-    for event in release:
-        event.set()
-    await asyncio.gather(*writers)
-    assert 0 < database.kept_connections <= pool.size()  # kept again once the burst is over
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*writers), 5)
+    assert sorted(entered) == list(range(busy))
+    assert database.kept_connections == PG_WRITER_SLOTS  # kept for the next writers
+    assert pool.checkedout() == PG_WRITER_SLOTS  # type: ignore[attr-defined]
+
+
+async def test_a_writer_that_finds_no_slot_within_the_busy_timeout_fails_with_database_busy(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shop_db, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with unit_of_work(database):
+            await release.wait()
+
+    holders = [asyncio.create_task(holder()) for _ in range(PG_WRITER_SLOTS)]
+    await asyncio.sleep(0.1)
+    try:
+        with pytest.raises(DatabaseBusy):
+            async with unit_of_work(database):
+                pass
+    finally:
+        release.set()
+        await asyncio.gather(*holders)
+    async with unit_of_work(database) as uow:  # the slots are free again
+        await INSERT.execute(uow, _row(uuid.uuid4()))
