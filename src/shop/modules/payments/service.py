@@ -98,9 +98,19 @@ class Payment:
 
 _OPEN = InsertIfAbsent(payments)
 _GET = Prepared(sa.select(payments).where(payments.c.id == sa.bindparam("b_id")))
+_GIVEN_UP = cancelled_orders.alias("given_up")
+# The compare-and-set also answers whether the payment's order was given up, read in the same
+# statement (one round trip where a move and a read took two).
 _MOVE = Prepared(
-    payments.update().where(
-        payments.c.id == sa.bindparam("b_id"), payments.c.status == sa.bindparam("b_status")
+    payments.update()
+    .where(payments.c.id == sa.bindparam("b_id"), payments.c.status == sa.bindparam("b_status"))
+    .returning(
+        # named in full: a RETURNING clause renders the updated table's columns unqualified,
+        # which inside the subquery would name the cancelled orders' own column
+        sa.exists()
+        .select_from(_GIVEN_UP)
+        .where(sa.literal_column("given_up.order_id") == sa.literal_column(f"{payments.name}.order_id"))
+        .label("cancelled")
     )
 )
 
@@ -165,11 +175,12 @@ class PaymentBook:
             log.warning("payments.conflicting_take_payment", payment_id=str(cmd.payment_id))
         return found
 
-    async def move(self, payment_id: uuid.UUID, source: str, target: str, **values: Any) -> bool:
-        """Compare-and-set the status; True when this call made the change."""
+    async def move(self, payment_id: uuid.UUID, source: str, target: str, **values: Any) -> bool | None:
+        """Compare-and-set the status: None when the payment was not at `source` (nothing
+        changed), else whether its order is marked given up (read in the same statement)."""
         params = {"b_id": payment_id, "b_status": source, "status": target, "updated_at": datetime.now(UTC)}
-        result = await _MOVE.execute(self.session, {**params, **values})
-        return result.rowcount == 1
+        moved = (await _MOVE.execute(self.session, {**params, **values})).first()
+        return None if moved is None else bool(moved[0])
 
     async def remember_ref(self, payment_id: uuid.UUID, ref: str) -> None:
         await self.session.execute(
@@ -367,10 +378,9 @@ class PaymentProcessor:
         """AUTHORIZED → CAPTURED; PaymentCaptured only while the order is still wanted (a capture
         landing after the order was given up is refunded by the next step instead)."""
         async with unit_of_work(self.database) as uow:
-            book = PaymentBook(uow.session)
-            if not await book.move(p.id, AUTHORIZED, CAPTURED):
+            cancelled = await PaymentBook(uow.session).move(p.id, AUTHORIZED, CAPTURED)
+            if cancelled is None:
                 return None
-            cancelled = await book.is_cancelled(p.order_id)
             if not cancelled:
                 assert p.provider_ref is not None
                 await self.bus.publish(
@@ -391,12 +401,11 @@ class PaymentProcessor:
         """Compare-and-set ``p`` from ``source`` to ``target`` (publishing ``event`` with it):
         the payment as it left it, or None when it had moved on meanwhile."""
         async with unit_of_work(self.database) as uow:
-            book = PaymentBook(uow.session)
-            if not await book.move(p.id, source, target, **values):
+            cancelled = await PaymentBook(uow.session).move(p.id, source, target, **values)
+            if cancelled is None:
                 return None
             if event is not None:
                 await self.bus.publish(event)
-            cancelled = await book.is_cancelled(p.order_id)
         log.info("payments.status_changed", payment_id=str(p.id), order_id=str(p.order_id), status=target)
         return _Seen(replace(p, status=target, **values), cancelled)
 
