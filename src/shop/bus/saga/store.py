@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.saga.definition import Saga
@@ -34,6 +35,61 @@ _SAVE = Prepared(
 )
 _INSERT = InsertIfAbsent(saga_instances)
 _STEP = Prepared(saga_steps.insert())
+_SAVED_COLUMNS = (
+    "status",
+    "step",
+    "step_index",
+    "data",
+    "failure_reason",
+    "step_deadline",
+    "deadline",
+    "attempts",
+    "next_attempt_at",
+    "version",
+    "updated_at",
+)
+
+
+def _save_with_timeline() -> Prepared:
+    """PostgreSQL: the version-checked UPDATE and the change's timeline lines in one statement
+    (one round trip where they took two): the lines come as arrays, inserted in their order,
+    and only if the UPDATE matched; the statement answers how many rows it updated."""
+    saved = (
+        saga_instances.update()
+        .where(
+            saga_instances.c.id == sa.bindparam("b_id"), saga_instances.c.version == sa.bindparam("b_version")
+        )
+        .values(
+            {name: sa.bindparam(f"v_{name}", type_=saga_instances.c[name].type) for name in _SAVED_COLUMNS}
+        )
+        .returning(saga_instances.c.id)
+        .cte("saved")
+    )
+    lines = (
+        sa.func.unnest(
+            sa.bindparam("l_steps", type_=postgresql.ARRAY(saga_steps.c.step.type)),
+            sa.bindparam("l_statuses", type_=postgresql.ARRAY(saga_steps.c.status.type)),
+            sa.bindparam("l_details", type_=postgresql.ARRAY(saga_steps.c.detail.type)),
+        )
+        .table_valued("step", "status", "detail", with_ordinality="n")
+        .render_derived(name="line")
+    )
+    timeline = saga_steps.insert().from_select(
+        ["saga_id", "step", "status", "detail", "at"],
+        sa.select(
+            saved.c.id,
+            lines.c.step,
+            lines.c.status,
+            lines.c.detail,
+            sa.bindparam("l_at", type_=saga_steps.c.at.type),
+        )
+        .select_from(saved.join(lines, sa.true()))
+        .order_by(lines.c.n),
+    )
+    return Prepared(sa.select(sa.func.count()).select_from(saved).add_cte(timeline.cte("timeline")))
+
+
+_SAVE_WITH_TIMELINE = _save_with_timeline()
 
 
 async def load(
@@ -64,17 +120,12 @@ async def write(uow: UnitOfWork, definition: Saga, row: SagaRow, change: Change,
     if change.finish is not None:
         for key in definition.transient:
             row.data.pop(key, None)
-    result = await _SAVE.execute(
-        uow,
-        {"b_id": row.id, "b_version": expected, **_state(row), "version": expected + 1, "updated_at": now},
-    )
-    if result.rowcount != 1:
+    if not await _save(uow, row, change, now):
         log.info("saga.concurrent_change", saga_id=str(row.id), version=expected)
         row.stale = True
         return False
     row.version = expected + 1
     row.updated_at = now
-    await _timeline(uow, row.id, change, now)
     if definition.on_step is not None:
         for event in change.events:
             if event.hook:
@@ -96,6 +147,43 @@ async def write(uow: UnitOfWork, definition: Saga, row: SagaRow, change: Change,
             "saga.finished", saga_id=str(row.id), type=row.type, status=finish.status, reason=finish.reason
         )
     return True
+
+
+async def _save(uow: UnitOfWork, row: SagaRow, change: Change, now: datetime) -> bool:
+    """The row at its next version and the change's timeline lines, if the stored row is still
+    at ``row.version``; False (nothing written) if not."""
+    expected = row.version
+    if uow.database.is_sqlite:
+        result = await _SAVE.execute(
+            uow,
+            {
+                "b_id": row.id,
+                "b_version": expected,
+                **_state(row),
+                "version": expected + 1,
+                "updated_at": now,
+            },
+        )
+        if result.rowcount != 1:
+            return False
+        await _timeline(uow, row.id, change, now)
+        return True
+    values = {f"v_{name}": value for name, value in _state(row).items()}
+    result = await _SAVE_WITH_TIMELINE.execute(  # PostgreSQL: one round trip for both
+        uow,
+        {
+            "b_id": row.id,
+            "b_version": expected,
+            **values,
+            "v_version": expected + 1,
+            "v_updated_at": now,
+            "l_steps": [e.step for e in change.events],
+            "l_statuses": [e.status for e in change.events],
+            "l_details": [e.detail for e in change.events],
+            "l_at": now,
+        },
+    )
+    return bool(result.scalar() == 1)
 
 
 async def _timeline(uow: UnitOfWork, saga_id: uuid.UUID, change: Change, now: datetime) -> None:
