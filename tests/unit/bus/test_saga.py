@@ -1143,3 +1143,106 @@ async def test_a_local_step_after_an_awaited_event_runs_in_the_event_handlers_tr
         assert [r[0] for r in inside] == ["noted"]  # already, in the handler's transaction
     assert not engine.background_tasks  # nothing left to advance after the commit
     assert (await state(engine, saga_id)).status == "COMPLETED"
+
+
+def lookup_saga(trip: Trip, look: Callable[[SagaContext], Any]) -> Saga:
+    """A remote step ("reserve"), a reads-only one ("look"), then a local one ("note")."""
+    return (
+        Saga("stock")
+        .step("reserve", action=trip.book_flight, compensate=trip.cancel_flight)
+        .step("look", action=look, reads_only=True, deadline=timedelta(seconds=60))
+        .step("note", action=note_in_transaction, local=True)
+    )
+
+
+@BOTH
+async def test_a_reads_only_step_runs_before_the_outcome_before_it_is_saved_and_both_are_saved_together(
+    new_engine: EngineFactory, db: Database, trip: Trip, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def look(ctx: SagaContext) -> dict[str, Any]:
+        trip.calls.append("look")
+        assert ctx.data["flight"] == "AF123"  # the outcome before it, not saved yet
+        return {"seen": True}
+
+    engine = new_engine(lookup_saga(trip, look))
+    opened = counting_units_of_work(monkeypatch)
+    saga_id = await start_stock(engine, db)
+
+    final = await state(engine, saga_id)
+    assert final.status == "COMPLETED"
+    assert final.data["seen"] is True
+    assert trip.calls == ["book_flight", "look"]
+    assert await noted(db, saga_id) == ["noted"]
+    # the claim of "reserve"; then reserve's and look's outcomes with all of "note" (was: two)
+    assert opened == [True, True]
+    assert pairs(await engine.timeline(saga_id)) == [
+        ("stock", "STARTED"),
+        ("reserve", "STARTED"),
+        ("reserve", "DONE"),
+        ("look", "STARTED"),
+        ("look", "DONE"),
+        ("note", "STARTED"),
+        ("note", "DONE"),
+        ("stock", "COMPLETED"),
+    ]
+
+
+@BOTH
+async def test_a_reads_only_step_that_fails_for_now_is_retried_later_as_any_step(
+    new_engine: EngineFactory, db: Database, trip: Trip, clock: FakeClock
+) -> None:
+    looks: list[int] = []
+
+    async def look(ctx: SagaContext) -> None:
+        looks.append(ctx.attempt)
+        if len(looks) == 1:
+            raise AskTimeout("users did not answer")
+
+    engine = new_engine(lookup_saga(trip, look))
+    saga_id = await start_stock(engine, db)
+
+    waiting = await state(engine, saga_id)
+    assert (waiting.status, waiting.step) == ("RUNNING", "look")  # reserve's outcome is kept
+    assert waiting.data["flight"] == "AF123"
+    clock.advance(1.5)
+    await engine.advance(saga_id)
+
+    assert (await state(engine, saga_id)).status == "COMPLETED"
+    assert looks == [1, 2]
+    assert trip.calls == ["book_flight"]  # reserve ran once
+    assert pairs(await engine.timeline(saga_id))[1:7] == [
+        ("reserve", "STARTED"),
+        ("reserve", "DONE"),
+        ("look", "STARTED"),
+        ("look", "RETRY"),
+        ("look", "STARTED"),
+        ("look", "DONE"),
+    ]
+
+
+@BOTH
+async def test_a_reads_only_step_that_refuses_compensates_the_step_before_it(
+    new_engine: EngineFactory, db: Database, trip: Trip
+) -> None:
+    async def look(ctx: SagaContext) -> None:
+        raise StepFailed("NO_ADDRESS", detail="unknown")
+
+    engine = new_engine(lookup_saga(trip, look))
+    saga_id = await start_stock(engine, db)
+
+    final = await state(engine, saga_id)
+    assert (final.status, final.failure_reason) == ("FAILED", "NO_ADDRESS")
+    assert trip.calls == ["book_flight", "cancel_flight"]
+    assert await noted(db, saga_id) == []
+    assert pairs(await engine.timeline(saga_id))[1:6] == [
+        ("reserve", "STARTED"),
+        ("reserve", "DONE"),
+        ("look", "STARTED"),
+        ("look", "FAILED"),
+        ("stock", "COMPENSATING"),
+    ]
+
+
+def test_a_step_cannot_be_both_local_and_reads_only(trip: Trip) -> None:
+    with pytest.raises(ValueError, match="reads_only"):
+        Saga("stock").step("look", action=trip.confirm, local=True, reads_only=True)

@@ -86,6 +86,7 @@ class Step:
     timeout_reason: str = DEADLINE_EXCEEDED
     timeout_status: str = SagaStatus.FAILED
     local: bool = False  # the action only writes the saga's own database: see Saga.step
+    reads_only: bool = False  # the action changes nothing anywhere: see Saga.step
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,19 +127,33 @@ class Saga:
         timeout_reason: str = DEADLINE_EXCEEDED,
         timeout_status: str = SagaStatus.FAILED,
         local: bool = False,
+        reads_only: bool = False,
     ) -> Saga:
         """A copy of this definition with a step appended.
 
         ``local=True``: the action only changes the saga's own database (through
         ``ctx.uow``, and messages through that unit of work's outbox). It runs inside the
         transaction that records its outcome, so its effect and the saga's progress commit
-        together, in one transaction and without a claim of their own."""
+        together, in one transaction and without a claim of their own.
+
+        ``reads_only=True``: the action changes nothing anywhere (a query of another module),
+        so running it again is always harmless. When the step before it is an external one
+        whose outcome the engine has just received, it runs at once, before that outcome is
+        saved, and both outcomes are saved together (one transaction fewer); after a crash in
+        between, the step before runs again, as after any crash before its outcome is saved.
+        Otherwise (a retry, a restart) it runs as any external step."""
+        if local and reads_only:
+            raise ValueError(
+                f"step {name!r}: a local step runs in the saga's transaction; reads_only is for external ones"
+            )
         check_name("step", name)
         check_reason(timeout_reason)
         check_final_status(timeout_status)
         if any(existing.name == name for existing in self.steps):
             raise ValueError(f"saga {self.name!r} already has a step named {name!r}")
-        new = Step(name, action, compensate, abort, deadline, timeout_reason, timeout_status, local)
+        new = Step(
+            name, action, compensate, abort, deadline, timeout_reason, timeout_status, local, reads_only
+        )
         return replace(self, steps=(*self.steps, new))
 
     def index_of(self, name: str) -> int | None:

@@ -360,6 +360,7 @@ class SagaEngine(SagaTimers):
         if isinstance(result, Wait):
             return await self._save(definition, row, t.waiting(row, step, data, self._now()))
         change = t.step_done(definition, row, step, data, claim_at=self._now())
+        await self._run_reads_due(definition, row, change)
         following = self._local_step_due(definition, row)
         if following is None:
             return await self._save(definition, row, change)
@@ -412,6 +413,42 @@ class SagaEngine(SagaTimers):
             change = self._retry_later(row, step.name, failed)
         change.events[:0] = started
         return await self._save(definition, row, change)
+
+    async def _run_reads_due(self, definition: Saga, row: SagaRow, change: Change) -> None:
+        """Run the reads-only steps that ``change`` has just claimed (see `Saga.step`), one
+        after the other, before ``change`` is saved: each one's outcome (done, failed, a retry
+        or a wait) is added to ``change``, so that one save records them all."""
+        while (step := self._reads_due(definition, row)) is not None:
+            with traced(row, "action"):
+                ctx = context_of(row, step.name)
+                log.debug("saga.step_started", saga_id=str(row.id), step=step.name, attempt=ctx.attempt)
+                try:
+                    result = await step.action(ctx)
+                    data = merge(ctx.data, result.data if isinstance(result, Wait) else result)
+                except StepFailed as failure:
+                    log.info("saga.step_failed", saga_id=str(row.id), step=step.name, reason=failure.reason)
+                    outcome = t.step_failed(
+                        definition, row, step, row.data, failure.reason, failure.status, failure.detail
+                    )
+                except Exception as error:
+                    outcome = self._retry_later(row, step.name, error)
+                else:
+                    if isinstance(result, Wait):
+                        outcome = t.waiting(row, step, data, self._now())
+                    else:
+                        outcome = t.step_done(definition, row, step, data, claim_at=self._now())
+            change.events.extend(outcome.events)
+            change.finish, change.claims_next = outcome.finish, outcome.claims_next
+
+    @staticmethod
+    def _reads_due(definition: Saga, row: SagaRow) -> Step | None:
+        """The reads-only step ``row`` has just claimed and is to run now, if it is one."""
+        if row.status != SagaStatus.RUNNING or row.next_attempt_at is not None:
+            return None
+        if row.step_index >= len(definition.steps) or not row.meta.get("started"):
+            return None
+        step = definition.steps[row.step_index]
+        return step if step.reads_only and row.step == step.name else None
 
     @staticmethod
     def _local_step_due(definition: Saga, row: SagaRow) -> Step | None:

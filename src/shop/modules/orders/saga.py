@@ -98,6 +98,7 @@ class OrderSagas:
                 self.check_address,
                 deadline=DEPENDENCY_DEADLINE,
                 timeout_reason="DEPENDENCY_UNAVAILABLE",
+                reads_only=True,  # a query of users: runs with reserve_stock's outcome
             )
             .step(
                 TAKE_PAYMENT,
