@@ -67,6 +67,9 @@ class Call:
     consumer: str
     envelope: Envelope
     message: Message
+    # Handed over once for sure (an ask this bus made for its own local handler): the inbox
+    # has nothing to deduplicate (see `_chain`).
+    once: bool = False
 
 
 Next = Callable[[Call], Awaitable[Any]]
@@ -205,7 +208,7 @@ class Bus:
         self._breaker_cache: dict[str, CircuitBreaker] = {}
         self._started = False
         self._local_set = frozenset(self.local)
-        self._local_requests = LocalRequests(self)
+        self._local_requests = LocalRequests(self, answer=self._answer_own_ask)
         self._routes: dict[type[Message], _Route] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -452,11 +455,19 @@ class Bus:
     # -- Host: what transports call --------------------------------------------------------
 
     async def answer(self, queue: str, envelope: Envelope, message: Message | None = None) -> Any:
+        return await self._answered(queue, envelope, message, once=False)
+
+    async def _answer_own_ask(self, queue: str, envelope: Envelope, message: Message | None) -> Any:
+        """An ask this bus made and hands to its local handler itself: the envelope was made
+        for this ask and is handed over once, so the inbox has nothing to claim."""
+        return await self._answered(queue, envelope, message, once=True)
+
+    async def _answered(self, queue: str, envelope: Envelope, message: Message | None, *, once: bool) -> Any:
         bound = self._lookup(envelope)
         if message is None:
             message = decode_body(envelope.type, envelope.body)
         try:
-            return await bound.invoke(Call(queue, bound.spec.consumer, envelope, message))
+            return await bound.invoke(Call(queue, bound.spec.consumer, envelope, message, once=once))
         except Exception as exc:
             metrics.BUS_FAILED.labels(bound.spec.consumer, envelope.type).inc()
             failed = _failure_of(exc)
@@ -529,8 +540,12 @@ class Bus:
                 return await spec.func(call.message, **plan.arguments(Scope(envelope=call.envelope)))
             if database is None:
                 raise RuntimeError(f"{spec.module} has no database")
+            # A delivery (sent, published, redriven), or a request a transport hands over, may
+            # come again with the same message id: the inbox claims it first. A local ask this
+            # bus made hands its new envelope over once: nothing to claim.
+            claims = idempotent and not call.once
             async with unit_of_work(database, write=idempotent) as uow:
-                if idempotent:
+                if claims:
                     first, stored = await inbox.claim(uow, call.consumer, call.envelope.message_id)
                     if not first:
                         metrics.BUS_DUPLICATES.labels(call.consumer).inc()
@@ -538,7 +553,7 @@ class Bus:
                 result = await spec.func(
                     call.message, **plan.arguments(Scope(uow=uow, envelope=call.envelope))
                 )
-                if idempotent:
+                if claims:
                     reply = _encode_reply(result)
                     if reply is not None:
                         await inbox.keep_reply(uow, call.consumer, call.envelope.message_id, reply)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import msgspec
@@ -89,14 +89,20 @@ class Deadline:
         self._timer.cancel()
 
 
+Answer = Callable[[str, Envelope, Message | None], Awaitable[Any]]
+
+
 class LocalRequests:
     """Request/reply to handlers in this process: a bounded number at once per module and kind
     (queries and commands are separate bulkheads: saturated writes leave reads their slots),
     each under a timeout. Used by the in-process transport, and by every bus for its local modules."""
 
-    def __init__(self, host: Host, *, per_queue: int = 64) -> None:
+    def __init__(self, host: Host, *, per_queue: int = 64, answer: Answer | None = None) -> None:
         self.host = host
         self.per_queue = per_queue
+        # what hands a request to its handler: the host's `answer`, or the bus's own for the
+        # asks it made itself (see Bus._answer_own_ask)
+        self._answer: Answer = answer or host.answer
         self._slots: dict[tuple[str, bool], Bulkhead] = {}
 
     def bulkhead(self, queue: str, query: bool) -> Bulkhead:
@@ -114,7 +120,7 @@ class LocalRequests:
         try:
             await slots.enter()
             try:
-                return await self.host.answer(queue, envelope, message)
+                return await self._answer(queue, envelope, message)
             finally:
                 slots.leave()
         except asyncio.CancelledError:
