@@ -119,6 +119,22 @@ def thread_cpu_seconds(pgid: int) -> dict[str, float]:
     return by_name
 
 
+def group_cpu_split(pgid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of every live process in a process group."""
+    user = system = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:
+            user, system = user + int(fields[11]), system + int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
 def group_cpu_seconds(pgid: int) -> float:
     """utime + stime of every live process in a process group (the server and its workers)."""
     total = 0

@@ -39,7 +39,7 @@ from typing import Any
 import floor_orders
 import http_servers as hs
 import httpx
-from catalog_read import group_cpu_seconds, thread_cpu_seconds
+from catalog_read import group_cpu_seconds, group_cpu_split, thread_cpu_seconds
 from orders import ADMIN_EMAIL, ADMIN_PASSWORD, RATE_LIMIT, Customer, py_spy, set_up, summarize_profile
 
 HOST = hs.HOST
@@ -166,14 +166,14 @@ async def phase(
         )
         time.sleep(1.0)
     cpu0, t0 = group_cpu_seconds(pgid), time.time()
-    threads0 = thread_cpu_seconds(pgid)
+    threads0, split0 = thread_cpu_seconds(pgid), group_cpu_split(pgid)
     poller = wrk(url, poll_script, args.duration, 2) if poll_script else None
     poster = wrk(url, post_script, args.duration, 16)
     post_out, _ = poster.communicate(timeout=args.duration + 60)
     poll_out = poller.communicate(timeout=args.duration + 60)[0] if poller else ""
     orders = await wait_terminal(client, customers, known, args.timeout)
     cpu = group_cpu_seconds(pgid) - cpu0
-    threads = thread_cpu_seconds(pgid)
+    threads, split = thread_cpu_seconds(pgid), group_cpu_split(pgid)
     if spy is not None:
         spy.wait(timeout=60)
     posted = hs.parse_wrk(post_out)
@@ -196,6 +196,8 @@ async def phase(
           f" = {per_order / floor_ms:.1f}x the floor ({floor_ms:.3f} ms)")
     if orders:
         spent = sorted(((t - threads0.get(n, 0.0), n) for n, t in threads.items()), reverse=True)
+        user, system = (split[i] - split0[i] for i in (0, 1))
+        print(f"   user/sys   {user / len(orders) * 1e3:.2f} ms user, {system / len(orders) * 1e3:.2f} ms system per order")
         print("   by thread  " + ", ".join(f"{n} {s / len(orders) * 1e3:.2f}" for s, n in spent[:6] if s > 0.005)
               + " ms per order (name/thread id, the six busiest)")
     if poller:
