@@ -57,7 +57,8 @@ async def terminal_count(orders_db: Path, pg_url: str | None = None) -> int:
         conn = await asyncpg.connect(pg_url)
         try:
             dollars = ",".join(f"${i + 1}" for i in range(len(TERMINAL)))
-            return int(await conn.fetchval(f"SELECT count(*) FROM orders.orders WHERE status IN ({dollars})", *TERMINAL))
+            query = f"SELECT count(*) FROM orders.orders WHERE status IN ({dollars})"
+            return int(await conn.fetchval(query, *TERMINAL))
         finally:
             await conn.close()
     db = sqlite3.connect(orders_db)

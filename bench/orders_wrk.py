@@ -196,10 +196,10 @@ async def phase(
           f" = {per_order / floor_ms:.1f}x the floor ({floor_ms:.3f} ms)")
     if orders:
         spent = sorted(((t - threads0.get(n, 0.0), n) for n, t in threads.items()), reverse=True)
-        user, system = (split[i] - split0[i] for i in (0, 1))
-        print(f"   user/sys   {user / len(orders) * 1e3:.2f} ms user, {system / len(orders) * 1e3:.2f} ms system per order")
-        print("   by thread  " + ", ".join(f"{n} {s / len(orders) * 1e3:.2f}" for s, n in spent[:6] if s > 0.005)
-              + " ms per order (name/thread id, the six busiest)")
+        user, system = ((split[i] - split0[i]) / len(orders) * 1e3 for i in (0, 1))
+        print(f"   user/sys   {user:.2f} ms user, {system:.2f} ms system per order")
+        busiest = ", ".join(f"{n} {s / len(orders) * 1e3:.2f}" for s, n in spent[:6] if s > 0.005)
+        print(f"   by thread  {busiest} ms per order (name/thread id, the six busiest)")
     if poller:
         polled = hs.parse_wrk(poll_out)
         print(f"   polls      {polled.rps:.0f}/s, p50 {polled.p50_ms} ms, p99 {polled.p99_ms} ms, errors {polled.errors}")
