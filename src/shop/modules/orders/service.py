@@ -11,13 +11,13 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.clock import as_utc
 from shop.contracts.catalog import Line, PricedLine
 from shop.contracts.orders import OrderLine, OrderView
-from shop.db import Prepared, savepoint
+from shop.db import Prepared
+from shop.db_tables import InsertIfAbsent
 from shop.modules.orders.messages import OrderPage
 from shop.modules.orders.models import orders
 
@@ -36,7 +36,7 @@ FINAL = frozenset({OrderStatus.FAILED, OrderStatus.CANCELLED})
 
 
 _GET = Prepared(sa.select(orders).where(orders.c.id == sa.bindparam("b_id")))
-_INSERT = Prepared(orders.insert())
+_INSERT = InsertIfAbsent(orders)
 _PRICE = Prepared(orders.update().where(orders.c.id == sa.bindparam("b_id")))
 _SET_STATUS: dict[int, Prepared] = {}
 
@@ -125,14 +125,12 @@ class OrderBook:
             "created_at": now,
             "updated_at": now,
         }
-        try:
-            async with savepoint(self.session):
-                await _INSERT.execute(self.session, values)
-        except IntegrityError:
-            # A concurrent request with the same key won the race.
+        # One statement, no savepoint: a concurrent request with the same key that won the race
+        # leaves this insert nothing to do (its order is then answered as for a replay).
+        if not await _INSERT.execute(self.session, values):
             found = await self.by_idempotency_key(customer_id, idempotency_key or "")
             if found is None:
-                raise
+                raise RuntimeError(f"order {order_id} was not stored, and no order has its key")
             return self._replay(found, digest), False
         return view(values), True
 
