@@ -388,27 +388,31 @@ async def test_writers_beyond_their_slots_wait_while_readers_still_get_connectio
     a slot (not for the pool), and readers have the rest of the pool."""
     pool = database.engine.sync_engine.pool
     busy = PG_WRITER_SLOTS + 4
-    release = asyncio.Event()
+    release, all_in = asyncio.Event(), asyncio.Event()
     entered: list[int] = []
 
     async def writer(n: int) -> None:
         async with unit_of_work(database) as uow:
             entered.append(n)
+            if len(entered) == PG_WRITER_SLOTS:
+                all_in.set()
             await uow.session.exec_driver_sql("SELECT 1")
             await release.wait()
-
-    writers = [asyncio.create_task(writer(n)) for n in range(busy)]
-    await asyncio.sleep(0.3)
-    assert len(entered) == PG_WRITER_SLOTS
-    assert pool.checkedout() == PG_WRITER_SLOTS  # type: ignore[attr-defined]
 
     async def reader() -> None:
         async with unit_of_work(database, write=False) as uow:
             await uow.session.exec_driver_sql("SELECT 1")
 
-    await asyncio.wait_for(asyncio.gather(*(reader() for _ in range(5))), 2)
-    release.set()
-    await asyncio.wait_for(asyncio.gather(*writers), 5)
+    writers = [asyncio.create_task(writer(n)) for n in range(busy)]
+    try:
+        await asyncio.wait_for(all_in.wait(), 10)  # the slots' writers open their connections
+        await asyncio.sleep(0.2)  # and no more come in
+        assert len(entered) == PG_WRITER_SLOTS
+        assert pool.checkedout() == PG_WRITER_SLOTS  # type: ignore[attr-defined]
+        await asyncio.wait_for(asyncio.gather(*(reader() for _ in range(5))), 5)
+    finally:
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*writers), 10)
     assert sorted(entered) == list(range(busy))
     assert database.kept_connections == PG_WRITER_SLOTS  # kept for the next writers
     assert pool.checkedout() == PG_WRITER_SLOTS  # type: ignore[attr-defined]
