@@ -129,26 +129,15 @@ def group_cpu_split(pgid: int) -> tuple[float, float]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid:
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        if int(fields[2]) == pgid:  # field 5 of stat: pgrp; fields 14, 15: utime, stime
             user, system = user + int(fields[11]), system + int(fields[12])
     return user / CLK_TCK, system / CLK_TCK
 
 
 def group_cpu_seconds(pgid: int) -> float:
     """utime + stime of every live process in a process group (the server and its workers)."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        if int(fields[2]) == pgid:  # field 5 of stat: pgrp
-            total += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
-    return total / CLK_TCK
+    return sum(group_cpu_split(pgid))
 
 
 def start(server: Server) -> None:

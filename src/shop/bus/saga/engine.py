@@ -340,6 +340,21 @@ class SagaEngine(SagaTimers):
             return await self._run_local_step(definition, row, step, preclaimed)
         if not preclaimed and not await self._save(definition, row, t.claim_step(row, step, now)):
             return False
+        change = await self._call_action(definition, row, step)
+        await self._run_reads_due(definition, row, change)
+        following = self._local_step_due(definition, row)
+        if following is None:
+            return await self._save(definition, row, change)
+        # the next step is local: its action and outcome commit with this save (one transaction)
+        async with unit_of_work(self.database) as uow:
+            if not await self._write(uow, definition, row, change):
+                return False
+            await self._run_local_inline(uow, definition, row, following, [])
+        return True
+
+    async def _call_action(self, definition: Saga, row: SagaRow, step: Step) -> Change:
+        """Run an external step's action and make its outcome the change to save: done (the
+        next step claimed), a wait, a definitive failure, or a retry later (an unknown outcome)."""
         ctx = context_of(row, step.name)
         log.debug("saga.step_started", saga_id=str(row.id), step=step.name, attempt=ctx.attempt)
         try:
@@ -351,25 +366,12 @@ class SagaEngine(SagaTimers):
             except (TypeError, ValueError):
                 data = row.data
             log.info("saga.step_failed", saga_id=str(row.id), step=step.name, reason=failure.reason)
-            change = t.step_failed(
-                definition, row, step, data, failure.reason, failure.status, failure.detail
-            )
-            return await self._save(definition, row, change)
+            return t.step_failed(definition, row, step, data, failure.reason, failure.status, failure.detail)
         except Exception as error:
-            return await self._save(definition, row, self._retry_later(row, step.name, error))
+            return self._retry_later(row, step.name, error)
         if isinstance(result, Wait):
-            return await self._save(definition, row, t.waiting(row, step, data, self._now()))
-        change = t.step_done(definition, row, step, data, claim_at=self._now())
-        await self._run_reads_due(definition, row, change)
-        following = self._local_step_due(definition, row)
-        if following is None:
-            return await self._save(definition, row, change)
-        # the next step is local: its action and outcome commit with this save (one transaction)
-        async with unit_of_work(self.database) as uow:
-            if not await self._write(uow, definition, row, change):
-                return False
-            await self._run_local_inline(uow, definition, row, following, [])
-        return True
+            return t.waiting(row, step, data, self._now())
+        return t.step_done(definition, row, step, data, claim_at=self._now())
 
     async def _run_local_step(self, definition: Saga, row: SagaRow, step: Step, preclaimed: bool) -> bool:
         """A local step: its action and the record of its outcome in one transaction. When
@@ -420,23 +422,7 @@ class SagaEngine(SagaTimers):
         or a wait) is added to ``change``, so that one save records them all."""
         while (step := self._reads_due(definition, row)) is not None:
             with traced(row, "action"):
-                ctx = context_of(row, step.name)
-                log.debug("saga.step_started", saga_id=str(row.id), step=step.name, attempt=ctx.attempt)
-                try:
-                    result = await step.action(ctx)
-                    data = merge(ctx.data, result.data if isinstance(result, Wait) else result)
-                except StepFailed as failure:
-                    log.info("saga.step_failed", saga_id=str(row.id), step=step.name, reason=failure.reason)
-                    outcome = t.step_failed(
-                        definition, row, step, row.data, failure.reason, failure.status, failure.detail
-                    )
-                except Exception as error:
-                    outcome = self._retry_later(row, step.name, error)
-                else:
-                    if isinstance(result, Wait):
-                        outcome = t.waiting(row, step, data, self._now())
-                    else:
-                        outcome = t.step_done(definition, row, step, data, claim_at=self._now())
+                outcome = await self._call_action(definition, row, step)
             change.events.extend(outcome.events)
             change.finish, change.claims_next = outcome.finish, outcome.claims_next
 
