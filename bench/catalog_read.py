@@ -94,44 +94,47 @@ class Server:
 # -- processes -----------------------------------------------------------------------------
 
 
+def _stat(path: Path) -> tuple[str, list[str]] | None:
+    """(comm, the fields after it) of a /proc stat file; None when it is gone. Field 5 (index
+    2 here) is the process group, fields 14 and 15 (11 and 12) utime and stime."""
+    try:
+        stat = (path / "stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+
+
+def _group(pgid: int) -> list[Path]:
+    """The /proc directories of the live processes of a process group."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        stat = _stat(entry) if entry.name.isdigit() else None
+        if stat is not None and int(stat[1][2]) == pgid:
+            found.append(entry)
+    return found
+
+
 def thread_cpu_seconds(pgid: int) -> dict[str, float]:
     """utime + stime of the live threads of a process group, by thread name and id (Python's
     threads are named after their process's command)."""
     by_name: dict[str, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            if int(stat[stat.rindex(")") + 2 :].split()[2]) != pgid:
-                continue
-            tasks = list((entry / "task").iterdir())
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                stat = (task / "stat").read_text()
-            except OSError:
-                continue
-            name = stat[stat.index("(") + 1 : stat.rindex(")")]
-            fields = stat[stat.rindex(")") + 2 :].split()
-            by_name[f"{name}/{task.name}"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    for entry in _group(pgid):
+        with contextlib.suppress(OSError):
+            for task in (entry / "task").iterdir():
+                stat = _stat(task)
+                if stat is not None:
+                    name, fields = stat
+                    by_name[f"{name}/{task.name}"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
     return by_name
 
 
 def group_cpu_split(pgid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of every live process in a process group."""
     user = system = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        if int(fields[2]) == pgid:  # field 5 of stat: pgrp; fields 14, 15: utime, stime
-            user, system = user + int(fields[11]), system + int(fields[12])
+    for entry in _group(pgid):
+        stat = _stat(entry)
+        if stat is not None:
+            user, system = user + int(stat[1][11]), system + int(stat[1][12])
     return user / CLK_TCK, system / CLK_TCK
 
 

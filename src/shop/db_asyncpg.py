@@ -19,12 +19,14 @@ from what asyncpg already knows, and the pool checks out another.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
+_T = TypeVar("_T")
 _ROWCOUNT = re.compile(r"(?:SELECT|UPDATE|DELETE|INSERT \d+) (\d+)")
 
 
@@ -36,19 +38,13 @@ async def fetch(
 
     Uses the SQLAlchemy asyncpg adapter's transaction start and statement cache (the same
     statements SQLAlchemy's cursor prepares), so both paths can be mixed in one transaction."""
-    # SQLAlchemy's asyncpg adapter (private API of sqlalchemy.dialects.postgresql.asyncpg,
-    # tests/unit/test_db_postgres.py holds it to SQLAlchemy's own path).
-    adapted: Any = session.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
     expired: float = session.dialect._invalidate_schema_cache_asof  # type: ignore[attr-defined]
-    try:
-        async with adapted._execute_mutex:
-            if adapted._transaction is None:
-                await adapted._start_transaction()  # BEGIN, as the adapter's cursor does
-            statement, attributes = await adapted._prepare(sql, expired)
-            rows = await statement.fetch(*args)
-            status = statement.get_statusmsg()
-    except Exception as exc:
-        raise _sqlalchemy_error(session, adapted, sql, args, exc) from exc
+
+    async def run(adapted: Any) -> tuple[list[Any], str | None, Any]:
+        statement, attributes = await adapted._prepare(sql, expired)
+        return await statement.fetch(*args), statement.get_statusmsg(), attributes
+
+    rows, status, attributes = await _on_adapter(session, sql, args, run)
     found = _ROWCOUNT.match(status or "")
     return rows, int(found.group(1)) if found else -1, tuple(a.type.oid for a in attributes)
 
@@ -57,30 +53,42 @@ async def fetch_many(session: AsyncConnection, sql: str, rows: list[list[Any]]) 
     """Run the driver's SQL once per row of parameters in the session's transaction, as
     asyncpg's `executemany` of the prepared statement (the rows pipelined in one round trip);
     the results are discarded. Same transaction start, statement cache and errors as `fetch`."""
-    adapted: Any = session.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
     expired: float = session.dialect._invalidate_schema_cache_asof  # type: ignore[attr-defined]
-    try:
-        async with adapted._execute_mutex:
-            if adapted._transaction is None:
-                await adapted._start_transaction()
-            statement, _attributes = await adapted._prepare(sql, expired)
-            await statement.executemany(rows)
-    except Exception as exc:
-        raise _sqlalchemy_error(session, adapted, sql, rows, exc) from exc
+
+    async def run(adapted: Any) -> None:
+        statement, _attributes = await adapted._prepare(sql, expired)
+        await statement.executemany(rows)
+
+    await _on_adapter(session, sql, rows, run)
 
 
 async def simple(session: AsyncConnection, sql: str) -> None:
     """Run a statement without parameters (SAVEPOINT, RELEASE, ROLLBACK TO) in the session's
     transaction on the adapter's asyncpg connection: SQLAlchemy's nested transaction object
     costs a greenlet hop, a compilation and its events a statement."""
+
+    async def run(adapted: Any) -> None:
+        await adapted._connection.execute(sql)
+
+    await _on_adapter(session, sql, [], run)
+
+
+async def _on_adapter(
+    session: AsyncConnection, sql: str, args: list[Any], run: Callable[[Any], Awaitable[_T]]
+) -> _T:
+    """`run(adapted)` on SQLAlchemy's asyncpg adapter under `session`, under the adapter's mutex
+    and in its transaction (begun here first, as the adapter's cursor does); a driver error is
+    raised as SQLAlchemy's for `sql` and `args`."""
+    # SQLAlchemy's asyncpg adapter (private API of sqlalchemy.dialects.postgresql.asyncpg,
+    # tests/unit/test_db_postgres.py holds it to SQLAlchemy's own path).
     adapted: Any = session.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
     try:
         async with adapted._execute_mutex:
             if adapted._transaction is None:
-                await adapted._start_transaction()
-            await adapted._connection.execute(sql)
+                await adapted._start_transaction()  # BEGIN
+            return await run(adapted)
     except Exception as exc:
-        raise _sqlalchemy_error(session, adapted, sql, [], exc) from exc
+        raise _sqlalchemy_error(session, adapted, sql, args, exc) from exc
 
 
 def _sqlalchemy_error(

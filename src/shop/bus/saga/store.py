@@ -35,19 +35,8 @@ _SAVE = Prepared(
 )
 _INSERT = InsertIfAbsent(saga_instances)
 _STEP = Prepared(saga_steps.insert())
-_SAVED_COLUMNS = (
-    "status",
-    "step",
-    "step_index",
-    "data",
-    "failure_reason",
-    "step_deadline",
-    "deadline",
-    "attempts",
-    "next_attempt_at",
-    "version",
-    "updated_at",
-)
+# What a save writes: every column but the key and what never changes after the insert.
+_SAVED_COLUMNS = tuple(c.name for c in saga_instances.c if c.name not in ("id", "type", "created_at"))
 
 
 def _save_with_timeline() -> Prepared:
@@ -153,30 +142,19 @@ async def _save(uow: UnitOfWork, row: SagaRow, change: Change, now: datetime) ->
     """The row at its next version and the change's timeline lines, if the stored row is still
     at ``row.version``; False (nothing written) if not."""
     expected = row.version
+    values = {**_state(row), "version": expected + 1, "updated_at": now}
     if uow.database.is_sqlite:
-        result = await _SAVE.execute(
-            uow,
-            {
-                "b_id": row.id,
-                "b_version": expected,
-                **_state(row),
-                "version": expected + 1,
-                "updated_at": now,
-            },
-        )
+        result = await _SAVE.execute(uow, {"b_id": row.id, "b_version": expected, **values})
         if result.rowcount != 1:
             return False
         await _timeline(uow, row.id, change, now)
         return True
-    values = {f"v_{name}": value for name, value in _state(row).items()}
     result = await _SAVE_WITH_TIMELINE.execute(  # PostgreSQL: one round trip for both
         uow,
         {
             "b_id": row.id,
             "b_version": expected,
-            **values,
-            "v_version": expected + 1,
-            "v_updated_at": now,
+            **{f"v_{name}": value for name, value in values.items()},
             "l_steps": [e.step for e in change.events],
             "l_statuses": [e.status for e in change.events],
             "l_details": [e.detail for e in change.events],
