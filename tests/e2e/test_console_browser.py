@@ -12,7 +12,6 @@ import asyncio
 import concurrent.futures
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -26,6 +25,8 @@ import msgspec
 import pytest
 
 from shop.settings import Settings
+
+from ..ports import server_port
 
 try:
     from playwright.sync_api import expect
@@ -63,13 +64,6 @@ def _unavailable(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: a missing browser is a failure, not a skip)")
     pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def until(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
@@ -127,7 +121,7 @@ class Shop:
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     tmp = tmp_path_factory.mktemp("console")
-    port = _free_port()
+    port = server_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHOP_")}
     env.update(SHOP_DATA_DIR=str(tmp / "data"), SHOP_ADMIN_EMAIL=ADMIN["email"])
     env["SHOP_ADMIN_PASSWORD"] = ADMIN["password"]

@@ -26,7 +26,6 @@ import contextlib
 import os
 import random
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -37,6 +36,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from ..ports import server_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = ROOT / ".venv" / "bin" / "shop"
@@ -59,13 +60,6 @@ KILL_AFTER_CAPTURED = 10
 PAYMENT_DEADLINE_S = 5
 OUTAGE_S = PAYMENT_DEADLINE_S + 1.0  # the payment deadlines of the sagas caught mid-payment pass
 FINAL = ("COMPLETED", "FAILED", "CANCELLED")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -187,7 +181,7 @@ class ShopProcess:
 def shop_process(tmp_path: Path) -> Iterator[ShopProcess]:
     logs = tmp_path / "logs"
     logs.mkdir()
-    shop = ShopProcess(tmp_path / "data", logs, _free_port())
+    shop = ShopProcess(tmp_path / "data", logs, server_port())
     try:
         yield shop
     finally:

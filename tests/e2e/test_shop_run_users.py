@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,19 +17,14 @@ import pytest
 
 from shop.settings import MODULE_NAMES
 
+from ..ports import server_port
+
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = ROOT / ".venv" / "bin" / "shop"
 START_DEADLINE_S = 60.0
 STOP_DEADLINE_S = 20.0
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -81,7 +75,7 @@ def _stop(process: subprocess.Popen[bytes]) -> int:
 
 @pytest.fixture
 def running_shop(tmp_path: Path) -> Iterator[RunningShop]:
-    port = _free_port()
+    port = server_port()
     data_dir = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHOP_")}
     env["SHOP_DATA_DIR"] = str(data_dir)

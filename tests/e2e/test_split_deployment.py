@@ -22,6 +22,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..ports import server_port
+
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = str(ROOT / ".venv" / "bin" / "shop")
 ADDRESS = {"recipient": "R", "line1": "Main 1", "city": "Berlin", "postal_code": "10115", "country": "DE"}
@@ -33,6 +35,7 @@ pytestmark = pytest.mark.e2e
 
 
 def free_port() -> int:
+    """A free port for a server that is not granian (it is free now, not kept)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -95,7 +98,7 @@ class Deployment:
         return f"http://127.0.0.1:{self.gateway_port}"
 
     def start(self, name: str, *args: str, port: int | None = None) -> None:
-        port = port or self.ports.get(name) or free_port()
+        port = port or self.ports.get(name) or server_port()
         self.ports[name] = port
         command = [SHOP, *args, "--port", str(port)]
         self.commands[name] = command
@@ -233,7 +236,7 @@ def split(
     )
     python = str(ROOT / ".venv/bin/python")
     subprocess.run([python, "-c", make_keys], env=env, cwd=ROOT, check=True, timeout=60)
-    deployment = Deployment(tmp_path, env, free_port())
+    deployment = Deployment(tmp_path, env, server_port())
     try:
         deployment.start("users", "serve", "users")
         deployment.start("catalog-1", "serve", "catalog")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from ..ports import server_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = ROOT / ".venv" / "bin" / "shop"
@@ -57,13 +58,6 @@ class ServedShop:
         return self.token(ADMIN_EMAIL, ADMIN_PASSWORD)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _wait_until_healthy(shop: ServedShop) -> None:
     deadline = time.monotonic() + START_DEADLINE_S
     while time.monotonic() < deadline:
@@ -79,7 +73,7 @@ def _wait_until_healthy(shop: ServedShop) -> None:
 @contextlib.contextmanager
 def served_shop(tmp_path: Path, **settings: str) -> Iterator[ServedShop]:
     """`shop run` on 127.0.0.1 with `settings` as SHOP_* variables (e.g. RATE_LIMIT="1000/second")."""
-    port = free_port()
+    port = server_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHOP_")}
     env.update(
         SHOP_DATA_DIR=str(tmp_path / "data"),
