@@ -30,6 +30,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from shop import db_asyncpg
 from shop.sqlite_checkpoints import AUTOCHECKPOINT_PAGES, CHECKPOINTS
+from shop.sqlite_group_commit import GroupCommit, TransactionLost
 from shop.sqlite_onloop import LoopConnection, onloop_url
 
 log = structlog.get_logger("shop.db")
@@ -79,7 +80,7 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             # pysqlite's own transaction handling defers BEGIN; take the write lock up front
             # so that concurrent writers queue on the busy timeout instead of deadlocking.
-            event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
+            event.listen(self.engine.sync_engine, "begin", lambda c: _sqlite_begin_immediate(c, self.group))
         else:  # PostgreSQL: a connection the server closed is not checked out
             event.listen(self.engine.sync_engine.pool, "checkout", db_asyncpg.reject_closed)
         # Prepared statements run as the driver's SQL (SQLite, asyncpg); off when SQL is traced.
@@ -93,6 +94,10 @@ class Database:
             else asyncio.Semaphore(PG_WRITER_SLOTS)
             if self.driver_sql
             else None
+        )
+        # SQLite writers share the writer connection's transaction and its commit (see there).
+        self.group: GroupCommit | None = (
+            GroupCommit(self.write_lock) if isinstance(self.write_lock, asyncio.Lock) else None
         )
         self._writer: AsyncConnection | None = None
         self._reader: AsyncConnection | None = None
@@ -127,6 +132,8 @@ class Database:
     async def drop_writer(self) -> None:
         """Close the writers' connection (the next writer opens a new one)."""
         writer, self._writer = self._writer, None
+        if self.group is not None:
+            self.group.lost(lambda: TransactionLost(f"{self.module}: the writer connection was dropped"))
         if writer is not None:
             await writer.invalidate()
             await writer.close()
@@ -164,6 +171,8 @@ class Database:
         if self._checkpointed is not None:
             CHECKPOINTS.remove(self._checkpointed)
             self._checkpointed = None
+        if self.group is not None:
+            self.group.commit_now()
         kept, self._kept = self._kept, []
         for connection in (self._writer, self._reader, *kept):
             if connection is not None:
@@ -206,7 +215,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
     cursor.close()
 
 
-def _sqlite_begin_immediate(conn: Any) -> None:
+def _sqlite_begin_immediate(conn: Any, group: GroupCommit | None) -> None:
     # A read-only unit of work runs without an explicit transaction (each SELECT is atomic
     # under WAL): no BEGIN/COMMIT statements.
     if conn.get_execution_options().get("shop_write", True):
@@ -215,6 +224,8 @@ def _sqlite_begin_immediate(conn: Any) -> None:
         # began the transaction on the driver itself (UnitOfWork, SQLite writers) has it open.
         driver = conn.connection.driver_connection
         if not driver.in_transaction:
+            if group is not None:  # another connection of this process (a tool, a test) would
+                group.before_other_writer()  # wait in the driver, on the loop, for our commit
             driver.execute("BEGIN IMMEDIATE")
 
 
@@ -247,6 +258,11 @@ class UnitOfWork:
         # adapter directly, without SQLAlchemy's transaction object and its greenlet hops.
         self.pg_driver = shared and transactional and not database.is_sqlite
         self._clean = False  # PostgreSQL: ended by a commit or rollback that went through
+        # SQLite writers: the unit's savepoint in the group's transaction is open; then, the
+        # group's commit it waits for (shop.sqlite_group_commit)
+        self._group = database.group if self.on_driver else None
+        self._in_group = False
+        self._committed: asyncio.Future[None] | None = None
         self.savepoints = 0  # PostgreSQL writers: savepoints taken (each named after its number)
 
     def after_commit(self, hook: AfterCommit) -> None:
@@ -283,7 +299,12 @@ class UnitOfWork:
 
     async def begin(self) -> None:
         if self.on_driver:
-            self.driver().execute("BEGIN IMMEDIATE")
+            group = self._group
+            if group is None:
+                self.driver().execute("BEGIN IMMEDIATE")
+            else:
+                group.enter(self.driver())
+                self._in_group = True
         elif self.pg_driver:
             pass  # asyncpg's BEGIN goes with the first statement (see pg_driver)
         elif self._transactional:
@@ -292,9 +313,13 @@ class UnitOfWork:
     async def commit(self) -> None:
         if self.on_driver:
             if self.session.in_transaction():  # SQLAlchemy's object over the driver's transaction
-                await self.session.commit()
-            else:
+                await self.session.commit()  # grouped: ends the object only (see do_commit)
+            group = self._group
+            if group is None:
                 self.driver().commit()
+            elif self._in_group:
+                self._in_group = False
+                self._committed = group.join(self.driver())
         elif self.pg_driver:
             if self.session.in_transaction():  # a statement through SQLAlchemy autobegan it
                 await self.session.commit()
@@ -319,9 +344,20 @@ class UnitOfWork:
 
     async def _roll_back_direct(self) -> None:
         if self.session.in_transaction():
-            await self.session.rollback()
-        if self.driver().in_transaction:
-            self.driver().rollback()
+            await self.session.rollback()  # grouped: ends the object only (see do_rollback)
+        group = self._group
+        if group is None:
+            if self.driver().in_transaction:
+                self.driver().rollback()
+        elif self._in_group:
+            self._in_group = False
+            group.take_back(self.driver())
+
+    async def committed(self) -> None:
+        """Wait until the work of this unit of work is committed (SQLite writers: by their
+        group's commit, see shop.sqlite_group_commit; elsewhere it is when `commit` returns)."""
+        if self._committed is not None:
+            await self._committed
 
     async def release(self) -> None:
         if self.pg_driver:
@@ -405,7 +441,11 @@ class UnitOfWorkScope:
         finally:
             if self._lock is not None:
                 self._lock.release()
+                group = self.database.group
+                if group is not None:
+                    group.unit_ended()
         if exc_type is None:
+            await uow.committed()
             await uow.run_after_commit()
 
 
