@@ -36,6 +36,11 @@ from shop.sqlite_onloop import LoopConnection, onloop_url
 log = structlog.get_logger("shop.db")
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# SQLite's own page cache of each connection (a module has a writer, a reader and pooled ones),
+# in KiB: the file's pages stay in the OS's cache either way. SQLite's default, 2,000 KiB a
+# connection, filled up to ~5 MB more of `shop run`'s memory after the orders benchmark with
+# no change in its orders/s (bench/README.md, seventh round).
+SQLITE_CACHE_KIB = 1024
 # PostgreSQL on asyncpg: at most this many writing units of work of a module at once, each on
 # a connection kept open between units of work (of a pool of 10 + 10 overflow, the rest of which
 # readers have): see Database.kept_writer and ADR 0026.
@@ -208,6 +213,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
         "PRAGMA foreign_keys=ON",
         f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
         "PRAGMA synchronous=NORMAL",
+        f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}",
         # the process's checkpoint thread checkpoints (shop.sqlite_checkpoints), off the loop
         f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}",
     ):
