@@ -110,6 +110,12 @@ def _timestamp() -> str:
     return f"{_second.text}.{micro:06d}Z" if micro else f"{_second.text}Z"
 
 
+def _add_timestamp(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog's TimeStamper(fmt="iso", utc=True), the same text, at a fifth of its cost."""
+    event["timestamp"] = _timestamp()
+    return event
+
+
 class _AccessLog:
     """Where access lines go, and whether they are written at all (set by `configure`)."""
 
@@ -172,7 +178,7 @@ def configure(level: str = "INFO", *, stream: Any = None) -> None:
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_timestamp,
         _add_message_context,
         structlog.processors.format_exc_info,
         _redact,
@@ -181,7 +187,8 @@ def configure(level: str = "INFO", *, stream: Any = None) -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, stream or _Stderr())),
+        # one write per line (print() writes the line and its newline apart)
+        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, stream or _Stderr())),
         cache_logger_on_first_use=False,
     )
     # Libraries' stdlib logging (alembic, sqlalchemy, granian …) in the same JSON shape.
@@ -191,7 +198,7 @@ def configure(level: str = "INFO", *, stream: Any = None) -> None:
             foreign_pre_chain=[
                 structlog.stdlib.add_logger_name,
                 structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                _add_timestamp,
                 _add_message_context,
                 structlog.processors.format_exc_info,
                 _redact,
