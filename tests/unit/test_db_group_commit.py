@@ -168,16 +168,31 @@ async def test_writers_waiting_for_a_commit_fail_when_the_writer_connection_is_d
     assert stored(database) == [2]
 
 
-async def test_a_cancelled_writer_waiting_for_the_commit_does_not_fail_the_others(database: Database) -> None:
-    cancelled = asyncio.create_task(write_note(database, 1))
-    other = asyncio.create_task(write_note(database, 2))
-    await asyncio.sleep(0)
+async def test_a_writer_cancelled_while_it_waits_for_the_commit_is_committed_with_the_others(
+    database: Database,
+) -> None:
+    hooks: list[int] = []
+
+    async def write_and_hook(n: int) -> None:
+        async with unit_of_work(database) as uow:
+            await uow.session.execute(NOTE, {"n": n})
+
+            async def ran() -> None:
+                hooks.append(n)
+
+            uow.after_commit(ran)
+
+    cancelled = asyncio.create_task(write_and_hook(1))
+    other = asyncio.create_task(write_and_hook(2))
+    await asyncio.sleep(0)  # both wait for the commit, due next turn
     cancelled.cancel()
 
     await asyncio.gather(cancelled, other, return_exceptions=True)
 
-    assert 2 in stored(database)
+    assert cancelled.cancelled()
     assert other.exception() is None
+    assert stored(database) == [1, 2]  # its work had joined: it commits (as after a commit
+    assert hooks == [2]  # that the cancel came too late for); its hooks do not run
 
 
 async def test_another_connection_of_the_process_that_writes_commits_the_waiting_writers_first(
