@@ -101,9 +101,7 @@ class Database:
             else None
         )
         # SQLite writers share the writer connection's transaction and its commit (see there).
-        self.group: GroupCommit | None = (
-            GroupCommit(self.write_lock) if isinstance(self.write_lock, asyncio.Lock) else None
-        )
+        self.group = GroupCommit(self.write_lock) if isinstance(self.write_lock, asyncio.Lock) else None
         self._writer: AsyncConnection | None = None
         self._reader: AsyncConnection | None = None
         self._kept: list[AsyncConnection] = []  # PostgreSQL writers' idle connections
@@ -264,8 +262,9 @@ class UnitOfWork:
         # adapter directly, without SQLAlchemy's transaction object and its greenlet hops.
         self.pg_driver = shared and transactional and not database.is_sqlite
         self._clean = False  # PostgreSQL: ended by a commit or rollback that went through
-        # SQLite writers: the unit's savepoint in the group's transaction is open; then, the
-        # group's commit it waits for (shop.sqlite_group_commit)
+        # SQLite writers (`on_driver`, so SQLite's): the group whose transaction they join
+        # (shop.sqlite_group_commit); whether the unit's savepoint in it is open; then the
+        # group's commit it waits for
         self._group = database.group if self.on_driver else None
         self._in_group = False
         self._committed: asyncio.Future[None] | None = None
@@ -304,28 +303,21 @@ class UnitOfWork:
             await hook()
 
     async def begin(self) -> None:
-        if self.on_driver:
-            group = self._group
-            if group is None:
-                self.driver().execute("BEGIN IMMEDIATE")
-            else:
-                group.enter(self.driver())
-                self._in_group = True
+        if self._group is not None:
+            self._group.enter(self.driver())
+            self._in_group = True
         elif self.pg_driver:
             pass  # asyncpg's BEGIN goes with the first statement (see pg_driver)
         elif self._transactional:
             self._transaction = await self.session.begin()
 
     async def commit(self) -> None:
-        if self.on_driver:
+        if self._group is not None:
             if self.session.in_transaction():  # SQLAlchemy's object over the driver's transaction
                 await self.session.commit()  # grouped: ends the object only (see do_commit)
-            group = self._group
-            if group is None:
-                self.driver().commit()
-            elif self._in_group:
+            if self._in_group:
+                self._committed = self._group.join(self.driver())
                 self._in_group = False
-                self._committed = group.join(self.driver())
         elif self.pg_driver:
             if self.session.in_transaction():  # a statement through SQLAlchemy autobegan it
                 await self.session.commit()
@@ -351,13 +343,9 @@ class UnitOfWork:
     async def _roll_back_direct(self) -> None:
         if self.session.in_transaction():
             await self.session.rollback()  # grouped: ends the object only (see do_rollback)
-        group = self._group
-        if group is None:
-            if self.driver().in_transaction:
-                self.driver().rollback()
-        elif self._in_group:
+        if self._group is not None and self._in_group:
             self._in_group = False
-            group.take_back(self.driver())
+            self._group.take_back(self.driver())
 
     async def committed(self) -> None:
         """Wait until the work of this unit of work is committed (SQLite writers: by their

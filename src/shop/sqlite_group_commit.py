@@ -53,10 +53,6 @@ class GroupCommit:
         self._scheduled = False
         self._deferred = False  # the commit came while a unit of work was open
 
-    @property
-    def open(self) -> bool:
-        return self._driver is not None
-
     def enter(self, driver: Any) -> None:
         """Begin a unit of work: in the open transaction, else a new one (BEGIN IMMEDIATE: a
         database another process is writing raises SQLITE_BUSY here), in a savepoint of its own."""
