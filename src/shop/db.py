@@ -45,6 +45,10 @@ SQLITE_CACHE_KIB = 1024
 # a connection kept open between units of work (of a pool of 10 + 10 overflow, the rest of which
 # readers have): see Database.kept_writer and ADR 0026.
 PG_WRITER_SLOTS = 8
+# PostgreSQL on asyncpg: up to this many readers' connections are kept open (in autocommit)
+# between units of work, as the writers' are: a pool check-out and its return cost ~0.25 ms of
+# CPU a read (bench/README.md, seventh round).
+PG_KEPT_READERS = 4
 
 
 class Database:
@@ -105,6 +109,7 @@ class Database:
         self._writer: AsyncConnection | None = None
         self._reader: AsyncConnection | None = None
         self._kept: list[AsyncConnection] = []  # PostgreSQL writers' idle connections
+        self._kept_readers: list[AsyncConnection] = []  # and its readers' (autocommit)
         self._checkpointed: str | None = None  # the SQLite file the checkpoint thread keeps
 
     async def writer(self) -> AsyncConnection:
@@ -163,11 +168,34 @@ class Database:
         else:
             await _discard(connection)
 
+    async def kept_reader(self) -> AsyncConnection:
+        """A connection for a PostgreSQL reader, in autocommit (no BEGIN/COMMIT round trips;
+        READ COMMITTED gives each statement its own snapshot either way): one an earlier reader
+        left, else a new check-out. A kept one the server has closed is dropped, as for writers."""
+        while self._kept_readers:
+            connection = self._kept_readers.pop()
+            if db_asyncpg.usable(connection):
+                return connection
+            await _discard(connection)
+        connection = await self.engine.connect()
+        await connection.execution_options(shop_write=False, isolation_level="AUTOCOMMIT")
+        return connection
+
+    async def keep_reader(self, connection: AsyncConnection, clean: bool) -> None:
+        """Take back a PostgreSQL reader's connection: kept if its unit of work ended without
+        an error and it is idle, up to PG_KEPT_READERS; else back to the pool."""
+        if clean and connection.in_transaction():
+            await connection.rollback()  # SQLAlchemy's object only: autocommit sent no BEGIN
+        if clean and len(self._kept_readers) < PG_KEPT_READERS and db_asyncpg.idle(connection):
+            self._kept_readers.append(connection)
+        else:
+            await _discard(connection)
+
     @property
     def kept_connections(self) -> int:
         """How many of the pool's connections this process keeps for its writers and readers
         (checked out for good, held by no unit of work in particular)."""
-        kept = [self._writer, self._reader, *self._kept]
+        kept = [self._writer, self._reader, *self._kept, *self._kept_readers]
         return sum(1 for c in kept if c is not None and not c.closed)
 
     async def dispose(self) -> None:
@@ -176,7 +204,7 @@ class Database:
             self._checkpointed = None
         if self.group is not None:
             self.group.commit_now()
-        kept, self._kept = self._kept, []
+        kept, self._kept, self._kept_readers = [*self._kept, *self._kept_readers], [], []
         for connection in (self._writer, self._reader, *kept):
             if connection is not None:
                 await connection.close()
@@ -261,6 +289,8 @@ class UnitOfWork:
         # SQLAlchemy's adapter always does), and the unit of work commits or rolls back on the
         # adapter directly, without SQLAlchemy's transaction object and its greenlet hops.
         self.pg_driver = shared and transactional and not database.is_sqlite
+        # PostgreSQL readers on a kept connection (asyncpg, autocommit): kept again if clean
+        self.pg_reader = shared and not transactional and not database.is_sqlite
         self._clean = False  # PostgreSQL: ended by a commit or rollback that went through
         # SQLite writers (`on_driver`, so SQLite's): the group whose transaction they join
         # (shop.sqlite_group_commit); whether the unit's savepoint in it is open; then the
@@ -326,6 +356,8 @@ class UnitOfWork:
             self._clean = True
         elif self._transaction is not None:
             await self._transaction.commit()
+        elif self.pg_reader:
+            self._clean = True
 
     async def rollback(self) -> None:
         if self.on_driver:
@@ -356,6 +388,8 @@ class UnitOfWork:
     async def release(self) -> None:
         if self.pg_driver:
             await self.database.keep(self.session, self._clean)
+        elif self.pg_reader:
+            await self.database.keep_reader(self.session, self._clean)
         elif not self._shared:
             await self.session.close()
         elif self.on_driver:
@@ -452,8 +486,9 @@ async def _begin(database: Database, write: bool, deadline: float) -> UnitOfWork
         if database.is_sqlite:  # the process's writer or reader connection, kept open
             connection = await (database.writer() if write else database.reader())
             uow = UnitOfWork(database, connection, shared=True, transactional=write)
-        elif write and database.driver_sql:  # PostgreSQL on asyncpg: a kept connection
-            uow = UnitOfWork(database, await database.kept_writer(), shared=True, transactional=True)
+        elif database.driver_sql:  # PostgreSQL on asyncpg: a kept connection
+            connection = await (database.kept_writer() if write else database.kept_reader())
+            uow = UnitOfWork(database, connection, shared=True, transactional=write)
         else:
             connection = await database.engine.connect()
             if not write:  # PostgreSQL: reads in autocommit, no BEGIN/COMMIT round trips (the

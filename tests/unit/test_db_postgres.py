@@ -17,7 +17,16 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from shop import db as shop_db
-from shop.db import PG_WRITER_SLOTS, Database, DatabaseBusy, Prepared, UnitOfWork, savepoint, unit_of_work
+from shop.db import (
+    PG_KEPT_READERS,
+    PG_WRITER_SLOTS,
+    Database,
+    DatabaseBusy,
+    Prepared,
+    UnitOfWork,
+    savepoint,
+    unit_of_work,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -414,8 +423,9 @@ async def test_writers_beyond_their_slots_wait_while_readers_still_get_connectio
         release.set()
         await asyncio.wait_for(asyncio.gather(*writers), 10)
     assert sorted(entered) == list(range(busy))
-    assert database.kept_connections == PG_WRITER_SLOTS  # kept for the next writers
-    assert pool.checkedout() == PG_WRITER_SLOTS  # type: ignore[attr-defined]
+    # kept for the next writers, and for the next readers (five read at once, four are kept)
+    assert database.kept_connections == PG_WRITER_SLOTS + PG_KEPT_READERS
+    assert pool.checkedout() == PG_WRITER_SLOTS + PG_KEPT_READERS  # type: ignore[attr-defined]
 
 
 async def test_a_writer_that_finds_no_slot_within_the_busy_timeout_fails_with_database_busy(
@@ -439,3 +449,67 @@ async def test_a_writer_that_finds_no_slot_within_the_busy_timeout_fails_with_da
         await asyncio.gather(*holders)
     async with unit_of_work(database) as uow:  # the slots are free again
         await INSERT.execute(uow, _row(uuid.uuid4()))
+
+
+# -- readers on kept connections ------------------------------------------------------------
+
+
+async def _reader_pid(database: Database) -> int:
+    async with unit_of_work(database, write=False) as uow:
+        return int((await uow.session.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one())
+
+
+async def test_a_reader_keeps_its_connection_for_the_next_reader_without_a_check_out(
+    database: Database, postgres_url: str
+) -> None:
+    first = await _reader_pid(database)
+    check_outs: list[object] = []
+    sa.event.listen(database.engine.sync_engine.pool, "checkout", lambda *args: check_outs.append(args))
+
+    assert await _reader_pid(database) == first
+    assert check_outs == []
+    admin = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:  # kept in autocommit: no transaction left open between readers
+        state = await admin.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1", first)
+    finally:
+        await admin.close()
+    assert state == "idle"
+
+
+async def test_a_reader_that_failed_gives_its_connection_back_to_the_pool(database: Database) -> None:
+    async def failing_reader() -> None:
+        async with unit_of_work(database, write=False) as uow:
+            await uow.session.exec_driver_sql("SELECT 1")
+            raise RuntimeError("the handler failed")
+
+    with pytest.raises(RuntimeError):
+        await failing_reader()
+
+    assert database.kept_connections == 0
+    await _reader_pid(database)  # the next reader works (the pool's connection)
+
+
+async def test_readers_keep_at_most_their_share_of_the_pool(database: Database) -> None:
+    release = asyncio.Event()
+
+    async def reader() -> None:
+        async with unit_of_work(database, write=False) as uow:
+            await uow.session.exec_driver_sql("SELECT 1")
+            await release.wait()
+
+    readers = [asyncio.create_task(reader()) for _ in range(PG_KEPT_READERS + 3)]
+    await asyncio.sleep(0.2)
+    release.set()
+    await asyncio.gather(*readers)
+
+    assert database.kept_connections == PG_KEPT_READERS
+    assert database.engine.sync_engine.pool.checkedout() == PG_KEPT_READERS  # type: ignore[attr-defined]
+
+
+async def test_a_kept_reader_connection_the_server_closed_is_dropped_and_the_next_reader_works(
+    database: Database, postgres_url: str
+) -> None:
+    backend = await _reader_pid(database)
+    await _terminate(postgres_url, backend)
+
+    assert await _reader_pid(database) != backend
