@@ -30,7 +30,6 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from shop import db_asyncpg
 from shop.sqlite_checkpoints import AUTOCHECKPOINT_PAGES, CHECKPOINTS
-from shop.sqlite_group_commit import GroupCommit, TransactionLost
 from shop.sqlite_onloop import LoopConnection, onloop_url
 
 log = structlog.get_logger("shop.db")
@@ -89,7 +88,7 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             # pysqlite's own transaction handling defers BEGIN; take the write lock up front
             # so that concurrent writers queue on the busy timeout instead of deadlocking.
-            event.listen(self.engine.sync_engine, "begin", lambda c: _sqlite_begin_immediate(c, self.group))
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
         else:  # PostgreSQL: a connection the server closed is not checked out
             event.listen(self.engine.sync_engine.pool, "checkout", db_asyncpg.reject_closed)
         # Prepared statements run as the driver's SQL (SQLite, asyncpg); off when SQL is traced.
@@ -104,8 +103,6 @@ class Database:
             if self.driver_sql
             else None
         )
-        # SQLite writers share the writer connection's transaction and its commit (see there).
-        self.group = GroupCommit(self.write_lock) if isinstance(self.write_lock, asyncio.Lock) else None
         self._writer: AsyncConnection | None = None
         self._reader: AsyncConnection | None = None
         self._kept: list[AsyncConnection] = []  # PostgreSQL writers' idle connections
@@ -140,8 +137,6 @@ class Database:
     async def drop_writer(self) -> None:
         """Close the writers' connection (the next writer opens a new one)."""
         writer, self._writer = self._writer, None
-        if self.group is not None:
-            self.group.lost(lambda: TransactionLost(f"{self.module}: the writer connection was dropped"))
         if writer is not None:
             await writer.invalidate()
             await writer.close()
@@ -202,8 +197,6 @@ class Database:
         if self._checkpointed is not None:
             CHECKPOINTS.remove(self._checkpointed)
             self._checkpointed = None
-        if self.group is not None:
-            self.group.commit_now()
         kept, self._kept, self._kept_readers = [*self._kept, *self._kept_readers], [], []
         for connection in (self._writer, self._reader, *kept):
             if connection is not None:
@@ -247,7 +240,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
     cursor.close()
 
 
-def _sqlite_begin_immediate(conn: Any, group: GroupCommit | None) -> None:
+def _sqlite_begin_immediate(conn: Any) -> None:
     # A read-only unit of work runs without an explicit transaction (each SELECT is atomic
     # under WAL): no BEGIN/COMMIT statements.
     if conn.get_execution_options().get("shop_write", True):
@@ -256,8 +249,6 @@ def _sqlite_begin_immediate(conn: Any, group: GroupCommit | None) -> None:
         # began the transaction on the driver itself (UnitOfWork, SQLite writers) has it open.
         driver = conn.connection.driver_connection
         if not driver.in_transaction:
-            if group is not None:  # another connection of this process (a tool, a test) would
-                group.before_other_writer()  # wait in the driver, on the loop, for our commit
             driver.execute("BEGIN IMMEDIATE")
 
 
@@ -292,12 +283,6 @@ class UnitOfWork:
         # PostgreSQL readers on a kept connection (asyncpg, autocommit): kept again if clean
         self.pg_reader = shared and not transactional and not database.is_sqlite
         self._clean = False  # PostgreSQL: ended by a commit or rollback that went through
-        # SQLite writers (`on_driver`, so SQLite's): the group whose transaction they join
-        # (shop.sqlite_group_commit); whether the unit's savepoint in it is open; then the
-        # group's commit it waits for
-        self._group = database.group if self.on_driver else None
-        self._in_group = False
-        self._committed: asyncio.Future[None] | None = None
         self.savepoints = 0  # PostgreSQL writers: savepoints taken (each named after its number)
 
     def after_commit(self, hook: AfterCommit) -> None:
@@ -333,21 +318,19 @@ class UnitOfWork:
             await hook()
 
     async def begin(self) -> None:
-        if self._group is not None:
-            self._group.enter(self.driver())
-            self._in_group = True
+        if self.on_driver:
+            self.driver().execute("BEGIN IMMEDIATE")
         elif self.pg_driver:
             pass  # asyncpg's BEGIN goes with the first statement (see pg_driver)
         elif self._transactional:
             self._transaction = await self.session.begin()
 
     async def commit(self) -> None:
-        if self._group is not None:
+        if self.on_driver:
             if self.session.in_transaction():  # SQLAlchemy's object over the driver's transaction
-                await self.session.commit()  # grouped: ends the object only (see do_commit)
-            if self._in_group:
-                self._committed = self._group.join(self.driver())
-                self._in_group = False
+                await self.session.commit()
+            else:
+                self.driver().commit()
         elif self.pg_driver:
             if self.session.in_transaction():  # a statement through SQLAlchemy autobegan it
                 await self.session.commit()
@@ -374,16 +357,9 @@ class UnitOfWork:
 
     async def _roll_back_direct(self) -> None:
         if self.session.in_transaction():
-            await self.session.rollback()  # grouped: ends the object only (see do_rollback)
-        if self._group is not None and self._in_group:
-            self._in_group = False
-            self._group.take_back(self.driver())
-
-    async def committed(self) -> None:
-        """Wait until the work of this unit of work is committed (SQLite writers: by their
-        group's commit, see shop.sqlite_group_commit; elsewhere it is when `commit` returns)."""
-        if self._committed is not None:
-            await self._committed
+            await self.session.rollback()
+        if self.driver().in_transaction:
+            self.driver().rollback()
 
     async def release(self) -> None:
         if self.pg_driver:
@@ -469,11 +445,7 @@ class UnitOfWorkScope:
         finally:
             if self._lock is not None:
                 self._lock.release()
-                group = self.database.group
-                if group is not None:
-                    group.unit_ended()
         if exc_type is None:
-            await uow.committed()
             await uow.run_after_commit()
 
 

@@ -63,11 +63,6 @@ class _Cursor(sqlite3.Cursor):
 
 
 class _Connection(sqlite3.Connection):
-    # True while the connection's transaction is shared by units of work and committed by
-    # `shop.sqlite_group_commit`, not by SQLAlchemy's transaction objects over it (see
-    # `OnLoopSQLiteDialect.do_commit`).
-    grouped = False
-
     def cursor(self, factory: Any = _Cursor) -> Any:
         return super().cursor(factory)
 
@@ -102,17 +97,6 @@ class OnLoopSQLiteDialect(SQLiteDialect_pysqlite):
         if in_greenlet():
             await_(_ready())
         cursor.executemany(statement, parameters)
-
-    # On a grouped connection SQLAlchemy's commit or rollback of a statement's transaction
-    # object ends nothing: the unit of work releases or rolls back its savepoint, and the group
-    # commits the transaction (shop.sqlite_group_commit).
-    def do_commit(self, dbapi_connection: Any) -> None:
-        if not getattr(dbapi_connection, "grouped", False):
-            dbapi_connection.commit()
-
-    def do_rollback(self, dbapi_connection: Any) -> None:
-        if not getattr(dbapi_connection, "grouped", False):
-            dbapi_connection.rollback()
 
     def create_connect_args(self, url: URL) -> Any:
         args, kwargs = super().create_connect_args(url)
