@@ -40,9 +40,9 @@ def freeze_heap_after_start() -> None:
     It also collects the youngest generation every GC_GEN0_THRESHOLD allocations instead of
     CPython's 700: an order allocates tens of thousands of short-lived objects, and at 700 the
     collections took ~0.5 ms of an order's ~4 ms in one process (bench/orders_inprocess.py with
-    a gc callback); at 10,000, a quarter of that. `bench/run.sh orders-ab`, three alternating
-    rounds: 239 -> 256 orders/s, 4.48 -> 4.27 ms an order. Memory: the cycles waiting for a
-    collection are at most that many objects more (see the RSS line of orders-wrk)."""
+    a gc callback); at 10,000, a quarter of that. Through `shop run` the difference stayed inside
+    the machine's noise (ADR 0029). Memory: the cycles waiting for a collection are at most that
+    many objects more (see the RSS line of orders-wrk)."""
     if os.environ.get(GC_FREEZE_FLAG) == "1":
         gc.collect()
         gc.freeze()
