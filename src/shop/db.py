@@ -146,45 +146,27 @@ class Database:
         an earlier unit of work left (no pool check-out, ~0.2 ms of CPU less a unit of work, see
         ADR 0026), else a new check-out. A kept one whose socket the server has closed is
         dropped, as `reject_closed` does at check-out, and the next one tried."""
-        while self._kept:
-            connection = self._kept.pop()
-            if db_asyncpg.usable(connection):
-                return connection
-            await _discard(connection)
-        return await self.engine.connect()
+        return await _reuse(self._kept) or await self.engine.connect()
 
     async def keep(self, connection: AsyncConnection, clean: bool) -> None:
         """Take back a PostgreSQL writer's connection: kept if its unit of work ended cleanly
         (committed or rolled back) and it is idle, up to PG_WRITER_SLOTS (the writers at once,
         so kept connections never take more of the pool than the slots: readers have the rest);
         else back to the pool, or invalidated when broken."""
-        if clean and len(self._kept) < PG_WRITER_SLOTS and db_asyncpg.idle(connection):
-            self._kept.append(connection)
-        else:
-            await _discard(connection)
+        await _keep_or_discard(self._kept, PG_WRITER_SLOTS, connection, clean)
 
     async def kept_reader(self) -> AsyncConnection:
         """A connection for a PostgreSQL reader, in autocommit (no BEGIN/COMMIT round trips;
         READ COMMITTED gives each statement its own snapshot either way): one an earlier reader
         left, else a new check-out. A kept one the server has closed is dropped, as for writers."""
-        while self._kept_readers:
-            connection = self._kept_readers.pop()
-            if db_asyncpg.usable(connection):
-                return connection
-            await _discard(connection)
-        connection = await self.engine.connect()
-        await connection.execution_options(shop_write=False, isolation_level="AUTOCOMMIT")
-        return connection
+        return await _reuse(self._kept_readers) or await _autocommit_reader(self.engine)
 
     async def keep_reader(self, connection: AsyncConnection, clean: bool) -> None:
         """Take back a PostgreSQL reader's connection: kept if its unit of work ended without
         an error and it is idle, up to PG_KEPT_READERS; else back to the pool."""
         if clean and connection.in_transaction():
             await connection.rollback()  # SQLAlchemy's object only: autocommit sent no BEGIN
-        if clean and len(self._kept_readers) < PG_KEPT_READERS and db_asyncpg.idle(connection):
-            self._kept_readers.append(connection)
-        else:
-            await _discard(connection)
+        await _keep_or_discard(self._kept_readers, PG_KEPT_READERS, connection, clean)
 
     @property
     def kept_connections(self) -> int:
@@ -212,6 +194,35 @@ class Database:
 
 def _json_text(value: Any) -> str:
     return msgspec.json.encode(value).decode()
+
+
+async def _reuse(kept: list[AsyncConnection]) -> AsyncConnection | None:
+    """The last kept connection that is still usable (those the server closed are discarded)."""
+    while kept:
+        connection = kept.pop()
+        if db_asyncpg.usable(connection):
+            return connection
+        await _discard(connection)
+    return None
+
+
+async def _keep_or_discard(
+    kept: list[AsyncConnection], limit: int, connection: AsyncConnection, clean: bool
+) -> None:
+    """Keep a connection whose unit of work ended cleanly and that is idle, up to `limit`;
+    else give it back to the pool (invalidated when broken)."""
+    if clean and len(kept) < limit and db_asyncpg.idle(connection):
+        kept.append(connection)
+    else:
+        await _discard(connection)
+
+
+async def _autocommit_reader(engine: AsyncEngine) -> AsyncConnection:
+    """A pooled connection for PostgreSQL reads: autocommit, no BEGIN/COMMIT round trips (the
+    default READ COMMITTED gives each statement its own snapshot either way)."""
+    connection = await engine.connect()
+    await connection.execution_options(shop_write=False, isolation_level="AUTOCOMMIT")
+    return connection
 
 
 async def _discard(connection: AsyncConnection) -> None:
@@ -282,7 +293,7 @@ class UnitOfWork:
         self.pg_driver = shared and transactional and not database.is_sqlite
         # PostgreSQL readers on a kept connection (asyncpg, autocommit): kept again if clean
         self.pg_reader = shared and not transactional and not database.is_sqlite
-        self._clean = False  # PostgreSQL: ended by a commit or rollback that went through
+        self._clean = False  # PostgreSQL: ended by a commit or rollback that went through (readers: no error)
         self.savepoints = 0  # PostgreSQL writers: savepoints taken (each named after its number)
 
     def after_commit(self, hook: AfterCommit) -> None:
@@ -461,11 +472,8 @@ async def _begin(database: Database, write: bool, deadline: float) -> UnitOfWork
         elif database.driver_sql:  # PostgreSQL on asyncpg: a kept connection
             connection = await (database.kept_writer() if write else database.kept_reader())
             uow = UnitOfWork(database, connection, shared=True, transactional=write)
-        else:
-            connection = await database.engine.connect()
-            if not write:  # PostgreSQL: reads in autocommit, no BEGIN/COMMIT round trips (the
-                # default READ COMMITTED gives each statement its own snapshot either way)
-                await connection.execution_options(shop_write=False, isolation_level="AUTOCOMMIT")
+        else:  # PostgreSQL with SQL traced: pooled connections
+            connection = await (database.engine.connect() if write else _autocommit_reader(database.engine))
             uow = UnitOfWork(database, connection, shared=False, transactional=write)
         try:
             await uow.begin()
