@@ -672,7 +672,82 @@ async def test_cancel_between_steps_does_not_abort_a_step_that_never_started(
     final = await state(engine, saga_id)
     assert (final.status, final.failure_reason) == ("CANCELLED", "CUSTOMER_CANCELLED")
     assert trip.calls == []
-    assert pairs(await engine.timeline(saga_id)) == [("trip", "STARTED"), ("trip", "CANCELLED")]
+    # the first step was claimed with the saga's insert; the cancel took the claim back
+    assert pairs(await engine.timeline(saga_id)) == [
+        ("trip", "STARTED"),
+        ("book_flight", "STARTED"),
+        ("book_flight", "CANCELLED"),
+        ("trip", "CANCELLED"),
+    ]
+
+
+def guarded_trip_saga(trip: Trip) -> Saga:
+    """A trip whose first step has an abort (as the order saga's reserve_stock has)."""
+    return (
+        Saga("trip")
+        .step("book_flight", action=trip.book_flight, abort=trip.cancel_flight)
+        .step("confirm", action=trip.confirm)
+    )
+
+
+@pytest.mark.parametrize("joined", [False, True], ids=["own-transaction", "caller-transaction"])
+async def test_a_cancel_before_the_first_step_ran_neither_runs_nor_aborts_it(
+    new_engine: EngineFactory, db: Database, trip: Trip, joined: bool
+) -> None:
+    engine = new_engine(guarded_trip_saga(trip))
+    saga_id = uuid.uuid4()
+    async with unit_of_work(db):
+        await engine.start("trip", saga_id, {})
+    # the advancing scheduled by the commit has not run yet: cancel now, as orders does
+    # (inside its own unit of work) or on its own
+    if joined:
+        async with unit_of_work(db):
+            assert await engine.cancel(saga_id, "CUSTOMER_CANCELLED")
+    else:
+        assert await engine.cancel(saga_id, "CUSTOMER_CANCELLED")
+    await engine.drain()
+
+    assert (await state(engine, saga_id)).status == "CANCELLED"
+    assert trip.calls == []  # book_flight never ran, so cancel_flight (its abort) had nothing to undo
+
+
+async def test_a_first_step_claimed_with_the_saga_runs_once_and_reads_as_started_then_done(
+    new_engine: EngineFactory, db: Database, trip: Trip
+) -> None:
+    engine = new_engine(guarded_trip_saga(trip))
+    saga_id = uuid.uuid4()
+    async with unit_of_work(db):
+        await engine.start("trip", saga_id, {})
+    await engine.drain()
+
+    final = await state(engine, saga_id)
+    assert final.status == "COMPLETED"
+    assert trip.calls == ["book_flight", "confirm"]
+    assert pairs(await engine.timeline(saga_id))[:3] == [
+        ("trip", "STARTED"),
+        ("book_flight", "STARTED"),
+        ("book_flight", "DONE"),
+    ]
+
+
+async def test_a_first_step_claimed_before_a_crash_counts_as_started_and_its_abort_runs(
+    new_engine: EngineFactory, db: Database, trip: Trip
+) -> None:
+    """The claim is in the database; the mark that says "not run yet" was this process's own.
+    After a restart a cancel cannot know whether the action ran, so it aborts it (aborts are
+    idempotent)."""
+    crashed = new_engine(guarded_trip_saga(trip))
+    saga_id = uuid.uuid4()
+    async with unit_of_work(db):
+        await crashed.start("trip", saga_id, {})
+    await crashed.close()  # the process died before its advancing ran the step
+
+    restarted = new_engine(guarded_trip_saga(trip))
+    assert await restarted.cancel(saga_id, "CUSTOMER_CANCELLED")
+    await restarted.drain()
+
+    assert (await state(restarted, saga_id)).status == "CANCELLED"
+    assert trip.calls == ["cancel_flight"]
 
 
 # -- crash and resume ---------------------------------------------------------------------
@@ -1072,8 +1147,9 @@ async def test_a_local_step_commits_with_the_outcome_of_the_remote_step_before_i
 
     assert (await state(engine, saga_id)).status == "COMPLETED"
     assert await noted(db, saga_id) == ["noted"]
-    # the claim of "reserve"; then reserve's outcome with all of "note" (was: one more)
-    assert opened == [True, True]
+    # "reserve" was claimed with the saga's insert (the caller's unit of work, not counted
+    # here); then reserve's outcome with all of "note" (was: a claim of its own and one more)
+    assert opened == [True]
     assert pairs(await engine.timeline(saga_id)) == [
         ("stock", "STARTED"),
         ("reserve", "STARTED"),
@@ -1173,8 +1249,9 @@ async def test_a_reads_only_step_runs_before_the_outcome_before_it_is_saved_and_
     assert final.data["seen"] is True
     assert trip.calls == ["book_flight", "look"]
     assert await noted(db, saga_id) == ["noted"]
-    # the claim of "reserve"; then reserve's and look's outcomes with all of "note" (was: two)
-    assert opened == [True, True]
+    # "reserve" claimed with the saga's insert; then reserve's and look's outcomes with all of
+    # "note" (was: a claim of its own and two more)
+    assert opened == [True]
     assert pairs(await engine.timeline(saga_id)) == [
         ("stock", "STARTED"),
         ("reserve", "STARTED"),

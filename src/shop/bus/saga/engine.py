@@ -549,15 +549,25 @@ class SagaEngine(SagaTimers):
             deadline,
             now,
         )
-        if not await store.insert(uow.session, row, StepStatus.STARTED):
+        # An external first step is claimed in the insert (its STARTED line and deadline):
+        # the advance that runs it after the commit needs no save of its own first, as with
+        # `t.claim_next`. A cancel that comes in between finds the step started and aborts it
+        # (aborts are idempotent), as it would a moment later.
+        claim = None if definition.steps[0].local else t.claim_step(row, definition.steps[0], now)
+        if not await store.insert(uow.session, row, StepStatus.STARTED, claim):
             existing = await store.load(self.database, saga_id, uow.session)
             if existing is not None and existing.type != definition.name:
                 raise SagaError(f"saga {saga_id} already exists as a {existing.type!r}")
             log.info("saga.already_started", saga_id=str(saga_id), type=definition.name)
             return
+        if claim is not None:
+            await store.step_hooks(definition, row, claim, uow.session)
         self._remember(uow, row)
+        version = row.version
 
         async def advance_after_commit() -> None:
+            if claim is not None:
+                self._preclaimed[saga_id] = version
             self._schedule(saga_id)
 
         uow.after_commit(advance_after_commit)
@@ -615,12 +625,30 @@ class SagaEngine(SagaTimers):
         definition, note = self._resolve(row)
         if definition is None:
             return None if note is None else (Saga(row.type), note)
+        unrun = self._take_back_claim(row)
         change = transition(definition, row)
         if change is None:
             return None
+        if unrun is not None:
+            change.events.insert(0, Event(unrun, StepStatus.CANCELLED, "claimed, never ran"))
         if note is not None:
             change.events[:0] = note.events
         return definition, change
+
+    def _take_back_claim(self, row: SagaRow) -> str | None:
+        """The step ``row`` claimed without running it yet, taken back (its name), or None.
+
+        A step claimed ahead of its action (by `start`, or `t.claim_next`) carries this
+        process's mark until the advancing loop takes the mark to run the action. A change
+        from outside that finds the mark still there knows the action has not begun: the step
+        counts as never started (a cancel does not abort it). Without the mark the loop claims
+        the step again with a version-checked save, which this change's save makes fail."""
+        if self._preclaimed.get(row.id) != row.version or not row.meta.get("started"):
+            return None
+        del self._preclaimed[row.id]
+        row.meta.pop("started", None)
+        row.step_deadline = None
+        return row.step
 
     @staticmethod
     def _awaiting(definition: Saga, row: SagaRow, step: str) -> Step | None:

@@ -21,7 +21,7 @@ from shop.db import Database, Prepared, UnitOfWork, unit_of_work
 from shop.db_tables import InsertIfAbsent
 from shop.observability import metrics
 
-__all__ = ["load", "write"]
+__all__ = ["insert", "load", "step_hooks", "write"]
 
 log = structlog.get_logger("shop.bus.saga")
 
@@ -99,6 +99,15 @@ async def _call_hook(result: Awaitable[None] | None) -> None:
         await result
 
 
+async def step_hooks(definition: Saga, row: SagaRow, change: Change, session: AsyncConnection) -> None:
+    """The definition's ``on_step`` hook for each of ``change``'s timeline lines that calls it."""
+    if definition.on_step is not None:
+        for event in change.events:
+            if event.hook:
+                ctx = context_of(row, event.step)
+                await _call_hook(definition.on_step(ctx, event.step, event.status, session))
+
+
 async def write(uow: UnitOfWork, definition: Saga, row: SagaRow, change: Change, now: datetime) -> bool:
     """Save ``row`` if nobody changed it since it was loaded; timeline and hooks alike.
 
@@ -115,11 +124,7 @@ async def write(uow: UnitOfWork, definition: Saga, row: SagaRow, change: Change,
         return False
     row.version = expected + 1
     row.updated_at = now
-    if definition.on_step is not None:
-        for event in change.events:
-            if event.hook:
-                ctx = context_of(row, event.step)
-                await _call_hook(definition.on_step(ctx, event.step, event.status, session))
+    await step_hooks(definition, row, change, session)
     finish = change.finish
     if finish is not None:
         if definition.on_finish is not None:
@@ -191,9 +196,9 @@ def _state(row: SagaRow) -> dict[str, Any]:
     }
 
 
-async def insert(session: AsyncConnection, row: SagaRow, started: str) -> bool:
-    """A new saga's row (see `SagaRow.new`) and its first timeline line; False (and nothing
-    written) when a saga with that id exists already."""
+async def insert(session: AsyncConnection, row: SagaRow, started: str, change: Change | None = None) -> bool:
+    """A new saga's row (see `SagaRow.new`), its first timeline line and ``change``'s (the
+    first step's claim); False (and nothing written) when a saga with that id exists already."""
     values = {
         "id": row.id,
         "type": row.type,
@@ -204,8 +209,14 @@ async def insert(session: AsyncConnection, row: SagaRow, started: str) -> bool:
     }
     if not await _INSERT.execute(session, values):
         return False
-    await _STEP.execute(
-        session,
-        {"saga_id": row.id, "step": row.type, "status": started, "detail": None, "at": row.created_at},
-    )
+    first = {"saga_id": row.id, "step": row.type, "status": started, "detail": None, "at": row.created_at}
+    if change is None or not change.events:
+        await _STEP.execute(session, first)
+    else:  # one call (SQLite's executemany) or one statement (a server) for them all
+        lines = [first]
+        lines += (
+            {"saga_id": row.id, "step": e.step, "status": e.status, "detail": e.detail, "at": row.created_at}
+            for e in change.events
+        )
+        await _STEP.execute_many(session, lines)
     return True
