@@ -38,7 +38,13 @@ async def write(uow: UnitOfWork, envelope: Envelope, relay: Relay | None) -> Non
     """Add an envelope to the outbox of the unit of work's module; relay it after commit.
 
     An envelope that names its `consumer` goes to that consumer only (a redriven message).
-    Without a relay (a CLI process) the row waits for the running shop's sweep."""
+    Without a relay (a CLI process) the row waits for the running shop's sweep.
+
+    An event that no module subscribes to is not written: the routes come from the module
+    list every process shares, so no relay or sweep anywhere would deliver it (the row would
+    only be deleted again); its producer span, metrics and logs are the publisher's as usual."""
+    if relay is not None and not relay.routes(envelope):
+        return
     await _INSERT.execute(
         uow,
         {

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import sqlalchemy as sa
 
 from shop.bus import outbox
 from shop.bus.messages import Envelope, Event, new_envelope
 from shop.bus.outbox import Relay, Route
 from shop.bus.tables import kernel_metadata
-from shop.db import Database, unit_of_work
+from shop.bus.tables import outbox as outbox_table
+from shop.db import Database, UnitOfWork, unit_of_work
 
 from ..sqlitedb import sqlite_database
 
@@ -151,3 +153,26 @@ async def test_stop_ends_even_when_a_cancelled_flush_comes_out_as_another_error(
 
 async def _nothing() -> None:
     return None
+
+
+async def test_an_event_nobody_subscribes_to_is_not_written_and_a_cli_process_writes_it(
+    database: Database,
+) -> None:
+    """No route in the module list: no relay or sweep anywhere would deliver it. Without a
+    relay (a CLI process) the row is written as before and left to the shop's sweep."""
+    transport = Receipts()
+    relay = Relay({"orders": database}, lambda envelope: (), transport.deliver)
+    async with unit_of_work(database) as uow:
+        await outbox.write(uow, new_envelope(RelayTestHappened(n=1)), relay)
+        assert await rows(uow) == 0
+    await settle(relay)
+    assert transport.sent == []
+
+    async with unit_of_work(database) as uow:
+        await outbox.write(uow, new_envelope(RelayTestHappened(n=2)), None)
+        assert await rows(uow) == 1
+    assert await relay.pending() == 1
+
+
+async def rows(uow: UnitOfWork) -> int:
+    return int((await uow.session.execute(sa.select(sa.func.count()).select_from(outbox_table))).scalar_one())
