@@ -389,7 +389,7 @@ def test_the_whole_journey_through_the_gateway(split: Deployment, journey: Journ
     catalogs = [split.metrics(name) for name in ("catalog-1", "catalog-2")]
     assert sum(metric(m, "shop_bus_messages_handled_total", **reserved) for m in catalogs) == 1
     assert metric(split.metrics("delivery"), "shop_bus_messages_handled_total",
-                  consumer="delivery.prepare_delivery", type="payments.PaymentCaptured.v1") == 1  # fmt: skip
+                  consumer="delivery.prepare_delivery", type="orders.OrderCompleted.v1") == 1  # fmt: skip
 
     # Operators, through the gateway: the saga's timeline by its id, the console and the reference.
     saga = journey.client.get(f"/api/v1/admin/sagas/{order_id}/timeline", headers=journey.admin)

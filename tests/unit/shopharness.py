@@ -28,7 +28,7 @@ from shop.bus import bus as bus_module
 from shop.bus.inbox import DeadLetter, list_dead
 from shop.bus.messages import Envelope, Event, Message, decode_body
 from shop.contracts.delivery import AddressSnapshot
-from shop.contracts.orders import OrderAwaitingPayment
+from shop.contracts.orders import OrderAwaitingPayment, OrderCompleted
 from shop.contracts.payments import TakePayment
 from shop.db import UnitOfWork, unit_of_work
 from shop.modules.payments.provider import PaymentProvider
@@ -89,6 +89,14 @@ def awaiting_payment(
     )
 
 
+def completed(
+    order_id: uuid.UUID, customer_id: uuid.UUID, address: AddressSnapshot | None = ADDRESS
+) -> OrderCompleted:
+    """What orders publishes once an order is paid and complete (address None: as orders
+    versions before it carried the address published it)."""
+    return OrderCompleted(order_id=order_id, customer_id=customer_id, address=address)
+
+
 def problem(response: httpx.Response, status: int) -> dict[str, Any]:
     """The response is an RFC 9457 problem with this status; returns its body."""
     assert response.status_code == status, response.text
@@ -112,6 +120,7 @@ class Shop:
     problem = staticmethod(problem)
     take_payment = staticmethod(take_payment)
     awaiting_payment = staticmethod(awaiting_payment)
+    completed = staticmethod(completed)
     address = ADDRESS
 
     @property

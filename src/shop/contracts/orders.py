@@ -8,14 +8,13 @@ from typing import ClassVar
 
 import msgspec
 
-from shop.bus.messages import Command, Event
+from shop.bus.messages import Command, Event, Query
 from shop.contracts.catalog import Line
 from shop.contracts.delivery import AddressSnapshot
 
 
 class OrderAwaitingPayment(Event, frozen=True, kw_only=True):
-    """The order's stock is reserved and its address confirmed; payment was requested.
-    Delivery keeps the address for the shipment it prepares once the payment is captured."""
+    """The order's stock is reserved and its address confirmed; payment was requested."""
 
     wire_name: ClassVar[str] = "orders.OrderAwaitingPayment.v1"
 
@@ -28,10 +27,15 @@ class OrderAwaitingPayment(Event, frozen=True, kw_only=True):
 
 
 class OrderCompleted(Event, frozen=True, kw_only=True):
+    """The order is paid and complete. Delivery prepares its shipment to ``address``, the
+    address the order was placed with (None only from orders versions that did not carry it:
+    delivery then uses the one it kept from OrderAwaitingPayment)."""
+
     wire_name: ClassVar[str] = "orders.OrderCompleted.v1"
 
     order_id: uuid.UUID
     customer_id: uuid.UUID
+    address: AddressSnapshot | None = None
 
 
 class OrderCancelled(Event, frozen=True, kw_only=True):
@@ -99,3 +103,17 @@ class CancelOrder(Command, frozen=True, kw_only=True):
     order_id: uuid.UUID
     viewer_id: uuid.UUID
     viewer_is_admin: bool = False
+
+
+class GetOrderOwner(Query, frozen=True, kw_only=True):
+    """Whose order this is (for a module that must not show it to anyone else before it has a
+    record of its own). Replies OrderOwner, or None when there is no such order."""
+
+    wire_name: ClassVar[str] = "orders.GetOrderOwner.v1"
+
+    order_id: uuid.UUID
+
+
+class OrderOwner(msgspec.Struct, frozen=True, kw_only=True):
+    order_id: uuid.UUID
+    customer_id: uuid.UUID

@@ -2,9 +2,10 @@
 
 `open_shop(**settings)` starts `create_app(Settings.from_env({}, ...))` on tmp_path with an
 admin. The `Shop` harness (the shared one of tests/unit/shopharness.py, plus delivery's own
-helpers) publishes what a real order causes (OrderAwaitingPayment, then the saga's TakePayment,
-through the orders module's outbox), reads the HTTP API, spies on every message written to an
-outbox (committed ones only) and polls with a deadline, never sleeping blindly.
+helpers) publishes what a real order causes (OrderAwaitingPayment, the saga's TakePayment, then
+OrderCompleted with the address, through the orders module's outbox), reads the HTTP API, spies on
+every message written to an outbox (committed ones only) and polls with a deadline, never
+sleeping blindly.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from shop.contracts.catalog import Line
+from shop.db import unit_of_work
+from shop.modules.orders.service import OrderBook
+
 from .. import shopharness
-from ..shopharness import Published, awaiting_payment, take_payment
+from ..shopharness import Published, awaiting_payment, completed, take_payment
 
 
 class Shop(shopharness.Shop):
@@ -41,12 +46,30 @@ class Shop(shopharness.Shop):
         return items[0] if items else None
 
     async def paid_order(self, customer_id: uuid.UUID) -> tuple[uuid.UUID, dict[str, Any]]:
-        """An order that awaited payment and was paid: its id and its delivery, PREPARING."""
+        """An order that awaited payment, was paid and completed: its id and its delivery,
+        PREPARING."""
         order_id = uuid.uuid4()
         await self.send(awaiting_payment(order_id, customer_id))
         await self.send(take_payment(order_id, customer_id, "tok_ok"))
+        await self.send(completed(order_id, customer_id))
         delivery = await self.eventually(lambda: self.delivery_of(order_id))
         return order_id, delivery
+
+    async def pending_order(self, customer_id: uuid.UUID) -> uuid.UUID:
+        """A real order in the orders module, PENDING (no saga runs it): delivery has no record."""
+
+        async def place() -> uuid.UUID:
+            async with unit_of_work(self.shop.databases["orders"]) as uow:
+                order, _ = await OrderBook(uow.session).create(
+                    customer_id=customer_id,
+                    items=(Line(product_id=uuid.uuid4(), quantity=1),),
+                    address_id=uuid.uuid4(),
+                    payment_token="tok_ok",
+                    idempotency_key=None,
+                )
+            return order.id
+
+        return self.run(place)
 
     async def move(
         self, delivery_id: str, status: str, headers: dict[str, str] | None = None

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from shop.contracts.delivery import DeliveryStatusChanged
+from shop.contracts.orders import GetOrderOwner
 
 ROUTES = {
     "PREPARING": [],
@@ -132,27 +133,23 @@ async def test_another_customer_gets_404_for_that_order_and_an_empty_list_of_the
     open_shop: Any,
 ) -> None:
     async with open_shop() as shop:
-        ada, _ = await shop.customer()
+        ada, ada_headers = await shop.customer()
         _, eve = await shop.customer()
-        addresses = shop.handled("delivery.keep_shipping_address", "orders.OrderAwaitingPayment.v1")
         order_id, _ = await shop.paid_order(ada)
-        # an order awaiting payment is known to delivery too, before any shipment exists
-        unpaid = uuid.uuid4()
-        await shop.send(shop.awaiting_payment(unpaid, ada))
-        await shop.eventually(
-            lambda: (
-                shop.handled("delivery.keep_shipping_address", "orders.OrderAwaitingPayment.v1")
-                >= addresses + 2
-            )
-        )
+        # an order delivery has no record of yet (not complete): orders says whose it is
+        unpaid = await shop.pending_order(ada)
 
         paid = await shop.client.get("/api/v1/deliveries", headers=eve, params={"order_id": str(order_id)})
         not_yet = await shop.client.get("/api/v1/deliveries", headers=eve, params={"order_id": str(unpaid)})
         own = await shop.client.get("/api/v1/deliveries", headers=eve)
+        owners_view = await shop.client.get(
+            "/api/v1/deliveries", headers=ada_headers, params={"order_id": str(unpaid)}
+        )
 
         shop.problem(paid, 404)
         shop.problem(not_yet, 404)
         assert own.json() == {"items": [], "next_cursor": None}
+        assert owners_view.json() == {"items": [], "next_cursor": None}
 
 
 async def test_an_admin_sees_every_delivery(open_shop: Any) -> None:
@@ -193,3 +190,27 @@ async def test_deliveries_need_a_valid_token(open_shop: Any, headers: dict[str, 
 
         shop.problem(listing, 401)
         shop.problem(event, 401)
+
+
+async def test_when_orders_cannot_say_whose_order_it_is_the_list_is_what_delivery_knows(
+    open_shop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orders unreachable (its breaker open, a timeout): an order delivery has no record of
+    lists as empty, as an order that does not exist does; nothing about it leaks, no 5xx."""
+    async with open_shop() as shop:
+        ada, _ = await shop.customer()
+        _, eve = await shop.customer()
+        unpaid = await shop.pending_order(ada)
+        bus = shop.shop.bus
+        ask = bus.ask
+
+        async def orders_away(message: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(message, GetOrderOwner):
+                raise TimeoutError("orders did not answer")
+            return await ask(message, *args, **kwargs)
+
+        monkeypatch.setattr(bus, "ask", orders_away)
+        response = await shop.client.get("/api/v1/deliveries", headers=eve, params={"order_id": str(unpaid)})
+
+        assert response.status_code == 200, response.text
+        assert response.json() == {"items": [], "next_cursor": None}

@@ -1,10 +1,12 @@
-"""Delivery follows the order: the address when it awaits payment, a shipment once it is paid."""
+"""Delivery follows the order: a shipment once it is complete, to the address it was placed with."""
 
 from __future__ import annotations
 
 import re
 import uuid
 from typing import Any
+
+import sqlalchemy as sa
 
 from shop.contracts.delivery import (
     CancelDelivery,
@@ -13,21 +15,13 @@ from shop.contracts.delivery import (
     DeliveryStatusChanged,
 )
 from shop.contracts.orders import OrderCancelled
-from shop.contracts.payments import PaymentCaptured
+from shop.db import unit_of_work
+from shop.modules.delivery.models import shipping_instructions
+
+from ..shopharness import ADDRESS
 
 
-def _captured(order_id: uuid.UUID, customer_id: uuid.UUID) -> PaymentCaptured:
-    return PaymentCaptured(
-        payment_id=uuid.uuid4(),
-        order_id=order_id,
-        customer_id=customer_id,
-        amount=12900,
-        currency="EUR",
-        provider_ref="sim_auth_test",
-    )
-
-
-async def test_a_captured_payment_prepares_one_delivery_to_the_orders_address(open_shop: Any) -> None:
+async def test_a_completed_order_gets_one_delivery_to_its_address(open_shop: Any) -> None:
     async with open_shop() as shop:
         customer_id = uuid.uuid4()
 
@@ -62,39 +56,68 @@ async def test_a_declined_payment_prepares_no_delivery(open_shop: Any) -> None:
         assert shop.published.of(DeliveryStatusChanged) == []
 
 
-async def test_a_capture_heard_before_the_address_is_retried_until_the_address_arrives(
+async def test_an_order_completed_without_its_address_ships_to_the_one_kept_earlier(open_shop: Any) -> None:
+    """An OrderCompleted from an orders version that did not carry the address: the shipping
+    instruction an earlier delivery version kept from OrderAwaitingPayment is used."""
+    async with open_shop() as shop:
+        order_id, customer_id = uuid.uuid4(), uuid.uuid4()
+        elsewhere = {**{f: getattr(ADDRESS, f) for f in ADDRESS.__struct_fields__}, "city": "Bath"}
+
+        async def kept_earlier() -> None:
+            async with unit_of_work(shop.shop.databases["delivery"]) as uow:
+                await uow.session.execute(
+                    shipping_instructions.insert().values(
+                        order_id=order_id, customer_id=customer_id, created_at=sa.func.now(), **elsewhere
+                    )
+                )
+
+        shop.run(kept_earlier)
+        await shop.send(shop.completed(order_id, customer_id, address=None))
+
+        delivery = await shop.eventually(lambda: shop.delivery_of(order_id))
+        assert delivery["status"] == "PREPARING"
+        assert delivery["address"]["city"] == "Bath"
+
+
+async def test_an_order_completed_with_no_address_anywhere_fails_and_prepares_nothing(open_shop: Any) -> None:
+    async with open_shop() as shop:
+        order_id, customer_id = uuid.uuid4(), uuid.uuid4()
+        await shop.admin()  # logged in up front: the retries do not wait for argon2
+        failures = shop.failed("delivery.prepare_delivery", "orders.OrderCompleted.v1")
+
+        await shop.send(shop.completed(order_id, customer_id, address=None))
+
+        await shop.eventually(
+            lambda: shop.failed("delivery.prepare_delivery", "orders.OrderCompleted.v1") > failures
+        )
+        assert await shop.delivery_of(order_id) is None
+
+
+async def test_a_repeated_completion_prepares_only_one_delivery(open_shop: Any) -> None:
+    async with open_shop() as shop:
+        customer_id = uuid.uuid4()
+        order_id, delivery = await shop.paid_order(customer_id)
+        before = shop.handled("delivery.prepare_delivery", "orders.OrderCompleted.v1")
+
+        await shop.send(shop.completed(order_id, customer_id), shop.completed(order_id, customer_id))
+        await shop.eventually(
+            lambda: shop.handled("delivery.prepare_delivery", "orders.OrderCompleted.v1") >= before + 2
+        )
+
+        assert await shop.deliveries(await shop.admin()) == [delivery]
+
+
+async def test_awaiting_payment_and_a_captured_payment_prepare_nothing_before_the_order_completes(
     open_shop: Any,
 ) -> None:
     async with open_shop() as shop:
         order_id, customer_id = uuid.uuid4(), uuid.uuid4()
-        await shop.admin()  # logged in up front: the retries do not wait for argon2
-        before = shop.handled("delivery.keep_shipping_address", "orders.OrderAwaitingPayment.v1")
 
-        failures = shop.failed("delivery.prepare_delivery", "payments.PaymentCaptured.v1")
-        await shop.send(_captured(order_id, customer_id))
-        await shop.eventually(
-            lambda: shop.failed("delivery.prepare_delivery", "payments.PaymentCaptured.v1") > failures
-        )
-        assert await shop.delivery_of(order_id) is None
         await shop.send(shop.awaiting_payment(order_id, customer_id))
+        await shop.send(shop.take_payment(order_id, customer_id, "tok_ok"))
+        await shop.status_becomes(order_id, "CAPTURED")
 
-        delivery = await shop.eventually(lambda: shop.delivery_of(order_id))
-        assert delivery["status"] == "PREPARING"
-        assert shop.handled("delivery.keep_shipping_address", "orders.OrderAwaitingPayment.v1") == before + 1
-
-
-async def test_a_repeated_capture_prepares_only_one_delivery(open_shop: Any) -> None:
-    async with open_shop() as shop:
-        customer_id = uuid.uuid4()
-        order_id, delivery = await shop.paid_order(customer_id)
-        before = shop.handled("delivery.prepare_delivery", "payments.PaymentCaptured.v1")
-
-        await shop.send(_captured(order_id, customer_id), _captured(order_id, customer_id))
-        await shop.eventually(
-            lambda: shop.handled("delivery.prepare_delivery", "payments.PaymentCaptured.v1") >= before + 2
-        )
-
-        assert await shop.deliveries(await shop.admin()) == [delivery]
+        assert await shop.delivery_of(order_id) is None
 
 
 async def test_cancel_delivery_cancels_a_preparing_delivery(open_shop: Any) -> None:
@@ -126,10 +149,10 @@ async def test_cancel_delivery_before_any_delivery_means_none_is_ever_prepared(o
         await shop.send(shop.awaiting_payment(order_id, customer_id))
 
         reply = await shop.ask(CancelDelivery(order_id=order_id))
-        before = shop.handled("delivery.prepare_delivery", "payments.PaymentCaptured.v1")
-        await shop.send(_captured(order_id, customer_id))  # a capture that lands late
+        before = shop.handled("delivery.prepare_delivery", "orders.OrderCompleted.v1")
+        await shop.send(shop.completed(order_id, customer_id))  # a completion that lands late
         await shop.eventually(
-            lambda: shop.handled("delivery.prepare_delivery", "payments.PaymentCaptured.v1") > before
+            lambda: shop.handled("delivery.prepare_delivery", "orders.OrderCompleted.v1") > before
         )
 
         assert reply == DeliveryCancellation(order_id=order_id, cancelled=True, status=None)

@@ -147,9 +147,9 @@ async def test_a_journey_moves_every_family_by_what_it_did(tmp_path: Path) -> No
 
 
 async def _delivered(client: Any) -> Samples | None:
-    """The metrics once the journey's last event (delivery's PaymentCaptured) is handled."""
+    """The metrics once the journey's last event (delivery's OrderCompleted) is handled."""
     samples = await scrape(client)
-    labels = {"consumer": "delivery.prepare_delivery", "type": "payments.PaymentCaptured.v1"}
+    labels = {"consumer": "delivery.prepare_delivery", "type": "orders.OrderCompleted.v1"}
     return samples if value(samples, "shop_bus_messages_handled_total", **labels) else None
 
 

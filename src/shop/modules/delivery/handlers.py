@@ -7,7 +7,9 @@ from uuid import UUID
 
 import structlog
 
+from shop.bus.breaker import CircuitOpenError
 from shop.bus.bus import Bus
+from shop.bus.errors import BusError
 from shop.bus.messages import Rejected
 from shop.bus.module import Handlers
 from shop.contracts.delivery import (
@@ -20,17 +22,28 @@ from shop.contracts.delivery import (
     ListDeliveries,
     RecordDeliveryEvent,
 )
-from shop.contracts.orders import OrderAwaitingPayment, OrderCancelled
-from shop.contracts.payments import PaymentCaptured
-from shop.modules.delivery.service import CANCELLED, SHIPPED, STATUSES, DeliveryDesk, can_move
+from shop.contracts.orders import GetOrderOwner, OrderCancelled, OrderCompleted, OrderOwner
+from shop.db import Database, unit_of_work
+from shop.modules.delivery.service import (
+    CANCELLED,
+    SHIPPED,
+    STATUSES,
+    DeliveryDesk,
+    Instruction,
+    can_move,
+)
 
 handlers = Handlers()
 
 log = structlog.get_logger("shop.delivery")
 
+OWNER_TIMEOUT_S = 2.0
+
 
 class ShippingInstructionMissing(Exception):
-    """The payment was captured before delivery heard where the order ships to; retried later."""
+    """An order completed without an address delivery knows (an OrderCompleted from an orders
+    version that did not carry it, for an order delivery kept no instruction of); retried,
+    then dead-lettered for an operator."""
 
 
 async def _changed(bus: Bus, view: DeliveryView) -> None:
@@ -57,19 +70,19 @@ async def _call_off(order_id: UUID, reason: str, desk: DeliveryDesk, bus: Bus) -
     return DeliveryCancellation(order_id=order_id, cancelled=True, status=CANCELLED)
 
 
-@handlers.on(OrderAwaitingPayment)
-async def keep_shipping_address(event: OrderAwaitingPayment, desk: DeliveryDesk) -> None:
-    await desk.remember(event.order_id, event.customer_id, event.address)
-
-
-@handlers.on(PaymentCaptured)
-async def prepare_delivery(event: PaymentCaptured, desk: DeliveryDesk, bus: Bus) -> None:
-    """One delivery per order, PREPARING, to the address the order was placed with."""
+@handlers.on(OrderCompleted)
+async def prepare_delivery(event: OrderCompleted, desk: DeliveryDesk, bus: Bus) -> None:
+    """One delivery per completed order, PREPARING, to the address the order was placed with
+    (carried by the event; from an orders version that did not carry it, the instruction this
+    module kept from OrderAwaitingPayment then)."""
     if await desk.of_order(event.order_id) is not None or await desk.is_called_off(event.order_id):
         return
-    instruction = await desk.instruction(event.order_id)
+    if event.address is not None:
+        instruction: Instruction | None = Instruction(event.order_id, event.customer_id, event.address)
+    else:
+        instruction = await desk.instruction(event.order_id)
     if instruction is None:
-        raise ShippingInstructionMissing(f"no shipping address for order {event.order_id} yet")
+        raise ShippingInstructionMissing(f"no shipping address for order {event.order_id}")
     await _changed(bus, await desk.create(instruction))
 
 
@@ -106,14 +119,30 @@ async def record_delivery_event(
 
 
 @handlers.handles(ListDeliveries)
-async def list_deliveries(query: ListDeliveries, desk: DeliveryDesk) -> DeliveryPage | Rejected:
+async def list_deliveries(query: ListDeliveries, database: Database, bus: Bus) -> DeliveryPage | Rejected:
     """The caller's deliveries (all of them for an admin). Rejected("NOT_FOUND") for another
-    customer's order: nobody learns that it exists."""
-    if query.order_id is not None and query.customer_id is not None:
-        owner = await desk.owner_of(query.order_id)
-        if owner is not None and owner != query.customer_id:
-            return Rejected(code="NOT_FOUND", detail="no such order")
+    customer's order: nobody learns that it exists. An order this module has no record of yet
+    (its delivery comes once it completes) is looked up in orders, outside any transaction of
+    this module's; if orders cannot answer, the page (empty for that order) is all there is."""
     after = (datetime.fromisoformat(query.after[0]), UUID(query.after[1])) if query.after else None
-    return await desk.page(
-        customer_id=query.customer_id, order_id=query.order_id, limit=query.limit, after=after
-    )
+    checks = query.order_id is not None and query.customer_id is not None
+    async with unit_of_work(database, write=False) as uow:
+        desk = DeliveryDesk(uow.session)
+        owner = await desk.owner_of(query.order_id) if checks and query.order_id is not None else None
+        page = await desk.page(
+            customer_id=query.customer_id, order_id=query.order_id, limit=query.limit, after=after
+        )
+    if checks and owner is None and query.order_id is not None:
+        owner = await _owner_in_orders(bus, query.order_id)
+    if owner is not None and owner != query.customer_id:
+        return Rejected(code="NOT_FOUND", detail="no such order")
+    return page
+
+
+async def _owner_in_orders(bus: Bus, order_id: UUID) -> UUID | None:
+    try:
+        found = await bus.ask(GetOrderOwner(order_id=order_id), timeout=OWNER_TIMEOUT_S)
+    except (BusError, CircuitOpenError, TimeoutError) as exc:
+        log.warning("delivery.order_owner_unknown", order_id=str(order_id), error=repr(exc))
+        return None
+    return found.customer_id if isinstance(found, OrderOwner) else None

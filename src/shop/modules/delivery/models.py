@@ -18,7 +18,8 @@ def _address_columns() -> list[sa.Column[str]]:
     ]
 
 
-# Where an order awaiting payment will ship to (from OrderAwaitingPayment), and whose it is.
+# Where an order awaiting payment would ship to, and whose it is: kept from OrderAwaitingPayment by
+# versions before OrderCompleted carried the address (read, no longer written; see ADR 0030).
 shipping_instructions = sa.Table(
     "shipping_instructions",
     metadata,

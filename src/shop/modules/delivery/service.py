@@ -1,4 +1,6 @@
-"""The delivery domain: shipping instructions, deliveries and their transitions, over one session.
+"""The delivery domain: deliveries and their transitions, over one session; and the shipping
+instructions earlier versions kept from OrderAwaitingPayment (read for orders completed by an
+orders version whose OrderCompleted did not carry the address, and for whose order it is).
 
 PREPARING → SHIPPED → IN_TRANSIT → DELIVERED; PREPARING → CANCELLED. Nothing else.
 """
@@ -18,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from shop.bus.clock import as_utc
 from shop.contracts.delivery import AddressSnapshot, DeliveryPage, DeliveryView
 from shop.db import Prepared
-from shop.db_tables import InsertIfAbsent, is_marked_cancelled, keyset_rows, mark_cancelled
+from shop.db_tables import is_marked_cancelled, keyset_rows, mark_cancelled
 from shop.modules.delivery.models import cancelled_orders, deliveries, shipping_instructions
 
 PREPARING = "PREPARING"
@@ -48,7 +50,6 @@ def tracking_number() -> str:
 
 
 # The hot statements, prepared once (shop.db.Prepared).
-_REMEMBER = InsertIfAbsent(shipping_instructions)
 _INSTRUCTION = Prepared(
     sa.select(shipping_instructions).where(shipping_instructions.c.order_id == sa.bindparam("b_order_id"))
 )
@@ -87,15 +88,6 @@ class DeliveryDesk:
         self.session = session
 
     # -- shipping instructions --------------------------------------------------------------
-
-    async def remember(self, order_id: uuid.UUID, customer_id: uuid.UUID, address: AddressSnapshot) -> None:
-        """Keep where the order ships to (the first instruction for an order wins: a later one
-        is left out by the insert itself)."""
-        values = {name: getattr(address, name) for name in _ADDRESS_FIELDS}
-        await _REMEMBER.execute(
-            self.session,
-            {"order_id": order_id, "customer_id": customer_id, "created_at": datetime.now(UTC)} | values,
-        )
 
     async def instruction(self, order_id: uuid.UUID) -> Instruction | None:
         found = (await _INSTRUCTION.execute(self.session, {"b_order_id": order_id})).mappings()

@@ -12,7 +12,14 @@ from shop.bus.messages import Rejected
 from shop.bus.module import Handlers
 from shop.bus.saga import SagaStatus
 from shop.contracts.delivery import CancelDelivery, DeliveryCancellation
-from shop.contracts.orders import CancelOrder, OrderPlaced, OrderView, PlaceOrder
+from shop.contracts.orders import (
+    CancelOrder,
+    GetOrderOwner,
+    OrderOwner,
+    OrderPlaced,
+    OrderView,
+    PlaceOrder,
+)
 from shop.contracts.payments import PaymentCaptured, PaymentDeclined
 from shop.db import Database, unit_of_work
 from shop.modules.orders import service
@@ -46,6 +53,13 @@ async def place_order(cmd: PlaceOrder, book: OrderBook, sagas: OrderSagas) -> Or
         data = initial_data(cmd.customer_id, list(cmd.items), cmd.address_id, cmd.payment_token)
         await sagas.engine.start(sagas.place_order, order.id, data)
     return OrderPlaced(order=order, created=created)
+
+
+@handlers.handles(GetOrderOwner)
+async def order_owner(query: GetOrderOwner, book: OrderBook) -> OrderOwner | None:
+    """Whose order it is, for another module's visibility check (None: no such order)."""
+    order = await book.get(query.order_id)
+    return None if order is None else OrderOwner(order_id=order.id, customer_id=order.customer_id)
 
 
 @handlers.handles(GetOrder)

@@ -5,7 +5,7 @@ place_order:  reserve_stock (compensate/abort: release_stock)
               → take_payment (lines in more than one currency: fail MIXED_CURRENCIES, charge nothing;
                               else wait for PaymentCaptured/PaymentDeclined; abort: void_payment;
                               compensate: refund_payment; deadline SHOP_PAYMENT_DEADLINE_S)
-              → complete (order COMPLETED, CommitStock)
+              → complete (order COMPLETED, CommitStock; OrderCompleted with the address, for delivery)
 cancel_completed_order: refund_payment → restock → mark_cancelled
 
 An unknown outcome (timeout, open breaker, handler failure) is never compensated blindly: the
@@ -236,7 +236,11 @@ class OrderSagas:
         ):
             await self.bus.send(CommitStock(reservation_id=reservation_id(order_id)))
             await self.bus.publish(
-                OrderCompleted(order_id=order_id, customer_id=uuid.UUID(ctx.data["customer_id"]))
+                OrderCompleted(
+                    order_id=order_id,
+                    customer_id=uuid.UUID(ctx.data["customer_id"]),
+                    address=msgspec.convert(ctx.data["address"], AddressSnapshot),
+                )
             )
 
     # -- cancel_completed_order's steps ----------------------------------------------------
