@@ -70,6 +70,9 @@ class Call:
     # Handed over once for sure (an ask this bus made for its own local handler): the inbox
     # has nothing to deduplicate (see `_chain`).
     once: bool = False
+    # Someone waits for the reply (an ask). A delivery (sent, published, redriven) has none
+    # waiting, so its inbox row keeps no reply for a duplicate to be answered with.
+    replies: bool = True
 
 
 Next = Callable[[Call], Awaitable[Any]]
@@ -477,7 +480,7 @@ class Bus:
         try:
             bound = self._lookup(envelope)
             message = decode_body(envelope.type, envelope.body)
-            await bound.invoke(Call(queue, bound.spec.consumer, envelope, message))
+            await bound.invoke(Call(queue, bound.spec.consumer, envelope, message, replies=False))
             return Result(Outcome.DONE)
         except Exception as exc:
             token, module = context.enter(context.of_envelope(envelope, handling=True)), enter_module(queue)
@@ -553,7 +556,7 @@ class Bus:
                 result = await spec.func(
                     call.message, **plan.arguments(Scope(uow=uow, envelope=call.envelope))
                 )
-                if claims:
+                if claims and call.replies:
                     reply = _encode_reply(result)
                     if reply is not None:
                         await inbox.keep_reply(uow, call.consumer, call.envelope.message_id, reply)

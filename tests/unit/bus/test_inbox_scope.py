@@ -70,3 +70,24 @@ async def test_a_delivered_command_is_claimed_once_and_its_redelivery_is_not_han
     assert await _inbox_rows(database) == 1
     async with unit_of_work(database, write=False) as uow:
         assert (await uow.session.execute(sa.select(sa.func.count()).select_from(tallies))).scalar_one() == 1
+
+
+async def test_a_delivered_command_keeps_no_reply_and_a_handed_over_request_keeps_its_first(
+    make_database: Any,
+) -> None:
+    """Nobody waits for a delivery's reply: its inbox row records the claim only. A request a
+    transport hands over keeps its reply, and a repeat of it gets that reply back."""
+    bus, database = await _bus(make_database)
+    delivered = new_envelope(AddTally(), consumer="tally.add_tally")
+    asked = new_envelope(AddTally(), consumer="tally.add_tally")
+
+    await bus.process("tally", delivered)
+    first = await bus.answer("tally", asked)
+    repeated = await bus.answer("tally", asked)
+
+    async with unit_of_work(database, write=False) as uow:
+        rows = (await uow.session.execute(sa.select(inbox.c.message_id, inbox.c.reply))).all()
+    replies = {row[0]: row[1] for row in rows}
+    assert replies[delivered.message_id] is None
+    assert replies[asked.message_id] is not None
+    assert (first, repeated) == (2, 2)
