@@ -747,12 +747,24 @@ def _is_default_sqlite_datetime(type_: Any, dialect: Any) -> bool:
 
 def _sqlite_datetime(value: Any) -> Any:
     """SQLAlchemy's SQLite DATETIME bind (``YYYY-MM-DD HH:MM:SS.ffffff``, the time zone
-    dropped), for a datetime by `isoformat`; anything else by SQLAlchemy's own."""
+    dropped), for a datetime by `isoformat`; anything else by SQLAlchemy's own.
+
+    The last datetime's text is kept: a unit of work binds the same ``now`` to several
+    columns and rows (created_at and updated_at, a saga's timeline lines), ~50 binds an order."""
+    global _last_datetime
     if value.__class__ is datetime.datetime:
-        if value.tzinfo is not None:
-            value = value.replace(tzinfo=None)
-        return value.isoformat(" ", "microseconds")
+        last, text = _last_datetime  # one immutable pair: threads never see a mixed one
+        if value == last and value.tzinfo is last.tzinfo:
+            return text
+        text = (value.replace(tzinfo=None) if value.tzinfo is not None else value).isoformat(
+            " ", "microseconds"
+        )
+        _last_datetime = (value, text)
+        return text
     return _SQLITE_DATETIME(value)
+
+
+_last_datetime: tuple[datetime.datetime, str] = (datetime.datetime.min, "0001-01-01 00:00:00.000000")
 
 
 _SQLITE_DATETIME: Callable[[Any], Any] = sqlite_dialect.DATETIME().bind_processor(sqlite_dialect.dialect())  # type: ignore[assignment,no-untyped-call]

@@ -183,5 +183,13 @@ def test_the_fast_sqlite_datetime_bind_writes_what_sqlalchemys_does(seed: int) -
                 tzinfo=rng.choice(zones),
             )
         )
-    for value in values:
+    # each one again (the bind keeps the last text), and an equal instant in another zone
+    # right after it (equal datetimes, another text)
+    pairs = [
+        (v, v.astimezone(zones[2] if v.tzinfo is UTC else UTC))
+        for v in values
+        if isinstance(v, datetime) and v.tzinfo is not None and 2 <= v.year <= 9998
+    ]
+    assert all(a == b and a.tzinfo is not b.tzinfo for a, b in pairs)
+    for value in [*values, *values, *(x for pair in pairs for x in pair)]:
         assert _sqlite_datetime(value) == sqlalchemys(value), value

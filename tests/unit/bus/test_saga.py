@@ -507,6 +507,43 @@ async def test_complete_step_inside_a_unit_of_work_commits_with_it(
     assert final.data["payment_id"] == "P-9"
 
 
+@pytest.mark.parametrize("changed_elsewhere", [False, True], ids=["as-remembered", "changed-elsewhere"])
+async def test_an_event_in_a_unit_of_work_starts_from_the_remembered_row_unless_it_changed(
+    engine: SagaEngine, db: Database, trip: Trip, monkeypatch: pytest.MonkeyPatch, changed_elsewhere: bool
+) -> None:
+    """The row this process last committed is the start of the next change; a write since
+    (another process, by hand) makes its save fail the version check, and the change is made
+    again from the stored row: accepted either way."""
+    from shop.bus.saga import store
+    from shop.bus.tables import saga_instances
+
+    saga_id = await start(engine, db)
+    if changed_elsewhere:
+        async with unit_of_work(db) as uow:
+            c = saga_instances.c
+            await uow.session.execute(
+                saga_instances.update().where(c.id == saga_id).values(version=c.version + 1)
+            )
+    loads = 0
+    load = store.load
+
+    async def counting_load(*args: Any, **kwargs: Any) -> Any:
+        nonlocal loads
+        loads += 1
+        return await load(*args, **kwargs)
+
+    monkeypatch.setattr(store, "load", counting_load)
+    async with unit_of_work(db):
+        assert await engine.complete_step(saga_id, "wait_for_payment", {"payment_id": "P-7"})
+    await engine.drain()
+    read_back = loads
+
+    final = await state(engine, saga_id)
+    assert (final.status, final.data["payment_id"]) == ("COMPLETED", "P-7")
+    assert trip.calls == ["book_flight", "book_hotel", "wait_for_payment", "confirm"]
+    assert read_back == (1 if changed_elsewhere else 0)
+
+
 async def test_event_that_resolves_an_unknown_outcome_is_accepted(
     engine: SagaEngine, db: Database, trip: Trip, clock: FakeClock
 ) -> None:

@@ -584,9 +584,14 @@ class SagaEngine(SagaTimers):
         """
         uow = self._joined()
         if uow is not None:
-            row = await self._load(saga_id, uow.session)
-            prepared = None if row is None else self._prepare(row, transition)
-            if row is None or prepared is None or not await self._write(uow, prepared[0], row, prepared[1]):
+            # As this process last committed it, if it remembers it (the version check of the
+            # save catches any other writer); on any refusal, once more from the stored row.
+            row = self._rows.pop(saga_id, None)
+            prepared = await self._written(uow, row, transition)
+            if prepared is None:
+                row = await self._load(saga_id, uow.session)
+                prepared = await self._written(uow, row, transition)
+            if row is None or prepared is None:
                 return False
             if row.status == SagaStatus.PARKED:
                 return False
@@ -615,6 +620,16 @@ class SagaEngine(SagaTimers):
         except Exception:
             log.exception("saga.advance_failed", saga_id=str(saga_id))
         return True
+
+    async def _written(
+        self, uow: UnitOfWork, row: SagaRow | None, transition: Callable[[Saga, SagaRow], Change | None]
+    ) -> tuple[Saga, Change] | None:
+        """The definition and change an outside request made of ``row`` and saved in ``uow``;
+        None when there is no row, the request is refused, or the version check failed."""
+        prepared = None if row is None else self._prepare(row, transition)
+        if row is None or prepared is None or not await self._write(uow, prepared[0], row, prepared[1]):
+            return None
+        return prepared
 
     def _prepare(
         self, row: SagaRow, transition: Callable[[Saga, SagaRow], Change | None]

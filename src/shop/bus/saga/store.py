@@ -14,8 +14,8 @@ import structlog
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shop.bus.saga.definition import Saga
-from shop.bus.saga.state import Change, SagaRow, context_of
+from shop.bus.saga.definition import Saga, SagaContext
+from shop.bus.saga.state import Change, SagaRow, context_of, copy_data
 from shop.bus.tables import saga_instances, saga_steps
 from shop.db import Database, Prepared, UnitOfWork, unit_of_work
 from shop.db_tables import InsertIfAbsent
@@ -101,11 +101,15 @@ async def _call_hook(result: Awaitable[None] | None) -> None:
 
 async def step_hooks(definition: Saga, row: SagaRow, change: Change, session: AsyncConnection) -> None:
     """The definition's ``on_step`` hook for each of ``change``'s timeline lines that calls it."""
-    if definition.on_step is not None:
-        for event in change.events:
-            if event.hook:
-                ctx = context_of(row, event.step)
-                await _call_hook(definition.on_step(ctx, event.step, event.status, session))
+    if definition.on_step is None:
+        return
+    data: dict[str, Any] | None = None  # one copy of the data for the change's lines
+    for event in change.events:
+        if event.hook:
+            if data is None:
+                data = copy_data(row.data)
+            ctx = SagaContext(row.id, row.type, event.step, data, attempt=row.attempts + 1)
+            await _call_hook(definition.on_step(ctx, event.step, event.status, session))
 
 
 async def write(uow: UnitOfWork, definition: Saga, row: SagaRow, change: Change, now: datetime) -> bool:
