@@ -345,12 +345,9 @@ class SagaEngine(SagaTimers):
         following = self._local_step_due(definition, row)
         if following is None:
             return await self._save(definition, row, change)
-        # the next step is local: its action and outcome commit with this save (one transaction)
+        # the next step is local: its action and outcome are saved with this outcome
         async with unit_of_work(self.database) as uow:
-            if not await self._write(uow, definition, row, change):
-                return False
-            await self._run_local_inline(uow, definition, row, following, [])
-        return True
+            return await self._write_with_local(uow, definition, row, change, following, [])
 
     async def _call_action(self, definition: Saga, row: SagaRow, step: Step) -> Change:
         """Run an external step's action and make its outcome the change to save: done (the
@@ -446,14 +443,22 @@ class SagaEngine(SagaTimers):
         step = definition.steps[row.step_index]
         return step if step.local and row.step == step.name else None
 
-    async def _run_local_inline(
-        self, uow: UnitOfWork, definition: Saga, row: SagaRow, step: Step, started: list[Event]
+    async def _write_with_local(
+        self,
+        uow: UnitOfWork,
+        definition: Saga,
+        row: SagaRow,
+        change: Change,
+        step: Step,
+        started: list[Event],
     ) -> bool:
-        """Run local ``step`` inside ``uow``, right after the save that made it due there: its
-        effect and outcome commit with that save, one transaction fewer. When its action fails
-        (or anything in it does), all of it is rolled back to a savepoint, ``row`` is left as
-        that save left it, and False: the step then runs on its own as usual
-        (`_run_local_step`), which records the failure."""
+        """Save ``change`` with local ``step``, which it makes due, in one save inside ``uow``:
+        the step's action runs in a savepoint on the row as ``change`` left it, and its outcome
+        joins ``change`` (one UPDATE of the row and one batch of timeline lines where there were
+        two; the hooks run after the action, in the lines' order). When the action fails (or
+        anything in it does), the savepoint is rolled back, ``change`` is saved alone and the
+        step then runs on its own as usual (`_run_local_step`), which records the failure.
+        False when a save fails its version check."""
         snapshot = row.copy()
         preclaimed = self._preclaimed.get(row.id)
         try:
@@ -463,12 +468,13 @@ class SagaEngine(SagaTimers):
                 result = await step.action(ctx)
                 data = merge(ctx.data, result.data if isinstance(result, Wait) else result)
                 if isinstance(result, Wait):
-                    change = t.waiting(row, step, data, self._now())
+                    local = t.waiting(row, step, data, self._now())
                 else:
-                    change = t.step_done(definition, row, step, data, claim_at=self._now())
-                change.events[:0] = started
-                if not await self._write(uow, definition, row, change):
+                    local = t.step_done(definition, row, step, data, claim_at=self._now())
+                joined = Change([*change.events, *started, *local.events], local.finish, local.claims_next)
+                if not await self._write(uow, definition, row, joined):
                     raise _RollBack
+            return True
         except Exception:
             for name in _ROW_FIELDS:
                 setattr(row, name, getattr(snapshot, name))
@@ -476,8 +482,7 @@ class SagaEngine(SagaTimers):
                 self._preclaimed.pop(row.id, None)
             else:
                 self._preclaimed[row.id] = preclaimed
-            return False
-        return True
+        return await self._write(uow, definition, row, change)
 
     async def _undo_next(self, definition: Saga, row: SagaRow) -> bool:
         """Run the pending abort, or the next compensation, or finish."""
@@ -595,11 +600,6 @@ class SagaEngine(SagaTimers):
                 return False
             if row.status == SagaStatus.PARKED:
                 return False
-            following = self._local_step_due(prepared[0], row)
-            if following is not None and not row.meta.get("started"):
-                # a local step comes next (orders' complete after the payment): in this
-                # transaction too; if it fails it runs on its own after the commit, as before
-                await self._run_local_inline(uow, prepared[0], row, following, [t.started(row, following)])
             if row.status not in _MOVING:
                 return True
 
@@ -627,9 +627,19 @@ class SagaEngine(SagaTimers):
         """The definition and change an outside request made of ``row`` and saved in ``uow``;
         None when there is no row, the request is refused, or the version check failed."""
         prepared = None if row is None else self._prepare(row, transition)
-        if row is None or prepared is None or not await self._write(uow, prepared[0], row, prepared[1]):
+        if row is None or prepared is None:
             return None
-        return prepared
+        definition, change = prepared
+        following = self._local_step_due(definition, row)
+        if following is not None and not row.meta.get("started"):
+            # a local step comes next (orders' complete after the payment): saved with this
+            # change; if it fails it runs on its own after the commit, as before
+            written = await self._write_with_local(
+                uow, definition, row, change, following, [t.started(row, following)]
+            )
+        else:
+            written = await self._write(uow, definition, row, change)
+        return prepared if written else None
 
     def _prepare(
         self, row: SagaRow, transition: Callable[[Saga, SagaRow], Change | None]
