@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import re
 import sys
+import threading
 import time
+from asyncio import events as asyncio_events
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any, TextIO, cast
@@ -76,13 +79,54 @@ _encoder = msgspec.json.Encoder(enc_hook=str)
 
 
 class _Stderr:
-    """Whatever `sys.stderr` is at the moment of writing (test runners swap it)."""
+    """Whatever `sys.stderr` is at the moment of writing (test runners swap it).
+
+    On a thread that runs an event loop, the lines written during one turn of the loop go out
+    in one write at the end of that turn (a callback the turn's first line schedules): a server
+    under load answers many requests a turn, and each write is a system call (ADR 0030). Off a
+    loop a line goes out at once, after any still pending; at exit what is pending goes out. A
+    process killed outright loses the lines of the turn it was in."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[str] = []
+        self._scheduled = False
+        atexit.register(self.drain)
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        loop = _running_loop()
+        with self._lock:
+            self._pending.append(text)
+            if loop is None or self._scheduled:
+                schedule = False
+            else:
+                schedule = self._scheduled = True
+        if loop is None:
+            self.drain()
+        elif schedule:
+            try:
+                loop.call_soon(self.drain)
+            except RuntimeError:  # the loop is closing: no later turn to wait for
+                self.drain()
+        return len(text)
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        """Off a loop: write what is pending now. On a loop: the turn's end does."""
+        if _running_loop() is None:
+            self.drain()
+
+    def drain(self) -> None:
+        """Write every pending line, in one write."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self._scheduled = False
+        if pending:
+            stream = sys.stderr
+            stream.write("".join(pending))
+            stream.flush()
+
+
+_running_loop = asyncio_events._get_running_loop
 
 
 def _dumps(obj: Any, **_kwargs: Any) -> str:
@@ -174,7 +218,8 @@ def configure(level: str = "INFO", *, stream: Any = None) -> None:
     numeric = logging.getLevelName(level.upper())
     set_debug(numeric <= logging.DEBUG)
     _access.enabled = numeric <= logging.INFO
-    _access.stream = stream or _Stderr()
+    default = _Stderr() if stream is None else None  # one for all three: lines keep their order
+    _access.stream = stream or default
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -188,11 +233,11 @@ def configure(level: str = "INFO", *, stream: Any = None) -> None:
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         # one write per line (print() writes the line and its newline apart)
-        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, stream or _Stderr())),
+        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, stream or default)),
         cache_logger_on_first_use=False,
     )
     # Libraries' stdlib logging (alembic, sqlalchemy, granian …) in the same JSON shape.
-    handler = logging.StreamHandler(stream or _Stderr())
+    handler = logging.StreamHandler(stream or default)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[
