@@ -291,3 +291,24 @@ async def test_cancelling_a_completed_order_on_postgresql_refunds_restocks_and_c
 
     again = await shopper.client.post(f"/api/v1/orders/{order_id}/cancel", headers=customer)
     assert again.status_code == 409
+
+
+async def test_a_customers_orders_on_postgresql_page_newest_first_by_their_cursor_and_not_to_others(
+    shopper: Shopper,
+) -> None:
+    customer, address = await shopper.customer()
+    stranger, _ = await shopper.customer()
+    product = await shopper.product(stock=10)
+    placed = [await shopper.place(customer, product, 1, address, "tok_ok") for _ in range(3)]
+
+    first = await shopper.client.get("/api/v1/orders", params={"limit": 2}, headers=customer)
+    assert first.status_code == 200, first.text
+    rest = await shopper.client.get(
+        "/api/v1/orders", params={"limit": 2, "cursor": first.json()["next_cursor"]}, headers=customer
+    )
+    theirs = await shopper.client.get("/api/v1/orders", headers=stranger)
+
+    listed = [o["id"] for o in first.json()["items"]] + [o["id"] for o in rest.json()["items"]]
+    assert listed == placed[::-1]
+    assert rest.json()["next_cursor"] is None
+    assert theirs.json() == {"items": [], "next_cursor": None}

@@ -38,6 +38,28 @@ FINAL = frozenset({OrderStatus.FAILED, OrderStatus.CANCELLED})
 _GET = Prepared(sa.select(orders).where(orders.c.id == sa.bindparam("b_id")))
 _INSERT = InsertIfAbsent(orders)
 _PRICE = Prepared(orders.update().where(orders.c.id == sa.bindparam("b_id")))
+
+
+def _page(after_cursor: bool) -> Prepared:
+    """A customer's orders, newest first, `b_limit` of them (after a cursor: older than it)."""
+    query = sa.select(orders).where(orders.c.customer_id == sa.bindparam("b_customer"))
+    if after_cursor:
+        query = query.where(
+            sa.tuple_(orders.c.created_at, orders.c.id)
+            < sa.tuple_(
+                sa.bindparam("b_created", type_=orders.c.created_at.type),
+                sa.bindparam("b_order", type_=orders.c.id.type),
+            )
+        )
+    order = (orders.c.created_at.desc(), orders.c.id.desc())
+    # SQLite renders a LIMIT parameter with an OFFSET one: named, so both come from the caller
+    limit, offset = sa.bindparam("b_limit", type_=sa.Integer), sa.bindparam("b_offset", type_=sa.Integer)
+    return Prepared(query.order_by(*order).limit(limit).offset(offset))
+
+
+# Built once (a customer polling their orders lists them every few seconds).
+_FIRST_PAGE = _page(after_cursor=False)
+_NEXT_PAGE = _page(after_cursor=True)
 _SET_STATUS: dict[int, Prepared] = {}
 
 
@@ -144,11 +166,14 @@ class OrderBook:
     async def page(
         self, customer_id: uuid.UUID, *, limit: int, before: tuple[datetime, uuid.UUID] | None
     ) -> OrderPage:
-        query = sa.select(orders).where(orders.c.customer_id == customer_id)
-        if before is not None:
-            query = query.where(sa.tuple_(orders.c.created_at, orders.c.id) < sa.tuple_(*before))
-        query = query.order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(limit + 1)
-        rows = [view(r._mapping) for r in await self.session.execute(query)]
+        params: dict[str, Any] = {"b_customer": customer_id, "b_limit": limit + 1, "b_offset": 0}
+        if before is None:
+            found = await _FIRST_PAGE.execute(self.session, params)
+        else:
+            found = await _NEXT_PAGE.execute(
+                self.session, {**params, "b_created": before[0], "b_order": before[1]}
+            )
+        rows = [view(m) for m in found.mappings()]
         return OrderPage(items=tuple(rows[:limit]), has_more=len(rows) > limit)
 
     async def set_status(
