@@ -6,6 +6,7 @@ import re
 import uuid
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from shop.contracts.delivery import (
@@ -42,18 +43,6 @@ async def test_a_completed_order_gets_one_delivery_to_its_address(open_shop: Any
         assert delivery["updated_at"].endswith(("Z", "+00:00"))
         changes = shop.published.of(DeliveryStatusChanged)
         assert [(c.order_id, c.status) for c in changes] == [(order_id, "PREPARING")]
-
-
-async def test_a_declined_payment_prepares_no_delivery(open_shop: Any) -> None:
-    async with open_shop() as shop:
-        order_id, customer_id = uuid.uuid4(), uuid.uuid4()
-
-        await shop.send(shop.awaiting_payment(order_id, customer_id))
-        await shop.send(shop.take_payment(order_id, customer_id, "tok_decline"))
-        await shop.status_becomes(order_id, "DECLINED")
-
-        assert await shop.delivery_of(order_id) is None
-        assert shop.published.of(DeliveryStatusChanged) == []
 
 
 async def test_an_order_completed_without_its_address_ships_to_the_one_kept_earlier(open_shop: Any) -> None:
@@ -107,17 +96,19 @@ async def test_a_repeated_completion_prepares_only_one_delivery(open_shop: Any) 
         assert await shop.deliveries(await shop.admin()) == [delivery]
 
 
-async def test_awaiting_payment_and_a_captured_payment_prepare_nothing_before_the_order_completes(
-    open_shop: Any,
+@pytest.mark.parametrize(("token", "status"), [("tok_decline", "DECLINED"), ("tok_ok", "CAPTURED")])
+async def test_a_payment_declined_or_captured_prepares_nothing_before_the_order_completes(
+    open_shop: Any, token: str, status: str
 ) -> None:
     async with open_shop() as shop:
         order_id, customer_id = uuid.uuid4(), uuid.uuid4()
 
         await shop.send(shop.awaiting_payment(order_id, customer_id))
-        await shop.send(shop.take_payment(order_id, customer_id, "tok_ok"))
-        await shop.status_becomes(order_id, "CAPTURED")
+        await shop.send(shop.take_payment(order_id, customer_id, token))
+        await shop.status_becomes(order_id, status)
 
         assert await shop.delivery_of(order_id) is None
+        assert shop.published.of(DeliveryStatusChanged) == []
 
 
 async def test_cancel_delivery_cancels_a_preparing_delivery(open_shop: Any) -> None:
