@@ -767,6 +767,23 @@ async def test_a_first_step_claimed_with_the_saga_runs_once_and_reads_as_started
     ]
 
 
+async def test_an_outcome_reported_for_a_claimed_first_step_that_never_ran_is_refused_and_it_runs_once(
+    new_engine: EngineFactory, db: Database, trip: Trip
+) -> None:
+    engine = new_engine(guarded_trip_saga(trip))
+    saga_id = uuid.uuid4()
+    async with unit_of_work(db):
+        await engine.start("trip", saga_id, {})
+    async with unit_of_work(db):  # before the advancing ran it: nothing ran to report on
+        assert not await engine.complete_step(saga_id, "book_flight", {"flight": "forged"})
+    await engine.drain()
+
+    final = await state(engine, saga_id)
+    assert final.status == "COMPLETED"
+    assert final.data["flight"] == "AF123"
+    assert trip.calls == ["book_flight", "confirm"]
+
+
 async def test_a_first_step_claimed_before_a_crash_counts_as_started_and_its_abort_runs(
     new_engine: EngineFactory, db: Database, trip: Trip
 ) -> None:

@@ -556,8 +556,9 @@ class SagaEngine(SagaTimers):
         )
         # An external first step is claimed in the insert (its STARTED line and deadline):
         # the advance that runs it after the commit needs no save of its own first, as with
-        # `t.claim_next`. A cancel that comes in between finds the step started and aborts it
-        # (aborts are idempotent), as it would a moment later.
+        # `t.claim_next`. A cancel that comes in between takes the claim back in this process
+        # (`_take_back_claim`: the step never ran, nothing to abort); after a restart it finds
+        # the step started and aborts it (aborts are idempotent).
         claim = None if definition.steps[0].local else t.claim_step(row, definition.steps[0], now)
         if not await store.insert(uow.session, row, StepStatus.STARTED, claim):
             existing = await store.load(self.database, saga_id, uow.session)
@@ -650,9 +651,14 @@ class SagaEngine(SagaTimers):
         definition, note = self._resolve(row)
         if definition is None:
             return None if note is None else (Saga(row.type), note)
+        deadline = row.step_deadline
         unrun = self._take_back_claim(row)
         change = transition(definition, row)
         if change is None:
+            if unrun is not None:  # refused: the claim stays as it was
+                self._preclaimed[row.id] = row.version
+                row.meta["started"] = True
+                row.step_deadline = deadline
             return None
         if unrun is not None:
             change.events.insert(0, Event(unrun, StepStatus.CANCELLED, "claimed, never ran"))
