@@ -125,15 +125,15 @@ async def list_deliveries(query: ListDeliveries, database: Database, bus: Bus) -
     (its delivery comes once it completes) is looked up in orders, outside any transaction of
     this module's; if orders cannot answer, the page (empty for that order) is all there is."""
     after = (datetime.fromisoformat(query.after[0]), UUID(query.after[1])) if query.after else None
-    checks = query.order_id is not None and query.customer_id is not None
+    checked = query.order_id if query.customer_id is not None else None  # an admin sees any
     async with unit_of_work(database, write=False) as uow:
         desk = DeliveryDesk(uow.session)
-        owner = await desk.owner_of(query.order_id) if checks and query.order_id is not None else None
+        owner = None if checked is None else await desk.owner_of(checked)
         page = await desk.page(
             customer_id=query.customer_id, order_id=query.order_id, limit=query.limit, after=after
         )
-    if checks and owner is None and query.order_id is not None:
-        owner = await _owner_in_orders(bus, query.order_id)
+    if checked is not None and owner is None:
+        owner = await _owner_in_orders(bus, checked)
     if owner is not None and owner != query.customer_id:
         return Rejected(code="NOT_FOUND", detail="no such order")
     return page
