@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import logging
@@ -9,7 +10,6 @@ import re
 import sys
 import threading
 import time
-from asyncio import events as asyncio_events
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any, TextIO, cast
@@ -90,17 +90,18 @@ class _Stderr:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: list[str] = []
-        self._scheduled = False
+        # the loop a write of the pending lines is scheduled on (a loop closed before it ran
+        # it, or another thread's loop, schedules one of its own: a write of nothing is none)
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
         atexit.register(self.drain)
 
     def write(self, text: str) -> int:
         loop = _running_loop()
         with self._lock:
             self._pending.append(text)
-            if loop is None or self._scheduled:
-                schedule = False
-            else:
-                schedule = self._scheduled = True
+            schedule = loop is not None and loop is not self._scheduled_on
+            if schedule:
+                self._scheduled_on = loop
         if loop is None:
             self.drain()
         elif schedule:
@@ -119,14 +120,14 @@ class _Stderr:
         """Write every pending line, in one write."""
         with self._lock:
             pending, self._pending = self._pending, []
-            self._scheduled = False
+            self._scheduled_on = None
         if pending:
             stream = sys.stderr
             stream.write("".join(pending))
             stream.flush()
 
 
-_running_loop = asyncio_events._get_running_loop
+_running_loop = asyncio.events._get_running_loop
 
 
 def _dumps(obj: Any, **_kwargs: Any) -> str:

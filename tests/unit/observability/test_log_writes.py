@@ -97,3 +97,23 @@ def test_a_loop_that_stops_before_its_turn_ends_loses_nothing_at_drain(
     loop.close()  # the scheduled write may never have run: drain (registered at exit) writes it
     out.drain()
     assert stderr.getvalue() == "last words\n"
+
+
+def test_a_loop_closed_before_its_turn_ended_leaves_its_lines_to_the_next_loops_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stderr = swap_stderr(monkeypatch)
+    out = _Stderr()
+
+    async def log(text: str) -> None:
+        out.write(text)
+
+    first = asyncio.new_event_loop()
+    first.run_until_complete(log("from the first loop\n"))
+    first.close()  # its scheduled write may never have run
+    second = asyncio.new_event_loop()
+    second.run_until_complete(log("from the second loop\n"))
+    second.run_until_complete(asyncio.sleep(0))
+    second.close()
+
+    assert stderr.getvalue() == "from the first loop\nfrom the second loop\n"
