@@ -109,8 +109,12 @@ def test_a_loop_closed_before_its_turn_ended_leaves_its_lines_to_the_next_loops_
         out.write(text)
 
     first = asyncio.new_event_loop()
-    first.run_until_complete(log("from the first loop\n"))
-    first.close()  # its scheduled write may never have run
+    task = first.create_task(log("from the first loop\n"))
+    first.call_soon(first.stop)  # stops after the turn in which the line is written
+    first.run_forever()
+    first.close()  # the write it scheduled for after that turn never ran
+    assert task.done()
+    assert stderr.getvalue() == ""
     second = asyncio.new_event_loop()
     second.run_until_complete(log("from the second loop\n"))
     second.run_until_complete(asyncio.sleep(0))
