@@ -727,14 +727,21 @@ def guarded_trip_saga(trip: Trip) -> Saga:
     )
 
 
+async def started_guarded_trip(engine: SagaEngine, db: Database) -> uuid.UUID:
+    """A guarded trip started in a unit of work; the advancing its commit scheduled has not
+    run yet (its first step is claimed, not run)."""
+    saga_id = uuid.uuid4()
+    async with unit_of_work(db):
+        await engine.start("trip", saga_id, {})
+    return saga_id
+
+
 @pytest.mark.parametrize("joined", [False, True], ids=["own-transaction", "caller-transaction"])
 async def test_a_cancel_before_the_first_step_ran_neither_runs_nor_aborts_it(
     new_engine: EngineFactory, db: Database, trip: Trip, joined: bool
 ) -> None:
     engine = new_engine(guarded_trip_saga(trip))
-    saga_id = uuid.uuid4()
-    async with unit_of_work(db):
-        await engine.start("trip", saga_id, {})
+    saga_id = await started_guarded_trip(engine, db)
     # the advancing scheduled by the commit has not run yet: cancel now, as orders does
     # (inside its own unit of work) or on its own
     if joined:
@@ -752,9 +759,7 @@ async def test_a_first_step_claimed_with_the_saga_runs_once_and_reads_as_started
     new_engine: EngineFactory, db: Database, trip: Trip
 ) -> None:
     engine = new_engine(guarded_trip_saga(trip))
-    saga_id = uuid.uuid4()
-    async with unit_of_work(db):
-        await engine.start("trip", saga_id, {})
+    saga_id = await started_guarded_trip(engine, db)
     await engine.drain()
 
     final = await state(engine, saga_id)
@@ -771,9 +776,7 @@ async def test_an_outcome_reported_for_a_claimed_first_step_that_never_ran_is_re
     new_engine: EngineFactory, db: Database, trip: Trip
 ) -> None:
     engine = new_engine(guarded_trip_saga(trip))
-    saga_id = uuid.uuid4()
-    async with unit_of_work(db):
-        await engine.start("trip", saga_id, {})
+    saga_id = await started_guarded_trip(engine, db)
     async with unit_of_work(db):  # before the advancing ran it: nothing ran to report on
         assert not await engine.complete_step(saga_id, "book_flight", {"flight": "forged"})
     await engine.drain()
@@ -791,9 +794,7 @@ async def test_a_first_step_claimed_before_a_crash_counts_as_started_and_its_abo
     After a restart a cancel cannot know whether the action ran, so it aborts it (aborts are
     idempotent)."""
     crashed = new_engine(guarded_trip_saga(trip))
-    saga_id = uuid.uuid4()
-    async with unit_of_work(db):
-        await crashed.start("trip", saga_id, {})
+    saga_id = await started_guarded_trip(crashed, db)
     await crashed.close()  # the process died before its advancing ran the step
 
     restarted = new_engine(guarded_trip_saga(trip))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.saga.definition import Saga, SagaContext
-from shop.bus.saga.state import Change, SagaRow, context_of, copy_data
+from shop.bus.saga.state import Change, Event, SagaRow, context_of, copy_data
 from shop.bus.tables import saga_instances, saga_steps
 from shop.db import Database, Prepared, UnitOfWork, unit_of_work
 from shop.db_tables import InsertIfAbsent
@@ -156,7 +156,7 @@ async def _save(uow: UnitOfWork, row: SagaRow, change: Change, now: datetime) ->
         result = await _SAVE.execute(uow, {"b_id": row.id, "b_version": expected, **values})
         if result.rowcount != 1:
             return False
-        await _timeline(uow, row.id, change, now)
+        await _timeline(uow, row.id, change.events, now)
         return True
     result = await _SAVE_WITH_TIMELINE.execute(  # PostgreSQL: one round trip for both
         uow,
@@ -173,16 +173,18 @@ async def _save(uow: UnitOfWork, row: SagaRow, change: Change, now: datetime) ->
     return bool(result.scalar() == 1)
 
 
-async def _timeline(uow: UnitOfWork, saga_id: uuid.UUID, change: Change, now: datetime) -> None:
-    """The change's timeline lines."""
+async def _timeline(
+    target: UnitOfWork | AsyncConnection, saga_id: uuid.UUID, events: Sequence[Event], now: datetime
+) -> None:
+    """Timeline lines, one for each of ``events``."""
     lines = [
         {"saga_id": saga_id, "step": e.step, "status": e.status, "detail": e.detail, "at": now}
-        for e in change.events
+        for e in events
     ]
     if len(lines) == 1:
-        await _STEP.execute(uow, lines[0])
+        await _STEP.execute(target, lines[0])
     else:  # one call (SQLite's executemany) or one statement (a server) for them all
-        await _STEP.execute_many(uow, lines)
+        await _STEP.execute_many(target, lines)
 
 
 def _state(row: SagaRow) -> dict[str, Any]:
@@ -213,14 +215,6 @@ async def insert(session: AsyncConnection, row: SagaRow, started: str, change: C
     }
     if not await _INSERT.execute(session, values):
         return False
-    first = {"saga_id": row.id, "step": row.type, "status": started, "detail": None, "at": row.created_at}
-    if change is None or not change.events:
-        await _STEP.execute(session, first)
-    else:  # one call (SQLite's executemany) or one statement (a server) for them all
-        lines = [first]
-        lines += (
-            {"saga_id": row.id, "step": e.step, "status": e.status, "detail": e.detail, "at": row.created_at}
-            for e in change.events
-        )
-        await _STEP.execute_many(session, lines)
+    claim = change.events if change is not None else []
+    await _timeline(session, row.id, [Event(row.type, started, hook=False), *claim], row.created_at)
     return True
