@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import structlog
 from litestar import Litestar, Request
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
@@ -46,6 +45,7 @@ from shop.gateway.sagas import SagaAdminController
 from shop.observability import logging as shop_logging
 from shop.observability import metrics, tracing
 from shop.observability.logcontext import bound_module, set_process_module
+from shop.observability.loggers import get_logger
 from shop.process import die_with_parent, freeze_heap_after_start
 from shop.security.guards import provide_principal
 from shop.security.keys import load_keys
@@ -54,7 +54,7 @@ from shop.security.tokens import Principal, TokenIssuer, TokenVerifier
 from shop.settings import MODULE_NAMES, Settings
 from shop.web.openapi import ShopOpenAPIJson, fix_options_allow
 
-log = structlog.get_logger("shop.app")
+log = get_logger("shop.app")
 MAX_BODY_BYTES = 1024 * 1024  # no request of the API comes near it
 
 

@@ -20,7 +20,6 @@ from threading import get_ident
 from typing import Any
 
 import msgspec
-import structlog
 
 from shop.bus import context, inbox
 from shop.bus.breaker import BreakerRegistry, CircuitBreaker, CircuitOpenError
@@ -55,8 +54,9 @@ from shop.bus.transports.inprocess import Bulkhead, Deadline, LocalRequests
 from shop.db import Database, current_unit_of_work, unit_of_work
 from shop.observability import metrics, tracing
 from shop.observability.logcontext import enter_module, leave_module
+from shop.observability.loggers import get_logger
 
-log = structlog.get_logger("shop.bus")
+log = get_logger("shop.bus")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +203,9 @@ class Bus:
         self.retry = retry or RetryPolicy()
         self.middleware: tuple[Middleware, ...] = (observe,) if middleware is None else tuple(middleware)
         self.default_timeout = default_timeout
-        self.relay = Relay(self.databases, self.router.routes, self._deliver)
+        self.relay = Relay(
+            self.databases, self.router.routes, self._deliver, hand_over=getattr(transport, "hand_over", None)
+        )
         self._singletons: dict[type[Any], Any] = {Bus: self, **(singletons or {})}
         self._bound: dict[str, _Bound] = {}
         self._injectors: dict[str, Injector] = {}

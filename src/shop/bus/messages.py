@@ -22,6 +22,8 @@ from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
+from shop.bus.context import new_secret_id
+
 M = TypeVar("M", bound="Message")
 
 
@@ -175,7 +177,7 @@ def new_envelope(
 ) -> Envelope:
     """An envelope for `message`. `encode_body=False` leaves the body empty, for a message
     that is handed over as an object and never leaves the process (a local `ask`)."""
-    mid = message_id or uuid.uuid4()
+    mid = message_id or new_secret_id()
     return Envelope(
         message_id=mid,
         type=type(message).type_name(),

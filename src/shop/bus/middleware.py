@@ -5,14 +5,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from shop.observability import metrics
+from shop.observability.loggers import get_logger
 
 if TYPE_CHECKING:
     from shop.bus.bus import Call, Next
 
-log = structlog.get_logger("shop.bus.handler")
+log = get_logger("shop.bus.handler")
 
 
 async def observe(call: Call, nxt: Next) -> Any:

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import msgspec
 import sqlalchemy as sa
-import structlog
 
 from shop.bus import context
 from shop.bus.messages import Envelope, decode_envelope, encode
@@ -24,11 +23,14 @@ from shop.bus.tables import outbox
 from shop.db import Database, Prepared, UnitOfWork, unit_of_work
 from shop.observability import metrics
 from shop.observability.logcontext import enter_module
+from shop.observability.loggers import get_logger
 
-log = structlog.get_logger("shop.bus.outbox")
+log = get_logger("shop.bus.outbox")
 
 Route = tuple[str, str]  # (queue, consumer)
 Deliver = Callable[[str, Envelope], Awaitable[Awaitable[None]]]
+# A transport's hand-over that never waits (in process): the receipt, at once.
+HandOver = Callable[[str, Envelope], "asyncio.Future[None]"]
 
 
 _INSERT = Prepared(outbox.insert())
@@ -78,6 +80,7 @@ class Relay:
         routes: Callable[[Envelope], Sequence[Route]],
         deliver: Deliver,
         *,
+        hand_over: HandOver | None = None,
         sweep_interval: float = 5.0,
         sweep_grace: float = 5.0,
         batch_delay: float = 0.01,
@@ -85,6 +88,7 @@ class Relay:
         self.databases = dict(databases)
         self.routes = routes
         self.deliver = deliver
+        self.hand_over = hand_over
         self.sweep_interval = sweep_interval
         self.sweep_grace = sweep_grace
         self.batch_delay = batch_delay
@@ -116,8 +120,9 @@ class Relay:
 
     def relay(self, database: Database, envelopes: Sequence[Envelope]) -> None:
         """Deliver freshly committed envelopes in the background: one task hands the lot (a
-        unit of work's messages, or a sweep's) to the transport; each envelope's receipts are
-        then followed by callbacks (`_when_received`)."""
+        unit of work's messages, or a sweep's) to the transport, or, when the transport hands
+        over without waiting (`hand_over`, in process), this call does; each envelope's
+        receipts are then followed by callbacks (`_when_received`)."""
         module = database.module
         fresh = []
         for envelope in envelopes:
@@ -127,6 +132,9 @@ class Relay:
             self._in_flight.add(key)
             fresh.append(envelope)
         if not fresh:
+            return
+        if self.hand_over is not None:
+            self._hand_over(module, fresh, self.hand_over)
             return
         task = asyncio.create_task(self._deliver(module, fresh))
         self._tasks.add(task)
@@ -142,6 +150,20 @@ class Relay:
                     asyncio.ensure_future(
                         await self.deliver(queue, msgspec.structs.replace(envelope, consumer=consumer))
                     )
+                    for queue, consumer in self.routes(envelope)
+                ]
+            except Exception as exc:
+                self._failed(module, envelope, exc)
+                continue
+            self._when_received(module, envelope, receipts)
+
+    def _hand_over(self, module: str, envelopes: list[Envelope], hand_over: HandOver) -> None:
+        # No task and no context of its own (ADR 0031): in the committing handler's, whose
+        # module is the sending one; a receiver runs in its own worker's context.
+        for envelope in envelopes:
+            try:
+                receipts = [
+                    hand_over(queue, msgspec.structs.replace(envelope, consumer=consumer))
                     for queue, consumer in self.routes(envelope)
                 ]
             except Exception as exc:

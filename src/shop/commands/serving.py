@@ -15,12 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from shop.commands.checks import databases_answer, databases_migrated, redis_answers
 from shop.commands.failures import USAGE, CommandFailed, reason
 from shop.observability import logging as shop_logging
 from shop.observability.logcontext import set_process_module
+from shop.observability.loggers import get_logger
 from shop.security.keys import load_keys
 from shop.settings import Settings
 
@@ -32,7 +31,7 @@ UVICORN_MISSING = (
 )
 
 ANNOUNCE_POLL_S = 0.05
-log = structlog.get_logger("shop.cli")
+log = get_logger("shop.cli")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
-import structlog
-
 from shop.discovery.base import Instance, Registry
+from shop.observability.loggers import get_logger
 
-log = structlog.get_logger("shop.discovery")
+log = get_logger("shop.discovery")
 DEREGISTER_TIMEOUT_S = 2.0
 
 

@@ -21,7 +21,6 @@ from typing import Any
 
 import httpx
 import msgspec
-import structlog
 from litestar import Controller, Litestar, Response, get
 from litestar.datastructures import State
 
@@ -48,13 +47,14 @@ from shop.gateway.upstream import HttpxUpstream, UpstreamError
 from shop.observability import logging as shop_logging
 from shop.observability import metrics, tracing
 from shop.observability.logcontext import set_process_module
+from shop.observability.loggers import get_logger
 from shop.process import freeze_heap_after_start
 from shop.security.keys import load_keys
 from shop.security.tokens import TokenVerifier
 from shop.settings import Settings
 from shop.web.proxied import proxied
 
-log = structlog.get_logger("shop.gateway")
+log = get_logger("shop.gateway")
 
 # An instance that fails half of 10 calls (at least 5) is skipped for 10 s, then probed by 3.
 UPSTREAM_BREAKER = BreakerConfig(

@@ -6,14 +6,14 @@ import re
 from http import HTTPStatus
 from typing import Any
 
-import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from shop.bus.breaker import CircuitOpenError
 from shop.bus.errors import AskTimeout
+from shop.observability.loggers import get_logger
 
-log = structlog.get_logger("shop.gateway")
+log = get_logger("shop.gateway")
 PROBLEM_JSON = "application/problem+json"
 RETRY_AFTER_S = 5
 

@@ -40,7 +40,6 @@ from http import HTTPStatus
 from typing import Any
 
 import msgspec
-import structlog
 
 from shop.bus import context
 from shop.bus.breaker import BreakerRegistry, CircuitBreaker
@@ -54,13 +53,14 @@ from shop.gateway.upstream import (
     UpstreamTimeout,
 )
 from shop.observability import metrics, tracing
+from shop.observability.loggers import get_logger
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-log = structlog.get_logger("shop.gateway")
+log = get_logger("shop.gateway")
 
 UPSTREAM_BREAKER_PREFIX = "upstream:"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})

@@ -8,13 +8,13 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-import structlog
 from redis.exceptions import NoScriptError, RedisError
 
 from shop.discovery.redis_client import LazyRedis
+from shop.observability.loggers import get_logger
 from shop.settings import RateLimit
 
-log = structlog.get_logger("shop.gateway")
+log = get_logger("shop.gateway")
 
 
 class RateLimitStore(Protocol):

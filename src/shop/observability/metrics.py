@@ -9,10 +9,11 @@ from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
-import structlog
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
+
+from shop.observability.loggers import get_logger
 
 if TYPE_CHECKING:
     from shop.bus.breaker import CircuitState
@@ -226,7 +227,7 @@ def on_breaker_change(name: str, old: CircuitState, new: CircuitState) -> None:
 ScrapeHook = Callable[[], Awaitable[None]]
 SCRAPE_TIMEOUT_S = 1.0
 _scrape_hooks: dict[str, ScrapeHook] = {}
-_log = structlog.get_logger("shop.metrics")
+_log = get_logger("shop.metrics")
 
 
 def on_scrape(key: str, hook: ScrapeHook) -> None:

@@ -28,7 +28,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -46,6 +45,7 @@ from opentelemetry.util.types import Attributes
 
 from shop.bus import context
 from shop.db import Database
+from shop.observability.loggers import get_logger
 from shop.settings import Settings
 
 if TYPE_CHECKING:  # the SDK is imported when tracing is configured, not by every process
@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 TRACES_PATH = "/v1/traces"
-log = structlog.get_logger("shop.tracing")
+log = get_logger("shop.tracing")
 
 
 class _State:

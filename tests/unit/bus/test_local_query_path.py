@@ -19,7 +19,7 @@ from shop.bus import context
 from shop.bus.breaker import BreakerConfig, BreakerRegistry, CircuitOpenError, CircuitState
 from shop.bus.bus import Bus
 from shop.bus.errors import AskTimeout, DependencyFailed, HandlerFailed, InputRefused
-from shop.bus.messages import Envelope, Query
+from shop.bus.messages import Envelope, Query, new_envelope
 from shop.bus.module import Module
 from shop.bus.transports.inprocess import InProcessTransport
 from shop.observability import logging as shop_logging
@@ -301,3 +301,17 @@ def test_new_ids_are_version_4_uuids_and_distinct() -> None:
         assert value.variant == uuid.RFC_4122
         assert uuid.UUID(str(value)) == value
         assert hash(uuid.UUID(value.hex)) == hash(value)
+
+
+def test_secret_ids_are_version_4_uuids_from_the_system_random_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = {context.new_secret_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for value in ids:
+        assert value.version == 4
+        assert value.variant == uuid.RFC_4122
+        assert uuid.UUID(str(value)) == value
+        assert hash(uuid.UUID(value.hex)) == hash(value)
+    # the bytes come from os.urandom, not from the seeded PRNG trace ids use
+    monkeypatch.setattr(context.os, "urandom", lambda n: b"\xff" * n)
+    assert context.new_secret_id() == uuid.UUID("ffffffff-ffff-4fff-bfff-ffffffffffff")
+    assert new_envelope(LeanEcho(n=1)).message_id == uuid.UUID("ffffffff-ffff-4fff-bfff-ffffffffffff")

@@ -1,5 +1,7 @@
 """The outbox relay on its own: a unit of work's messages relayed after commit, each row
-forgotten once every receipt has resolved, and left to the sweep when one fails."""
+forgotten once every receipt has resolved, and left to the sweep when one fails; the same
+whether the transport's hand-over is a coroutine (a broker: a task hands them over) or never
+waits (in process: the after-commit hook hands them over)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ class Receipts:
         self.sent: list[tuple[str, Envelope, asyncio.Future[None]]] = []
 
     async def deliver(self, queue: str, envelope: Envelope) -> asyncio.Future[None]:
+        return self.hand_over(queue, envelope)
+
+    def hand_over(self, queue: str, envelope: Envelope) -> asyncio.Future[None]:
         receipt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.sent.append((queue, envelope, receipt))
         return receipt
@@ -44,6 +49,17 @@ class Receipts:
 
 def two_subscribers(envelope: Envelope) -> Sequence[Route]:
     return (("audit", "audit.record"), ("mail", "mail.notify"))
+
+
+@pytest.fixture(params=["task", "hand_over"])
+def style(request: pytest.FixtureRequest) -> str:
+    """How the transport takes messages: `deliver` awaited in a task, or `hand_over` at once."""
+    return str(request.param)
+
+
+def relay_for(database: Database, transport: Receipts, style: str, **options: float) -> Relay:
+    hand_over = transport.hand_over if style == "hand_over" else None
+    return Relay({"orders": database}, two_subscribers, transport.deliver, hand_over=hand_over, **options)
 
 
 @pytest.fixture
@@ -58,10 +74,10 @@ async def settle(relay: Relay) -> None:
     await relay.flush()
 
 
-async def two_messages_relayed(database: Database) -> tuple[Receipts, Relay]:
+async def two_messages_relayed(database: Database, style: str) -> tuple[Receipts, Relay]:
     """Messages 1 and 2 written in one unit of work, committed, and handed to the transport."""
     transport = Receipts()
-    relay = Relay({"orders": database}, two_subscribers, transport.deliver)
+    relay = relay_for(database, transport, style)
     async with unit_of_work(database) as uow:
         await outbox.write(uow, new_envelope(RelayTestHappened(n=1)), relay)
         await outbox.write(uow, new_envelope(RelayTestHappened(n=2)), relay)
@@ -69,8 +85,10 @@ async def two_messages_relayed(database: Database) -> tuple[Receipts, Relay]:
     return transport, relay
 
 
-async def test_a_row_is_forgotten_only_once_every_subscriber_has_its_copy(database: Database) -> None:
-    transport, relay = await two_messages_relayed(database)
+async def test_a_row_is_forgotten_only_once_every_subscriber_has_its_copy(
+    database: Database, style: str
+) -> None:
+    transport, relay = await two_messages_relayed(database, style)
     assert len(transport.sent) == 4  # two messages, two subscribers each, after the commit
     assert {e.consumer for _, e, _ in transport.sent} == {"audit.record", "mail.notify"}
     first, second = transport.of(1), transport.of(2)
@@ -84,8 +102,10 @@ async def test_a_row_is_forgotten_only_once_every_subscriber_has_its_copy(databa
     assert await relay.pending() == 0
 
 
-async def test_a_failed_receipt_leaves_the_row_to_the_sweep_and_the_others_go(database: Database) -> None:
-    transport, relay = await two_messages_relayed(database)
+async def test_a_failed_receipt_leaves_the_row_to_the_sweep_and_the_others_go(
+    database: Database, style: str
+) -> None:
+    transport, relay = await two_messages_relayed(database, style)
     first, second = transport.of(1), transport.of(2)
     first[0].set_exception(ConnectionError("broker away"))
     first[1].set_result(None)
@@ -106,15 +126,24 @@ async def test_a_failed_receipt_leaves_the_row_to_the_sweep_and_the_others_go(da
     assert await relay.pending() == 0
 
 
-async def test_a_message_that_cannot_be_handed_over_stays_and_is_not_in_flight(database: Database) -> None:
+async def test_a_message_that_cannot_be_handed_over_stays_and_is_not_in_flight(
+    database: Database, style: str
+) -> None:
     calls = 0
 
-    async def refusing(queue: str, envelope: Envelope) -> asyncio.Future[None]:
+    def refuse() -> asyncio.Future[None]:
         nonlocal calls
         calls += 1
         raise ConnectionError("broker away")
 
-    relay = Relay({"orders": database}, two_subscribers, refusing)
+    async def refusing(queue: str, envelope: Envelope) -> asyncio.Future[None]:
+        return refuse()
+
+    def refusing_at_once(queue: str, envelope: Envelope) -> asyncio.Future[None]:
+        return refuse()
+
+    hand_over = refusing_at_once if style == "hand_over" else None
+    relay = Relay({"orders": database}, two_subscribers, refusing, hand_over=hand_over)
     async with unit_of_work(database) as uow:
         await outbox.write(uow, new_envelope(RelayTestHappened(n=1)), relay)
     await settle(relay)
@@ -176,3 +205,16 @@ async def test_an_event_nobody_subscribes_to_is_not_written_and_a_cli_process_wr
 
 async def rows(uow: UnitOfWork) -> int:
     return int((await uow.session.execute(sa.select(sa.func.count()).select_from(outbox_table))).scalar_one())
+
+
+async def test_a_transport_that_never_waits_has_the_messages_when_the_unit_of_work_ends(
+    database: Database,
+) -> None:
+    """In process: the after-commit hook hands the messages over itself, no task in between."""
+    transport = Receipts()
+    relay = relay_for(database, transport, "hand_over")
+    async with unit_of_work(database) as uow:
+        await outbox.write(uow, new_envelope(RelayTestHappened(n=1)), relay)
+        assert transport.sent == []  # nothing before the commit
+    assert [e.consumer for _, e, _ in transport.sent] == ["audit.record", "mail.notify"]
+    assert relay._tasks == set()

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-import structlog
-
 from shop.bus import context
 from shop.bus.retry import RetryPolicy
 from shop.bus.saga import store
@@ -44,10 +42,11 @@ from shop.bus.saga.traced import trace_of, traced
 from shop.bus.saga.versions import DEFINITION_CHANGED, Versions, resolve
 from shop.db import Database, UnitOfWork, current_unit_of_work, unit_of_work
 from shop.observability.logcontext import bound_module
+from shop.observability.loggers import get_logger
 
 __all__ = ["SagaEngine"]
 
-log = structlog.get_logger("shop.bus.saga")
+log = get_logger("shop.bus.saga")
 
 
 _MOVING = (SagaStatus.RUNNING, SagaStatus.WAITING, SagaStatus.COMPENSATING)

@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -20,10 +19,11 @@ from shop.bus.tables import saga_instances, saga_steps
 from shop.db import Database, Prepared, UnitOfWork, unit_of_work
 from shop.db_tables import InsertIfAbsent
 from shop.observability import metrics
+from shop.observability.loggers import get_logger
 
 __all__ = ["insert", "load", "step_hooks", "write"]
 
-log = structlog.get_logger("shop.bus.saga")
+log = get_logger("shop.bus.saga")
 
 # Built once and run as the driver's SQL where it can (`shop.db.Prepared`): a saga is loaded
 # and saved several times an order.

@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-import structlog
 
 from shop.bus.saga.definition import Clock
 from shop.bus.saga.queries import SagaQueries
@@ -19,10 +18,11 @@ from shop.bus.saga.state import SagaState
 from shop.bus.saga.statuses import SagaStatus
 from shop.bus.tables import saga_instances
 from shop.db import Database, unit_of_work
+from shop.observability.loggers import get_logger
 
 __all__ = ["SagaTimers", "due", "run_every", "unfinished"]
 
-log = structlog.get_logger("shop.bus.saga")
+log = get_logger("shop.bus.saga")
 
 _MOVING = (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 _ON_TIME = (SagaStatus.RUNNING, SagaStatus.WAITING)

@@ -41,7 +41,6 @@ import dramatiq
 import msgspec
 import redis
 import redis.asyncio as aredis
-import structlog
 
 from shop.bus.messages import Envelope, Message, encode
 from shop.bus.transports.base import Host, Outcome, is_query
@@ -49,10 +48,11 @@ from shop.bus.transports.inprocess import Bulkhead
 from shop.bus.transports.redis_asks import AskServer, Connections, ask, reply_of, request_list, result_of
 from shop.bus.transports.redis_broker import ENQUEUE_LUA, WAKE_TOKENS, _Broker, actor_name
 from shop.bus.transports.redis_consumer import QueueConsumer
+from shop.observability.loggers import get_logger
 
 __all__ = ["DramatiqTransport", "reply_of", "result_of"]
 
-log = structlog.get_logger("shop.bus.dramatiq")
+log = get_logger("shop.bus.dramatiq")
 
 DELIVER: Final = "deliver"
 

@@ -167,6 +167,11 @@ class InProcessTransport:
         self._queues.clear()
 
     async def deliver(self, queue: str, envelope: Envelope, *, delay: float = 0.0) -> Awaitable[None]:
+        return self.hand_over(queue, envelope, delay=delay)
+
+    def hand_over(self, queue: str, envelope: Envelope, *, delay: float = 0.0) -> asyncio.Future[None]:
+        """`deliver` without a coroutine: enqueuing never waits here, so the outbox relay hands
+        a unit of work's messages over in its after-commit hook, with no task of its own."""
         receipt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._enqueue(queue, envelope, receipt, delay)
         return receipt

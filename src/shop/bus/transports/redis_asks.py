@@ -33,14 +33,14 @@ from typing import Any, Final
 import msgspec
 import redis
 import redis.asyncio as aredis
-import structlog
 from redis.asyncio.connection import AbstractConnection as Connection
 
 from shop.bus.errors import AskTimeout, HandlerFailed, handler_failed
 from shop.bus.messages import Envelope, Message, Reply, decode_body, decode_envelope, decode_reply, encode
 from shop.bus.transports.base import Host
+from shop.observability.loggers import get_logger
 
-log = structlog.get_logger("shop.bus.asks")
+log = get_logger("shop.bus.asks")
 
 #: The suffix of a module's list of asks of queries (apart from its asks of commands).
 QUERIES: Final = ".queries"

@@ -16,14 +16,15 @@ from typing import Any, Final
 import dramatiq
 import msgspec
 import redis
-import structlog
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer, _scripts
 from dramatiq.common import current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from redis.exceptions import NoScriptError
 
-log = structlog.get_logger("shop.bus.dramatiq")
+from shop.observability.loggers import get_logger
+
+log = get_logger("shop.bus.dramatiq")
 
 #: Wake tokens kept per queue: enough to wake every consumer process of a queue, few enough
 #: that an idle consumer spins through them quickly when it has drained the queue.

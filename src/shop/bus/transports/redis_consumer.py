@@ -19,14 +19,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import redis
-import structlog
 from dramatiq.brokers.redis import _scripts
 
 from shop.bus.messages import Envelope, decode_envelope
 from shop.bus.transports.redis_asks import Connections
 from shop.bus.transports.redis_broker import ACK_LUA, WAKE_TOKENS, _Broker
+from shop.observability.loggers import get_logger
 
-log = structlog.get_logger("shop.bus.dramatiq")
+log = get_logger("shop.bus.dramatiq")
 
 #: After a Redis error, the consumer tries again after this long (doubling up to 5 s).
 RETRY_PAUSE_S: Final = 0.1

@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
-import structlog
-
 from shop.bus.breaker import CircuitOpenError
 from shop.bus.bus import Bus
 from shop.bus.errors import BusError
@@ -32,10 +30,11 @@ from shop.modules.delivery.service import (
     Instruction,
     can_move,
 )
+from shop.observability.loggers import get_logger
 
 handlers = Handlers()
 
-log = structlog.get_logger("shop.delivery")
+log = get_logger("shop.delivery")
 
 OWNER_TIMEOUT_S = 2.0
 

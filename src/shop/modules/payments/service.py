@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.bus.breaker import CircuitOpenError
@@ -44,8 +43,9 @@ from shop.modules.payments.provider import (
     GuardedProvider,
     ProviderError,
 )
+from shop.observability.loggers import get_logger
 
-log = structlog.get_logger("shop.payments")
+log = get_logger("shop.payments")
 
 PENDING = "PENDING"
 AUTHORIZED = "AUTHORIZED"

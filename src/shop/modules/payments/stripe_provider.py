@@ -26,7 +26,6 @@ import hashlib
 
 import httpx
 import stripe
-import structlog
 
 from shop.modules.payments.provider import (
     ALREADY_CAPTURED,
@@ -39,9 +38,10 @@ from shop.modules.payments.provider import (
     ProviderError,
     ProviderResult,
 )
+from shop.observability.loggers import get_logger
 from shop.settings import Settings
 
-log = structlog.get_logger("shop.payments.stripe")
+log = get_logger("shop.payments.stripe")
 
 # The steps, as they appear in the idempotency keys.
 AUTHORIZE = "payment_intent.create"

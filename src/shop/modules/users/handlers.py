@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
-import structlog
-
 from shop.bus.bus import Bus
 from shop.bus.messages import Rejected
 from shop.bus.module import Handlers
@@ -27,12 +25,13 @@ from shop.contracts.users import (
 from shop.db import Database, unit_of_work
 from shop.modules.users.passwords import HashingBusy, Passwords
 from shop.modules.users.service import EmailTaken, UserDirectory, normalise_email
+from shop.observability.loggers import get_logger
 from shop.security.tokens import TokenIssuer
 from shop.settings import Settings
 
 handlers = Handlers()
 
-log = structlog.get_logger("shop.users")
+log = get_logger("shop.users")
 BUSY = Rejected(code="BUSY", detail="too many passwords are being checked right now; retry shortly")
 
 
