@@ -303,7 +303,9 @@ def test_new_ids_are_version_4_uuids_and_distinct() -> None:
         assert hash(uuid.UUID(value.hex)) == hash(value)
 
 
-def test_secret_ids_are_version_4_uuids_from_the_system_random_source(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_ids_are_version_4_uuids_from_the_system_random_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     ids = {context.new_secret_id() for _ in range(1000)}
     assert len(ids) == 1000
     for value in ids:
