@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import structlog
 from sqlalchemy import event
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
@@ -28,11 +29,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from shop import db_asyncpg
-from shop.observability.loggers import get_logger
 from shop.sqlite_checkpoints import AUTOCHECKPOINT_PAGES, CHECKPOINTS
 from shop.sqlite_onloop import LoopConnection, onloop_url
 
-log = get_logger("shop.db")
+log = structlog.get_logger("shop.db")
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # SQLite's own page cache of each connection (a module has a writer, a reader and pooled ones),
