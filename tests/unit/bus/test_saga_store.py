@@ -78,3 +78,36 @@ async def test_a_save_from_a_stale_version_writes_neither_the_row_nor_its_lines(
     assert stored is not None
     assert (stored.step, stored.version) == ("book_hotel", 1)
     assert await _timeline(database, row.id) == [("trip", "STARTED", None), ("book_hotel", "DONE", None)]
+
+
+async def test_saves_that_keep_or_change_the_status_and_the_retry_time_store_each_value(
+    make_database: Any,
+) -> None:
+    """A save leaves an indexed column it does not change out of its UPDATE (SQLite): whatever
+    a save changes or keeps, the stored row is the row saved, also after a reload."""
+    database = await make_database("sagastore")
+    row = await _started(database)
+    retry_at = START + timedelta(seconds=30)
+    steps: list[tuple[str, datetime | None]] = [
+        ("RUNNING", retry_at),  # status kept, a retry time set
+        ("RUNNING", retry_at),  # both kept
+        ("WAITING", retry_at),  # status changed, retry time kept
+        ("WAITING", None),  # status kept, retry time cleared
+        ("RUNNING", None),
+    ]
+    for n, (status, next_attempt_at) in enumerate(steps, start=1):
+        if n == 3:  # from a row read back, as after a restart
+            reloaded = await store.load(database, row.id)
+            assert reloaded is not None
+            row = reloaded
+        row.status, row.next_attempt_at, row.step_index = status, next_attempt_at, n
+        async with unit_of_work(database) as uow:
+            assert await store.write(uow, Saga("trip"), row, _lines(("step", status, None)), START)
+        stored = await store.load(database, row.id)
+        assert stored is not None
+        assert (stored.status, stored.next_attempt_at, stored.step_index, stored.version) == (
+            status,
+            next_attempt_at,
+            n,
+            n,
+        )

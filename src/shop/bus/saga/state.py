@@ -101,6 +101,9 @@ class SagaRow:
     completed: list[str] = field(default_factory=list)
     versioned: bool = True  # False: stored before versions; ``completed`` is not known yet
     stale: bool = False  # a save found the stored saga changed by someone else: reload
+    # (status, next_attempt_at) as stored at ``version`` (None: not stored yet): a save leaves
+    # out of its UPDATE an indexed column that has not changed (see `store._save`)
+    stored: tuple[str, datetime | None] | None = None
 
     @classmethod
     def from_mapping(cls, row: Mapping[Any, Any]) -> SagaRow:
@@ -131,6 +134,7 @@ class SagaRow:
             definition_version=version if versioned else 1,
             completed=[str(name) for name in done] if versioned else [],
             versioned=versioned,
+            stored=(row["status"], utc_or_none(row["next_attempt_at"])),
         )
 
     @classmethod
@@ -195,6 +199,7 @@ class SagaRow:
             list(self.completed),
             self.versioned,
             self.stale,
+            self.stored,
         )
 
     def stored_data(self) -> dict[str, Any]:

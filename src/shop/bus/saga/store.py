@@ -153,10 +153,20 @@ async def _save(uow: UnitOfWork, row: SagaRow, change: Change, now: datetime) ->
     expected = row.version
     values = {**_state(row), "version": expected + 1, "updated_at": now}
     if uow.database.is_sqlite:
+        # SQLite rewrites an index's entry whenever the UPDATE sets one of its columns, even to
+        # the value it had: the indexed columns that have not changed since the stored version
+        # (most saves keep RUNNING and no retry time) are left out (ADR 0031).
+        stored = row.stored
+        if stored is not None:
+            if stored[0] == row.status:
+                del values["status"]
+            if stored[1] == row.next_attempt_at:
+                del values["next_attempt_at"]
         result = await _SAVE.execute(uow, {"b_id": row.id, "b_version": expected, **values})
         if result.rowcount != 1:
             return False
         await _timeline(uow, row.id, change.events, now)
+        row.stored = (row.status, row.next_attempt_at)
         return True
     result = await _SAVE_WITH_TIMELINE.execute(  # PostgreSQL: one round trip for both
         uow,
@@ -170,7 +180,10 @@ async def _save(uow: UnitOfWork, row: SagaRow, change: Change, now: datetime) ->
             "l_at": now,
         },
     )
-    return bool(result.scalar() == 1)
+    saved = bool(result.scalar() == 1)
+    if saved:
+        row.stored = (row.status, row.next_attempt_at)
+    return saved
 
 
 async def _timeline(
@@ -215,6 +228,7 @@ async def insert(session: AsyncConnection, row: SagaRow, started: str, change: C
     }
     if not await _INSERT.execute(session, values):
         return False
+    row.stored = (row.status, row.next_attempt_at)
     claim = change.events if change is not None else []
     await _timeline(session, row.id, [Event(row.type, started, hook=False), *claim], row.created_at)
     return True
