@@ -104,6 +104,7 @@ class Database:
             else None
         )
         self._writer: AsyncConnection | None = None
+        self.writer_driver: Any = None  # SQLite: the writers' sqlite3 connection (see `writer`)
         self._reader: AsyncConnection | None = None
         self._kept: list[AsyncConnection] = []  # PostgreSQL writers' idle connections
         self._kept_readers: list[AsyncConnection] = []  # and its readers' (autocommit)
@@ -118,6 +119,7 @@ class Database:
             raw = await writer.get_raw_connection()
             raw.driver_connection.execute("PRAGMA busy_timeout=0")  # type: ignore[union-attr]
             self._writer = writer
+            self.writer_driver = raw.driver_connection  # its sqlite3 connection, for UnitOfWork
             path = self.engine.url.database
             if self._checkpointed is None and path and path != ":memory:":
                 # watched from this process, which writes it (never before a fork: see there)
@@ -136,7 +138,7 @@ class Database:
 
     async def drop_writer(self) -> None:
         """Close the writers' connection (the next writer opens a new one)."""
-        writer, self._writer = self._writer, None
+        writer, self._writer, self.writer_driver = self._writer, None, None
         if writer is not None:
             await writer.invalidate()
             await writer.close()
@@ -183,7 +185,7 @@ class Database:
         for connection in (self._writer, self._reader, *kept):
             if connection is not None:
                 await connection.close()
-        self._writer = self._reader = None
+        self._writer = self._reader = self.writer_driver = None
         await self.engine.dispose()
 
     async def ping(self) -> None:
@@ -293,7 +295,9 @@ class UnitOfWork:
         self.pg_driver = shared and transactional and not database.is_sqlite
         # PostgreSQL readers on a kept connection (asyncpg, autocommit): kept again if clean
         self.pg_reader = shared and not transactional and not database.is_sqlite
-        self._clean = False  # PostgreSQL: ended by a commit or rollback that went through (readers: no error)
+        # ended by a commit (or, on PostgreSQL, a rollback) that went through; PostgreSQL
+        # readers: no error
+        self._clean = False
         self.savepoints = 0  # PostgreSQL writers: savepoints taken (each named after its number)
 
     def after_commit(self, hook: AfterCommit) -> None:
@@ -329,8 +333,8 @@ class UnitOfWork:
             await hook()
 
     async def begin(self) -> None:
-        if self.on_driver:
-            self.driver().execute("BEGIN IMMEDIATE")
+        if self.on_driver:  # the driver's own cursor (see Prepared.execute)
+            _SQLiteCursor(self.driver()).execute("BEGIN IMMEDIATE")
         elif self.pg_driver:
             pass  # asyncpg's BEGIN goes with the first statement (see pg_driver)
         elif self._transactional:
@@ -342,6 +346,7 @@ class UnitOfWork:
                 await self.session.commit()
             else:
                 self.driver().commit()
+            self._clean = True
         elif self.pg_driver:
             if self.session.in_transaction():  # a statement through SQLAlchemy autobegan it
                 await self.session.commit()
@@ -380,7 +385,8 @@ class UnitOfWork:
         elif not self._shared:
             await self.session.close()
         elif self.on_driver:
-            await self._roll_back_direct()  # a failed commit: leave it clean
+            if not self._clean:
+                await self._roll_back_direct()  # a failed commit: leave it clean
         elif self._transactional and self.session.in_transaction():
             await self.session.rollback()  # a failed commit or begin: leave it clean
 
@@ -469,6 +475,8 @@ async def _begin(database: Database, write: bool, deadline: float) -> UnitOfWork
         if database.is_sqlite:  # the process's writer or reader connection, kept open
             connection = await (database.writer() if write else database.reader())
             uow = UnitOfWork(database, connection, shared=True, transactional=write)
+            if write:
+                uow._driver = database.writer_driver
         elif database.driver_sql:  # PostgreSQL on asyncpg: a kept connection
             connection = await (database.kept_writer() if write else database.kept_reader())
             uow = UnitOfWork(database, connection, shared=True, transactional=write)
@@ -616,31 +624,37 @@ class Prepared:
     ) -> Rows:
         """Run in a unit of work, or on a connection (the driver's SQL when it is the current
         unit of work's)."""
-        values = params or {}
-        uow = target if isinstance(target, UnitOfWork) else _unit_of_work_on(target)
+        values = params or _NO_VALUES
+        uow = target if target.__class__ is UnitOfWork else _unit_of_work_of(target)
         compiled = None
-        if uow is not None and uow.database.driver_sql:
-            compiled = self._compiled(uow.database, tuple(values))
+        if uow is not None:
+            database = uow.database
+            if database.driver_sql:
+                compiled = self._cache.get((database.module, database.is_sqlite, tuple(values)), _UNCOMPILED)
+                if compiled is _UNCOMPILED:
+                    compiled = self._compiled(database, tuple(values))
         if uow is None or compiled is None:
             session = target.session if isinstance(target, UnitOfWork) else target
             result = await session.execute(self.statement, dict(values))
             if result.returns_rows:
                 return Rows(tuple(result.keys()), [tuple(r) for r in result.all()], result.rowcount)
             return Rows((), [], result.rowcount)
-        args = compiled.arguments(values)
-        if not uow.database.is_sqlite:  # PostgreSQL: asyncpg's prepared statement
+        args = compiled.take(values)
+        for i, process in compiled.processed:
+            args[i] = process(args[i])
+        if not database.is_sqlite:  # PostgreSQL: asyncpg's prepared statement
             return await _asyncpg_rows(uow, compiled, args)
-        try:  # a plain cursor of the driver's; the results are read at once
-            cursor = uow.driver().execute(compiled.sql, args)
-            raw = cursor.fetchall() if cursor.description else []
+        # The driver's own cursor class (the connection's `cursor()` gives SQLAlchemy's async
+        # soft-closing one, whose methods are Python); the results are read at once.
+        cursor = _SQLiteCursor(uow._driver or uow.driver())
+        try:
+            raw = cursor.execute(compiled.sql, args).fetchall()
         except sqlite3.Error as exc:
             raise DBAPIError.instance(compiled.sql, args, exc, sqlite3.Error) from exc
         cursor.close()
         if raw and compiled.converts:
-            rows = [_converted(row, compiled.converts) for row in raw]
-        else:
-            rows = [tuple(row) for row in raw]
-        return Rows(compiled.keys, rows, cursor.rowcount)
+            raw = [_converted(row, compiled.converts) for row in raw]
+        return Rows(compiled.keys, raw, cursor.rowcount)
 
     async def execute_many(
         self, target: UnitOfWork | AsyncConnection, rows: Sequence[Mapping[str, Any]]
@@ -663,10 +677,12 @@ class Prepared:
         if not uow.database.is_sqlite:  # PostgreSQL: asyncpg's executemany, one round trip
             await db_asyncpg.fetch_many(uow.session, compiled.sql, args)
             return
+        cursor = _SQLiteCursor(uow._driver or uow.driver())  # the driver's own (see execute)
         try:
-            uow.driver().executemany(compiled.sql, args)
+            cursor.executemany(compiled.sql, args)
         except sqlite3.Error as exc:
             raise DBAPIError.instance(compiled.sql, args, exc, sqlite3.Error) from exc
+        cursor.close()
 
     def _compiled(self, database: Database, keys: tuple[str, ...]) -> _Compiled | None:
         """The driver's SQL for these parameter names, or None for SQLAlchemy's path."""
@@ -777,6 +793,16 @@ def _converted(
     for i, process in converts:
         values[i] = process(values[i])
     return tuple(values)
+
+
+def _unit_of_work_of(target: UnitOfWork | AsyncConnection) -> UnitOfWork | None:
+    """`target` itself if it is a unit of work, else the current one if it runs on `target`."""
+    return target if isinstance(target, UnitOfWork) else _unit_of_work_on(target)
+
+
+_SQLiteCursor = sqlite3.Cursor
+_NO_VALUES: Mapping[str, Any] = {}
+_UNCOMPILED: Any = object()  # not in a Prepared's cache yet
 
 
 def _unit_of_work_on(connection: AsyncConnection) -> UnitOfWork | None:
