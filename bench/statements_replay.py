@@ -109,6 +109,22 @@ class Recorder:
             recorder._keep(self.connection, "m", sql, rows)
             return k_many(self, sql, rows)
 
+        class RecordingCursor(sqlite3.Cursor):
+            """`shop.db` runs its prepared statements, executemany and BEGIN on the driver's
+            own cursor class: this one records them."""
+
+            def execute(self, sql: str, *params: Any) -> Any:
+                recorder._keep(self.connection, "x", sql, params[0] if params else ())
+                return super().execute(sql, *params)
+
+            def executemany(self, sql: str, rows: Any) -> Any:
+                rows = list(rows)
+                recorder._keep(self.connection, "m", sql, rows)
+                return super().executemany(sql, rows)
+
+        from shop import db as shop_db
+
+        shop_db._SQLiteCursor = RecordingCursor  # type: ignore[misc]
         conn_cls.execute, conn_cls.executemany = execute, executemany  # type: ignore[method-assign]
         conn_cls.commit, conn_cls.rollback = commit, rollback  # type: ignore[method-assign]
         cursor_cls.execute, cursor_cls.executemany = cursor_execute, cursor_executemany  # type: ignore[method-assign]
