@@ -42,6 +42,21 @@ async def test_overlapping_calls_with_one_key_authorize_once() -> None:
     assert len(provider.authorizations) == 1
 
 
+async def test_no_lock_is_kept_for_a_key_once_its_calls_are_done() -> None:
+    """Payments' keys are one an operation of a payment: a lock kept for each would grow with
+    every order the shop ever took."""
+    provider = SimulatedProvider(slow_delay=0.01)
+    overlapping = [provider.authorize("k1", 500, "EUR", "tok_slow") for _ in range(3)]
+    running = asyncio.gather(*overlapping)
+    await asyncio.sleep(0)
+    assert list(provider._locks) == ["k1"]  # held by one call, two waiting
+    await running
+    for n in range(50):
+        await provider.authorize(f"key-{n}", 100, "EUR", "tok_ok")
+    assert provider._locks == {}
+    assert await provider.authorize("key-7", 100, "EUR", "tok_ok") == provider._results["key-7"][1]
+
+
 @pytest.mark.parametrize(
     ("token", "reason"),
     [
