@@ -334,7 +334,7 @@ class UnitOfWork:
 
     async def begin(self) -> None:
         if self.on_driver:  # the driver's own cursor (see Prepared.execute)
-            _SQLiteCursor(self.driver()).execute("BEGIN IMMEDIATE")
+            _new_cursor(self.driver(), _SQLiteCursor).execute("BEGIN IMMEDIATE")
         elif self.pg_driver:
             pass  # asyncpg's BEGIN goes with the first statement (see pg_driver)
         elif self._transactional:
@@ -644,9 +644,9 @@ class Prepared:
             args[i] = process(args[i])
         if not database.is_sqlite:  # PostgreSQL: asyncpg's prepared statement
             return await _asyncpg_rows(uow, compiled, args)
-        # The driver's own cursor class (the connection's `cursor()` gives SQLAlchemy's async
-        # soft-closing one, whose methods are Python); the results are read at once.
-        cursor = _SQLiteCursor(uow._driver or uow.driver())
+        # The driver's own cursor class (the connection's `cursor()` gives the soft-closing one
+        # of shop.sqlite_onloop, whose methods are Python); the results are read at once.
+        cursor = _new_cursor(uow._driver or uow.driver(), _SQLiteCursor)
         try:
             raw = cursor.execute(compiled.sql, args).fetchall()
         except sqlite3.Error as exc:
@@ -677,7 +677,7 @@ class Prepared:
         if not uow.database.is_sqlite:  # PostgreSQL: asyncpg's executemany, one round trip
             await db_asyncpg.fetch_many(uow.session, compiled.sql, args)
             return
-        cursor = _SQLiteCursor(uow._driver or uow.driver())  # the driver's own (see execute)
+        cursor = _new_cursor(uow._driver or uow.driver(), _SQLiteCursor)  # the driver's own (see execute)
         try:
             cursor.executemany(compiled.sql, args)
         except sqlite3.Error as exc:
@@ -801,6 +801,11 @@ def _unit_of_work_of(target: UnitOfWork | AsyncConnection) -> UnitOfWork | None:
 
 
 _SQLiteCursor = sqlite3.Cursor
+# `sqlite3.Connection.cursor` itself, called on the driver's connection: a cursor of the given
+# class without the connection's Python override. Not `sqlite3.Cursor(connection)`: the
+# connection keeps a weak reference to each of its cursors and drops the dead ones only when
+# a cursor comes from `cursor()` (CPython 3.11), so constructed ones were kept, ~90 bytes each.
+_new_cursor = sqlite3.Connection.cursor
 _NO_VALUES: Mapping[str, Any] = {}
 _UNCOMPILED: Any = object()  # not in a Prepared's cache yet
 
