@@ -105,6 +105,7 @@ class Database:
         )
         self._writer: AsyncConnection | None = None
         self.writer_driver: Any = None  # SQLite: the writers' sqlite3 connection (see `writer`)
+        self.reader_driver: Any = None  # SQLite: the readers' (see `reader`)
         self._reader: AsyncConnection | None = None
         self._kept: list[AsyncConnection] = []  # PostgreSQL writers' idle connections
         self._kept_readers: list[AsyncConnection] = []  # and its readers' (autocommit)
@@ -134,6 +135,7 @@ class Database:
             reader = await LoopConnection.open(self.engine)
             await reader.execution_options(shop_write=False)
             self._reader = reader
+            self.reader_driver = (await reader.get_raw_connection()).driver_connection
         return self._reader
 
     async def drop_writer(self) -> None:
@@ -185,7 +187,7 @@ class Database:
         for connection in (self._writer, self._reader, *kept):
             if connection is not None:
                 await connection.close()
-        self._writer = self._reader = self.writer_driver = None
+        self._writer = self._reader = self.writer_driver = self.reader_driver = None
         await self.engine.dispose()
 
     async def ping(self) -> None:
@@ -475,8 +477,7 @@ async def _begin(database: Database, write: bool, deadline: float) -> UnitOfWork
         if database.is_sqlite:  # the process's writer or reader connection, kept open
             connection = await (database.writer() if write else database.reader())
             uow = UnitOfWork(database, connection, shared=True, transactional=write)
-            if write:
-                uow._driver = database.writer_driver
+            uow._driver = database.writer_driver if write else database.reader_driver
         elif database.driver_sql:  # PostgreSQL on asyncpg: a kept connection
             connection = await (database.kept_writer() if write else database.kept_reader())
             uow = UnitOfWork(database, connection, shared=True, transactional=write)
@@ -822,6 +823,7 @@ async def read(database: Database, statement: Prepared, params: Mapping[str, Any
     elsewhere, or with SQL traced, it runs in a read-only unit of work as usual."""
     if database.is_sqlite and database.driver_sql:
         reader = UnitOfWork(database, await database.reader(), shared=True, transactional=False)
+        reader._driver = database.reader_driver
         return await statement.execute(reader, params)
     async with unit_of_work(database, write=False) as uow:
         return await statement.execute(uow, params)
