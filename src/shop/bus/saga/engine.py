@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Any
 
 from shop.bus import context
+from shop.bus.keyed_locks import KeyedLocks
 from shop.bus.retry import RetryPolicy
 from shop.bus.saga import store
 from shop.bus.saga import transitions as t
@@ -58,12 +59,6 @@ class _RollBack(Exception):
     """Roll a local step's transaction back (its action failed, or the saga changed meanwhile)."""
 
 
-@dataclass(slots=True)
-class _LockEntry:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
-
-
 class SagaEngine(SagaTimers):
     """Runs the sagas of one module on that module's database; see :mod:`shop.bus.saga`."""
 
@@ -89,7 +84,7 @@ class SagaEngine(SagaTimers):
             self._definitions.setdefault(definition.name, Versions(definition.name)).add(definition)
         self._retry = retry if retry is not None else RetryPolicy(base_delay=1.0, max_delay=300.0, jitter=0.2)
         self.max_compensation_attempts = max_compensation_attempts
-        self._locks: dict[uuid.UUID, _LockEntry] = {}
+        self._locks: KeyedLocks[uuid.UUID] = KeyedLocks()
         # saga id -> the version whose save claimed the current step on the way (see claim_next)
         self._preclaimed: dict[uuid.UUID, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -152,24 +147,12 @@ class SagaEngine(SagaTimers):
             return None
         return uow
 
-    @asynccontextmanager
-    async def _locked(self, saga_id: uuid.UUID) -> AsyncIterator[None]:
-        entry = self._locks.get(saga_id)
-        if entry is None:
-            entry = self._locks[saga_id] = _LockEntry()
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                self._locks.pop(saga_id, None)
+    def _locked(self, saga_id: uuid.UUID) -> AbstractAsyncContextManager[None]:
+        return self._locks.hold(saga_id)
 
     def _busy(self, saga_id: uuid.UUID) -> bool:
         """Whether the saga is being advanced in this process right now."""
-        entry = self._locks.get(saga_id)
-        return entry is not None and entry.lock.locked()
+        return self._locks.locked(saga_id)
 
     def _schedule(self, saga_id: uuid.UUID) -> None:
         if self._closed:

@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from shop.bus.keyed_locks import KeyedLocks
 from shop.modules.payments.provider import (
     ALREADY_CAPTURED,
     AUTHORIZATION_VOIDED,
@@ -59,7 +60,7 @@ class SimulatedProvider:
         self.authorizations: dict[str, Authorization] = {}
         self.calls: defaultdict[str, int] = defaultdict(int)  # operation -> calls received
         self._results: dict[str, tuple[str, ProviderResult]] = {}
-        self._locks: dict[str, _KeyLock] = {}  # keys with a call running or waiting, only
+        self._locks: KeyedLocks[str] = KeyedLocks()  # one call a key at a time
         self._refs = itertools.count(1)
 
     # -- what tests and operators may look at -------------------------------------------
@@ -142,34 +143,15 @@ class SimulatedProvider:
     ) -> ProviderResult:
         """The first result for `key`, computing it at most once at a time."""
         self.calls[operation] += 1
-        entry = self._locks.get(key)
-        if entry is None:
-            entry = self._locks[key] = _KeyLock()
-        entry.users += 1
-        try:
-            async with entry.lock:
-                known = self._results.get(key)
-                if known is not None:
-                    if known[0] != operation:
-                        raise ValueError(f"idempotency key {key!r} was used for {known[0]}, not {operation}")
-                    return known[1]
-                result = await run()
-                self._results[key] = (operation, result)
-                return result
-        finally:
-            entry.users -= 1
-            if entry.users == 0:  # nobody holds or waits for it: a lock a key kept forever was
-                del self._locks[key]  # ~250 bytes an order for as long as the shop ran
-
-
-class _KeyLock:
-    """A key's lock and how many calls hold or wait for it."""
-
-    __slots__ = ("lock", "users")
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.users = 0
+        async with self._locks.hold(key):
+            known = self._results.get(key)
+            if known is not None:
+                if known[0] != operation:
+                    raise ValueError(f"idempotency key {key!r} was used for {known[0]}, not {operation}")
+                return known[1]
+            result = await run()
+            self._results[key] = (operation, result)
+            return result
 
 
 def simulated_provider(settings: Settings) -> SimulatedProvider:
