@@ -71,6 +71,9 @@ async def write(uow: UnitOfWork, envelope: Envelope, relay: Relay | None) -> Non
     pending.append(envelope)
 
 
+STOP_GRACE_S = 1.0  # how long `Relay.stop` lets a flush in progress finish
+
+
 class Relay:
     """Relays committed outbox rows and forgets them once delivered."""
 
@@ -98,8 +101,10 @@ class Relay:
         self._flusher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._flush_wanted = asyncio.Event()
+        self._stopping = False  # set by stop: the flush loop ends after its flush
 
     async def start(self) -> None:
+        self._stopping = False
         await self.sweep(grace=0.0)
         self._flusher = asyncio.create_task(self._flush_loop(), name="outbox:flush")
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="outbox:sweep")
@@ -113,9 +118,17 @@ class Relay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            # The flush loop ends after the flush it is in (or one more, at once): cancelling it
+            # inside a unit of work interrupted a database call (on PostgreSQL, a connection
+            # being opened). Cancelled only if it does not end within STOP_GRACE_S.
+            self._stopping = True
+            self._flush_wanted.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._flusher), STOP_GRACE_S)
+            except TimeoutError:
+                self._flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._flusher
         await self.flush()
 
     def relay(self, database: Database, envelopes: Sequence[Envelope]) -> None:
@@ -207,9 +220,10 @@ class Relay:
         self._in_flight.discard((module, envelope.message_id))
 
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await self._flush_wanted.wait()
-            await asyncio.sleep(self.batch_delay)
+            if not self._stopping:
+                await asyncio.sleep(self.batch_delay)
             self._flush_wanted.clear()
             try:
                 await self.flush()

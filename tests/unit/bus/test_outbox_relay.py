@@ -218,3 +218,30 @@ async def test_a_transport_that_never_waits_has_the_messages_when_the_unit_of_wo
         assert transport.sent == []  # nothing before the commit
     assert [e.consumer for _, e, _ in transport.sent] == ["audit.record", "mail.notify"]
     assert relay._tasks == set()
+
+
+async def test_stop_lets_a_flush_in_progress_finish_instead_of_interrupting_it(database: Database) -> None:
+    """Cancelling the flush loop inside its unit of work interrupted a database call (on
+    PostgreSQL a connection being opened); stop waits for the flush it is in."""
+    transport = Receipts()
+    relay = relay_for(database, transport, "hand_over", batch_delay=0.0)
+    await relay.start()
+    in_flush = asyncio.Event()
+    outcomes: list[str] = []
+
+    async def slow_flush() -> None:
+        in_flush.set()
+        try:
+            await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            outcomes.append("interrupted")
+            raise
+        outcomes.append("finished")
+
+    relay.flush = slow_flush  # type: ignore[method-assign]
+    relay._flush_wanted.set()
+    await asyncio.wait_for(in_flush.wait(), 5)
+    await asyncio.wait_for(relay.stop(), 5)
+    assert outcomes[0] == "finished"
+    assert relay._flusher is not None
+    assert relay._flusher.done()
