@@ -285,7 +285,13 @@ class UnitOfWork:
         self._transactional = transactional  # False: SQLite readers (autocommit statements)
         self._transaction: AsyncTransaction | None = None
         self._after_commit: list[AfterCommit] = []
-        self._driver: Any = None
+        # SQLite: the sqlite3 connection under the writers' or readers' connection, which the
+        # database keeps with it (no walk through SQLAlchemy's proxies); else found when asked
+        self._driver: Any = (
+            (database.writer_driver if transactional else database.reader_driver)
+            if shared and database.is_sqlite
+            else None
+        )
         # SQLite writers begin and commit on the driver: SQLAlchemy's transaction objects and
         # events cost ~35 µs a unit of work. A statement run through SQLAlchemy still autobegins
         # its own transaction object (on the open one, see _sqlite_begin_immediate), which then
@@ -477,7 +483,6 @@ async def _begin(database: Database, write: bool, deadline: float) -> UnitOfWork
         if database.is_sqlite:  # the process's writer or reader connection, kept open
             connection = await (database.writer() if write else database.reader())
             uow = UnitOfWork(database, connection, shared=True, transactional=write)
-            uow._driver = database.writer_driver if write else database.reader_driver
         elif database.driver_sql:  # PostgreSQL on asyncpg: a kept connection
             connection = await (database.kept_writer() if write else database.kept_reader())
             uow = UnitOfWork(database, connection, shared=True, transactional=write)
@@ -631,23 +636,19 @@ class Prepared:
         if uow is not None:
             database = uow.database
             if database.driver_sql:
-                compiled = self._cache.get((database.module, database.is_sqlite, tuple(values)), _UNCOMPILED)
-                if compiled is _UNCOMPILED:
-                    compiled = self._compiled(database, tuple(values))
+                compiled = self._compiled(database, tuple(values))
         if uow is None or compiled is None:
             session = target.session if isinstance(target, UnitOfWork) else target
             result = await session.execute(self.statement, dict(values))
             if result.returns_rows:
                 return Rows(tuple(result.keys()), [tuple(r) for r in result.all()], result.rowcount)
             return Rows((), [], result.rowcount)
-        args = compiled.take(values)
-        for i, process in compiled.processed:
-            args[i] = process(args[i])
+        args = compiled.arguments(values)
         if not database.is_sqlite:  # PostgreSQL: asyncpg's prepared statement
             return await _asyncpg_rows(uow, compiled, args)
         # The driver's own cursor class (the connection's `cursor()` gives the soft-closing one
         # of shop.sqlite_onloop, whose methods are Python); the results are read at once.
-        cursor = _new_cursor(uow._driver or uow.driver(), _SQLiteCursor)
+        cursor = _new_cursor(uow.driver(), _SQLiteCursor)
         try:
             raw = cursor.execute(compiled.sql, args).fetchall()
         except sqlite3.Error as exc:
@@ -678,7 +679,7 @@ class Prepared:
         if not uow.database.is_sqlite:  # PostgreSQL: asyncpg's executemany, one round trip
             await db_asyncpg.fetch_many(uow.session, compiled.sql, args)
             return
-        cursor = _new_cursor(uow._driver or uow.driver(), _SQLiteCursor)  # the driver's own (see execute)
+        cursor = _new_cursor(uow.driver(), _SQLiteCursor)  # the driver's own (see execute)
         try:
             cursor.executemany(compiled.sql, args)
         except sqlite3.Error as exc:
@@ -808,7 +809,6 @@ _SQLiteCursor = sqlite3.Cursor
 # a cursor comes from `cursor()` (CPython 3.11), so constructed ones were kept, ~90 bytes each.
 _new_cursor = sqlite3.Connection.cursor
 _NO_VALUES: Mapping[str, Any] = {}
-_UNCOMPILED: Any = object()  # not in a Prepared's cache yet
 
 
 def _unit_of_work_on(connection: AsyncConnection) -> UnitOfWork | None:
@@ -823,7 +823,6 @@ async def read(database: Database, statement: Prepared, params: Mapping[str, Any
     elsewhere, or with SQL traced, it runs in a read-only unit of work as usual."""
     if database.is_sqlite and database.driver_sql:
         reader = UnitOfWork(database, await database.reader(), shared=True, transactional=False)
-        reader._driver = database.reader_driver
         return await statement.execute(reader, params)
     async with unit_of_work(database, write=False) as uow:
         return await statement.execute(uow, params)

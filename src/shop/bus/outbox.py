@@ -160,10 +160,8 @@ class Relay:
             context.enter(context.of_envelope(envelope, handling=False))
             try:
                 receipts = [
-                    asyncio.ensure_future(
-                        await self.deliver(queue, msgspec.structs.replace(envelope, consumer=consumer))
-                    )
-                    for queue, consumer in self.routes(envelope)
+                    asyncio.ensure_future(await self.deliver(queue, copy))
+                    for queue, copy in self._copies(envelope)
                 ]
             except Exception as exc:
                 self._failed(module, envelope, exc)
@@ -175,14 +173,18 @@ class Relay:
         # module is the sending one; a receiver runs in its own worker's context.
         for envelope in envelopes:
             try:
-                receipts = [
-                    hand_over(queue, msgspec.structs.replace(envelope, consumer=consumer))
-                    for queue, consumer in self.routes(envelope)
-                ]
+                receipts = [hand_over(queue, copy) for queue, copy in self._copies(envelope)]
             except Exception as exc:
                 self._failed(module, envelope, exc)
                 continue
             self._when_received(module, envelope, receipts)
+
+    def _copies(self, envelope: Envelope) -> list[tuple[str, Envelope]]:
+        """(queue, the envelope addressed to that consumer) for each of its routes."""
+        return [
+            (queue, msgspec.structs.replace(envelope, consumer=consumer))
+            for queue, consumer in self.routes(envelope)
+        ]
 
     def _when_received(
         self, module: str, envelope: Envelope, receipts: Sequence[asyncio.Future[None]]

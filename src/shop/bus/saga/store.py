@@ -128,6 +128,7 @@ async def write(uow: UnitOfWork, definition: Saga, row: SagaRow, change: Change,
         return False
     row.version = expected + 1
     row.updated_at = now
+    row.stored = (row.status, row.next_attempt_at)
     await step_hooks(definition, row, change, session)
     finish = change.finish
     if finish is not None:
@@ -166,7 +167,6 @@ async def _save(uow: UnitOfWork, row: SagaRow, change: Change, now: datetime) ->
         if result.rowcount != 1:
             return False
         await _timeline(uow, row.id, change.events, now)
-        row.stored = (row.status, row.next_attempt_at)
         return True
     result = await _SAVE_WITH_TIMELINE.execute(  # PostgreSQL: one round trip for both
         uow,
@@ -180,10 +180,7 @@ async def _save(uow: UnitOfWork, row: SagaRow, change: Change, now: datetime) ->
             "l_at": now,
         },
     )
-    saved = bool(result.scalar() == 1)
-    if saved:
-        row.stored = (row.status, row.next_attempt_at)
-    return saved
+    return bool(result.scalar() == 1)
 
 
 async def _timeline(

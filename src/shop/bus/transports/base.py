@@ -46,7 +46,11 @@ class Host(Protocol):
 
 
 class Transport(Protocol):
-    """Moves envelopes to module queues; request/reply; delayed redelivery."""
+    """Moves envelopes to module queues; request/reply; delayed redelivery.
+
+    A transport whose enqueuing never waits may also offer `hand_over(queue, envelope)`, which
+    returns `deliver`'s receipt without a coroutine (the in-process one does): the outbox relay
+    then hands a unit of work's messages over in its after-commit hook, without a task."""
 
     name: str
 
