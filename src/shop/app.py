@@ -47,7 +47,6 @@ from shop.observability import metrics, tracing
 from shop.observability.logcontext import bound_module, set_process_module
 from shop.observability.loggers import get_logger
 from shop.process import die_with_parent, freeze_heap_after_start
-from shop.security.guards import provide_principal
 from shop.security.keys import load_keys
 from shop.security.throttle import Throttle, client_address
 from shop.security.tokens import Principal, TokenIssuer, TokenVerifier
@@ -321,7 +320,6 @@ def build_app(
         ),
         dependencies={
             "bus": Provide(lambda: shop.bus, use_cache=True, sync_to_thread=False),
-            "principal": Provide(provide_principal),
             "settings": Provide(lambda: shop.settings, use_cache=True, sync_to_thread=False),
             "auth_throttle": Provide(lambda: shop.auth_throttle, use_cache=True, sync_to_thread=False),
             "client_address": Provide(provide_client_address, sync_to_thread=False),

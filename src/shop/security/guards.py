@@ -1,20 +1,21 @@
-"""Litestar guards and the `principal` dependency, fed by the gateway middleware.
+"""Litestar guards, fed by the gateway middleware.
 
 The middleware verifies a bearer token once per request and leaves the outcome in the ASGI
-scope; guards turn a missing or bad token into 401 and a wrong role into 403.
+scope: the principal under "user", where Litestar's `Request.user` reads it (handlers take
+`shop.web.params.SignedIn`), or why there is none. Guards turn a missing or bad token into 401
+and a wrong role into 403.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
 from shop.security.tokens import Principal
 
-PRINCIPAL_KEY = "shop.principal"
+PRINCIPAL_KEY = "user"  # the ASGI scope key Litestar's `Request.user` reads
 AUTH_ERROR_KEY = "shop.auth_error"
 
 
@@ -39,8 +40,3 @@ async def authenticated(connection: ASGIConnection[Any, Any, Any, Any], _handler
 async def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _handler: Any) -> None:
     if not principal_of(connection).is_admin:
         raise PermissionDeniedException(detail="this operation needs the admin role")
-
-
-async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
-    """Litestar dependency: `principal: Principal` in a handler's signature."""
-    return principal_of(request)

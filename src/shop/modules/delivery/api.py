@@ -15,7 +15,7 @@ from shop.security.guards import admin_only, authenticated
 from shop.web.codes import any_case_pattern
 from shop.web.owned_lists import owned_list
 from shop.web.pagination import Cursor, Limit, Page
-from shop.web.params import BusDep, PrincipalDep
+from shop.web.params import BusDep, SignedIn
 from shop.web.rejections import unwrap
 
 STATUSES = {"NOT_FOUND": 404, "ILLEGAL_TRANSITION": 409, "INVALID_STATUS": 400}
@@ -77,14 +77,21 @@ class DeliveriesController(Controller):
     )
     async def deliveries(
         self,
-        principal: PrincipalDep,
+        request: SignedIn,
         bus: BusDep,
         order_id: FromQuery[uuid.UUID | None] = None,
         limit: Limit = 20,
         cursor: Cursor = None,
     ) -> Page[Delivery]:
         return await owned_list(
-            bus, principal, ListDeliveries, STATUSES, _delivery, order_id=order_id, limit=limit, cursor=cursor
+            bus,
+            request.user,
+            ListDeliveries,
+            STATUSES,
+            _delivery,
+            order_id=order_id,
+            limit=limit,
+            cursor=cursor,
         )
 
     @post(

@@ -18,7 +18,7 @@ from shop.contracts.orders import CancelOrder, OrderPlaced, OrderView, PlaceOrde
 from shop.modules.orders.messages import GetOrder, GetTimeline, ListOrders, OrderPage, TimelineItem
 from shop.security.guards import authenticated
 from shop.web.pagination import Cursor, Limit, Page, encode_cursor, keyset_cursor, offset_cursor
-from shop.web.params import BusDep, PrincipalDep
+from shop.web.params import BusDep, SignedIn
 from shop.web.rejections import field_error, unwrap
 
 STATUSES = {
@@ -115,7 +115,7 @@ class OrdersController(Controller):
     async def place(
         self,
         data: JSONBody[NewOrder],
-        principal: PrincipalDep,
+        request: SignedIn,
         bus: BusDep,
         idempotency_key: IdempotencyKey = None,
     ) -> Response[OrderOut]:
@@ -126,7 +126,7 @@ class OrdersController(Controller):
             raise field_error("items", "at most 1000 of one product per order")
         reply = await bus.ask(
             PlaceOrder(
-                customer_id=principal.user_id,
+                customer_id=request.user.user_id,
                 items=tuple(Line(product_id=i.product_id, quantity=i.quantity) for i in data.items),
                 address_id=data.address_id,
                 payment_token=data.payment_token,
@@ -143,10 +143,10 @@ class OrdersController(Controller):
 
     @get("/", summary="The caller's orders, newest first")
     async def list_orders(
-        self, principal: PrincipalDep, bus: BusDep, limit: Limit = 20, cursor: Cursor = None
+        self, request: SignedIn, bus: BusDep, limit: Limit = 20, cursor: Cursor = None
     ) -> Page[OrderOut]:
         page: OrderPage = await bus.ask(
-            ListOrders(customer_id=principal.user_id, limit=limit, before=keyset_cursor(cursor))
+            ListOrders(customer_id=request.user.user_id, limit=limit, before=keyset_cursor(cursor))
         )
         last = page.items[-1] if page.items else None
         next_cursor = (
@@ -155,11 +155,9 @@ class OrdersController(Controller):
         return Page(items=[_order(o) for o in page.items], next_cursor=next_cursor)
 
     @get("/{order_id:uuid}", summary="One order (owner or admin)")
-    async def get_order(
-        self, order_id: FromPath[uuid.UUID], principal: PrincipalDep, bus: BusDep
-    ) -> OrderOut:
+    async def get_order(self, order_id: FromPath[uuid.UUID], request: SignedIn, bus: BusDep) -> OrderOut:
         view = await bus.ask(
-            GetOrder(order_id=order_id, viewer_id=principal.user_id, viewer_is_admin=principal.is_admin)
+            GetOrder(order_id=order_id, viewer_id=request.user.user_id, viewer_is_admin=request.user.is_admin)
         )
         if view is None:
             raise NotFoundException(detail="no such order")
@@ -172,10 +170,12 @@ class OrdersController(Controller):
         problems={409: "the order is already final, or its delivery has shipped"},
     )
     async def cancel(
-        self, order_id: FromPath[uuid.UUID], principal: PrincipalDep, bus: BusDep
+        self, order_id: FromPath[uuid.UUID], request: SignedIn, bus: BusDep
     ) -> Response[OrderOut]:
         reply = await bus.ask(
-            CancelOrder(order_id=order_id, viewer_id=principal.user_id, viewer_is_admin=principal.is_admin),
+            CancelOrder(
+                order_id=order_id, viewer_id=request.user.user_id, viewer_is_admin=request.user.is_admin
+            ),
             timeout=15.0,
         )
         return Response(_order(unwrap(reply, STATUSES)), status_code=202)
@@ -184,13 +184,15 @@ class OrdersController(Controller):
     async def timeline(
         self,
         order_id: FromPath[uuid.UUID],
-        principal: PrincipalDep,
+        request: SignedIn,
         bus: BusDep,
         limit: Limit = 100,
         cursor: Cursor = None,
     ) -> Page[TimelineOut]:
         reply = await bus.ask(
-            GetTimeline(order_id=order_id, viewer_id=principal.user_id, viewer_is_admin=principal.is_admin)
+            GetTimeline(
+                order_id=order_id, viewer_id=request.user.user_id, viewer_is_admin=request.user.is_admin
+            )
         )
         if reply is None:
             raise NotFoundException(detail="no such order")

@@ -12,7 +12,7 @@ from shop.contracts.payments import ListPayments, PaymentView
 from shop.security.guards import authenticated
 from shop.web.owned_lists import owned_list
 from shop.web.pagination import Cursor, Limit, Page
-from shop.web.params import BusDep, PrincipalDep
+from shop.web.params import BusDep, SignedIn
 
 STATUSES = {"NOT_FOUND": 404}
 
@@ -44,12 +44,12 @@ class PaymentsController(Controller):
     )
     async def payments(
         self,
-        principal: PrincipalDep,
+        request: SignedIn,
         bus: BusDep,
         order_id: FromQuery[uuid.UUID | None] = None,
         limit: Limit = 20,
         cursor: Cursor = None,
     ) -> Page[Payment]:
         return await owned_list(
-            bus, principal, ListPayments, STATUSES, _payment, order_id=order_id, limit=limit, cursor=cursor
+            bus, request.user, ListPayments, STATUSES, _payment, order_id=order_id, limit=limit, cursor=cursor
         )

@@ -26,7 +26,7 @@ from shop.security.guards import authenticated
 from shop.web.codes import NOT_BLANK, CountryCode
 from shop.web.owned_lists import keyset_after, keyset_page
 from shop.web.pagination import Cursor, Limit, Page
-from shop.web.params import BusDep, ClientAddressDep, PrincipalDep, ThrottleDep
+from shop.web.params import BusDep, ClientAddressDep, SignedIn, ThrottleDep
 from shop.web.rejections import field_error, unwrap
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NOT_BLANK)]
@@ -160,18 +160,18 @@ class UsersController(Controller):
         summary="The caller's profile",
         problems={404: "this account no longer exists"},
     )
-    async def me(self, principal: PrincipalDep, bus: BusDep) -> User:
-        view = await bus.ask(GetUser(user_id=principal.user_id))
+    async def me(self, request: SignedIn, bus: BusDep) -> User:
+        view = await bus.ask(GetUser(user_id=request.user.user_id))
         if view is None:
             raise NotFoundException(detail="this account no longer exists")
         return _user(view)
 
     @post("/users/me/addresses", guards=[authenticated], summary="Add an address", status_code=201)
-    async def add_address(self, data: JSONBody[NewAddress], principal: PrincipalDep, bus: BusDep) -> Address:
+    async def add_address(self, data: JSONBody[NewAddress], request: SignedIn, bus: BusDep) -> Address:
         country = data.country.upper()
         view = await bus.ask(
             AddAddress(
-                user_id=principal.user_id,
+                user_id=request.user.user_id,
                 recipient=_filled("recipient", data.recipient),
                 line1=_filled("line1", data.line1),
                 line2=(data.line2.strip() or None) if data.line2 else None,
@@ -184,10 +184,12 @@ class UsersController(Controller):
 
     @get("/users/me/addresses", guards=[authenticated], summary="The caller's addresses")
     async def addresses(
-        self, principal: PrincipalDep, bus: BusDep, limit: Limit = 20, cursor: Cursor = None
+        self, request: SignedIn, bus: BusDep, limit: Limit = 20, cursor: Cursor = None
     ) -> Page[Address]:
         after = keyset_after(cursor)
-        page: AddressPage = await bus.ask(ListAddresses(user_id=principal.user_id, limit=limit, after=after))
+        page: AddressPage = await bus.ask(
+            ListAddresses(user_id=request.user.user_id, limit=limit, after=after)
+        )
         return keyset_page(page, _address)
 
 
