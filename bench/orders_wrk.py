@@ -289,6 +289,9 @@ def main() -> int:
     floor_cpu, floor_wall = floor_orders.floor(args.floor_orders)
     print(f"-- floor: one order's durable writes by hand (stdlib sqlite3, WAL, synchronous=NORMAL):"
           f" {floor_cpu:.3f} ms CPU, {floor_wall:.3f} ms wall per order")
+    syscall_us, call_ns = floor_orders.machine()
+    print(f"-- machine: a system call {syscall_us:.2f} µs (os.getpid), a Python function call {call_ns:.0f} ns"
+          " (compare absolute figures of two machines next to these)")
     work = Path(tempfile.mkdtemp(prefix="shop-bench-wrk-"))
     args.work = str(work)
     env = {
