@@ -26,6 +26,8 @@ from shop.gateway.ratelimit import MemoryRateLimitStore, RateLimiter
 from shop.security.tokens import TokenVerifier
 from shop.settings import RateLimit, Settings
 
+from ...asgi import call_asgi
+
 PEER = "203.0.113.7"
 CATALOG = ("/api/v1/products", "/api/v1/categories")
 Behaviour = str | int | Callable[[httpx.Request], Awaitable[httpx.Response]]
@@ -534,27 +536,15 @@ async def _asgi_post(
 ) -> tuple[int, bytes]:
     """POST straight into the gateway's ASGI app with the given `receive` (a client that sends its
     body slowly, or goes away): the status and body it answered."""
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [(b"host", b"gw.test"), (b"content-type", b"application/json"), *headers],
-        "client": (PEER, 5555),
-        "server": ("gw.test", 80),
-    }
-    await app(scope, receive, send)
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    return start["status"], b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return await call_asgi(
+        app,
+        "POST",
+        path,
+        [(b"host", b"gw.test"), (b"content-type", b"application/json"), *headers],
+        receive=receive,
+        client=(PEER, 5555),
+        server=("gw.test", 80),
+    )
 
 
 async def test_a_declared_body_over_the_limit_is_413_before_it_is_read(open_gateway: OpenGateway) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Coroutine, Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ...asgi import call_asgi
 from .conftest import Shopper
 
 
@@ -34,41 +35,19 @@ def counting_tasks() -> Iterator[list[str]]:
         loop.set_task_factory(previous)
 
 
-async def call(shopper: Shopper, method: str, path: str, headers: dict[str, str], query: str = "") -> int:
-    """Call the ASGI app itself (no test client, whose transport has tasks of its own)."""
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query.encode(),
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-        "state": {},
-    }
-    await shopper.app(scope, receive, send)  # type: ignore[arg-type]
-    return int(next(m["status"] for m in sent if m["type"] == "http.response.start"))
+async def call(shopper: Shopper, path: str, headers: dict[str, str], query: str = "") -> int:
+    """GET `path` from the app itself (no test client, whose transport has tasks of its own)."""
+    encoded = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    status, _ = await call_asgi(shopper.app, "GET", path, encoded, query=query)
+    return status
 
 
 async def test_a_signed_in_request_starts_no_task_for_its_parameters(shopper: Shopper) -> None:
     customer = await shopper.customer()
-    assert await call(shopper, "GET", "/api/v1/orders", customer, "limit=5") == 200  # warm
+    assert await call(shopper, "/api/v1/orders", customer, "limit=5") == 200  # warm
     with counting_tasks() as created:
         for path in ("/api/v1/orders", "/api/v1/users/me", "/api/v1/users/me/addresses", "/api/v1/payments"):
-            assert await call(shopper, "GET", path, customer) == 200, path
+            assert await call(shopper, path, customer) == 200, path
     assert created == []
 
 
