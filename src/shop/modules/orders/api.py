@@ -156,8 +156,9 @@ class OrdersController(Controller):
 
     @get("/{order_id:uuid}", summary="One order (owner or admin)")
     async def get_order(self, order_id: FromPath[uuid.UUID], request: SignedIn, bus: BusDep) -> OrderOut:
+        caller = request.user
         view = await bus.ask(
-            GetOrder(order_id=order_id, viewer_id=request.user.user_id, viewer_is_admin=request.user.is_admin)
+            GetOrder(order_id=order_id, viewer_id=caller.user_id, viewer_is_admin=caller.is_admin)
         )
         if view is None:
             raise NotFoundException(detail="no such order")
@@ -172,10 +173,9 @@ class OrdersController(Controller):
     async def cancel(
         self, order_id: FromPath[uuid.UUID], request: SignedIn, bus: BusDep
     ) -> Response[OrderOut]:
+        caller = request.user
         reply = await bus.ask(
-            CancelOrder(
-                order_id=order_id, viewer_id=request.user.user_id, viewer_is_admin=request.user.is_admin
-            ),
+            CancelOrder(order_id=order_id, viewer_id=caller.user_id, viewer_is_admin=caller.is_admin),
             timeout=15.0,
         )
         return Response(_order(unwrap(reply, STATUSES)), status_code=202)
@@ -189,10 +189,9 @@ class OrdersController(Controller):
         limit: Limit = 100,
         cursor: Cursor = None,
     ) -> Page[TimelineOut]:
+        caller = request.user
         reply = await bus.ask(
-            GetTimeline(
-                order_id=order_id, viewer_id=request.user.user_id, viewer_is_admin=request.user.is_admin
-            )
+            GetTimeline(order_id=order_id, viewer_id=caller.user_id, viewer_is_admin=caller.is_admin)
         )
         if reply is None:
             raise NotFoundException(detail="no such order")
