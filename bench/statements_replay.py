@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import sqlite3
 import statistics
@@ -224,8 +225,7 @@ def replay(
                     # and the commit that fills the WAL runs a checkpoint in it
                     conn.execute("PRAGMA synchronous=NORMAL")
                     conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
-                done = len(calls)
-                calls.append(None)
+                done = next(calls)
                 if done and done % CHECKPOINT_EVERY == 0:
                     checkpoint()
                 began = time.perf_counter() if timing else 0.0
@@ -241,7 +241,7 @@ def replay(
                     by_kind[key] = by_kind.get(key, 0.0) + (time.perf_counter() - began) * 1e6 / orders
             return failed
 
-        calls: list[None] = []
+        calls = itertools.count()  # driver calls replayed so far, setup included
 
         def checkpoint() -> None:
             """What the shop's checkpoint thread does (shop.sqlite_checkpoints), timed here as
